@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny random models in float64, several seeds."""
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+from capsnp.params import PParams  # noqa: E402
+
+SEEDS = [0, 1, 2]
+
+
+def random_pparams(rng, I=3, d_v=2, J=2, d_h=3, scale=1.0, dtype=np.float64):
+    """A tiny Model P with every parameter random (beta too)."""
+    return PParams(
+        W=rng.normal(0.0, scale, (I, J, d_h, d_v)).astype(dtype),
+        alpha=rng.normal(0.0, 1.0, (I, d_v)).astype(dtype),
+        rho=rng.normal(0.0, 1.0, J).astype(dtype),
+        beta=rng.normal(0.0, 1.0, (I, J)).astype(dtype),
+    )
+
+
+def binary(rng, shape, dtype=np.float64):
+    return (rng.random(shape) < 0.5).astype(dtype)
+
+
+def central_difference(f, x, eps=1e-6):
+    """Numerical gradient of a scalar function f at the array x (float64), same shape as x."""
+    g = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        e = np.zeros_like(x)
+        e[idx] = eps
+        g[idx] = (f(x + e) - f(x - e)) / (2 * eps)
+    return g
+
+
+def rel_error(a, b):
+    """max |a - b| / max(|b|, tiny): the relative error used by every gradient check."""
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+
+
+@pytest.fixture(params=SEEDS)
+def seed(request):
+    return request.param
