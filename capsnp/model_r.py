@@ -1,0 +1,790 @@
+"""Model R: the routed capsule RBM of MODEL.md section 4.
+
+Visible capsules v_i in {0,1}^{d_v} (i = 1..I), hidden capsules h_j in {0,1}^{d_h}
+(j = 1..J), and a routing variable a_i in {0..J-1} per child saying which parent explains it.
+Parameters ``RParams(W (I, J, d_h, d_v), alpha (I, d_v), gamma (J, d_h), beta (I, J))``;
+predictions ``u_hat_{j|i} = W_ij v_i`` (B, I, J, d_h). Equation labels:
+
+* (4.1) energy ``E(v, h, a) = -alpha.v - gamma.h - sum_i [beta_{i a_i} + h_{a_i} . u_hat_{a_i|i}]``
+* (4.2) ``p(v, h) ~ e^{alpha.v + gamma.h} prod_i sum_j exp(beta_ij + u_hat_{j|i} . h_j)`` (a summed out)
+* (4.3) routing posterior ``R: p(a_i = j | v, h) = softmax_j(beta_ij + u_hat_{j|i} . h_j)``
+* (4.4) hidden conditional ``U: p(h_jk = 1 | v, a) = sigmoid(gamma_jk + sum_{i: a_i = j} u_hat_{j|i,k})``
+* (4.5) visible conditional ``D: p(v_il = 1 | h, a) = sigmoid(alpha_il + (W_{i a_i}^T h_{a_i})_l)``
+* (4.6) mean-field routing: ``s_j = sum_i c_ij u_hat_{j|i}``, ``mu_j = sigmoid(gamma_j + s_j)``,
+  ``c_ij = softmax_j(beta_ij + u_hat_{j|i} . mu_j)``
+* (4.7) 3-block Gibbs sweep ``h ~ U(v, a)``, ``a ~ R(v, h)``, ``v ~ D(h, a)``
+* (4.8) PCD statistics: data ``c_ij mu_j v_i^T, v, mu, c``; model (Rao-Blackwellised over a)
+  ``P(a_i=j|v,h) h_j v_i^T, v, h, P(a_i=j|v,h)``
+* (4.9) ``log p~(v, a) = alpha.v + sum_i beta_{i a_i} + sum_{j,k} softplus(gamma_jk + sum_{i: a_i=j} u_hat_{j|i,k})``
+  (h summed out in closed form)
+* (4.10) importance-sampling estimate ``log p~(v) ~ log (1/S) sum_s p~(v, a^s) / q(a^s)``,
+  ``q(a) = prod_i c_{i a_i}``.
+
+Every function is pure and keeps the floating dtype of its inputs. Routing assignments are
+int64 arrays with values 0..J-1. Samplers take an explicit ``np.random.Generator`` and say in
+which order they call ``rng.random``; a binary unit is ``x = (u < p)`` (compared in float64).
+
+State ordering of the exact tools: visible states ``v = enumerate_binary(I * d_v)[iv]`` reshaped
+to (I, d_v) (flat bit ``i * d_v + l``), hidden states ``h = enumerate_binary(J * d_h)[ih]``
+reshaped to (J, d_h), assignments ``a = enumerate_assignments(I, J)[ia]`` (child 0 fastest).
+A (v, a) state has index ``iv * J**I + ia``; a (v, h, a) state has index
+``(iv * 2**(J d_h) + ih) * J**I + ia``.
+"""
+
+import math
+
+import numpy as np
+
+from .capsules import predictions
+from .exact import MAX_ENUMERATED_BITS, enumerate_assignments, enumerate_binary
+from .ops import sigmoid, softmax, softplus
+from .params import RBMParams, RParams
+from .rbm import _bernoulli_draw, _bernoulli_pmf, _float_dtype, _logsumexp
+
+__all__ = [
+    "energy",
+    "routing_posterior",
+    "hidden_probability",
+    "visible_probability",
+    "mean_field",
+    "gibbs_sweep",
+    "data_statistics",
+    "model_statistics",
+    "pcd_gradient",
+    "log_joint_vh",
+    "log_joint_va",
+    "log_marginal_is",
+    "exact_log_unnormalised_marginal",
+    "exact_log_partition",
+    "exact_log_marginal",
+    "exact_probability_va",
+    "exact_probability_vha",
+    "exact_transition_matrix",
+    "exact_block_kernels",
+    "as_rbm",
+]
+
+# Largest number of enumerated states (or table entries) the exact tools accept.
+_MAX_STATES = 2**24
+
+
+# --------------------------------------------------------------------------------------------
+# small helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _one_hot(a, J, dtype):
+    """Indicator ``[a_i = j]``: (..., I) int -> (..., I, J)."""
+    return (np.asarray(a)[..., None] == np.arange(J)).astype(dtype)  # (..., I, J)
+
+
+def _agreement(u_hat, h):
+    """Agreement ``u_hat_{j|i} . h_j``: (B, I, J, d_h), (B, J, d_h) -> (B, I, J)."""
+    return np.einsum("bijk,bjk->bij", u_hat, h, optimize=True)  # (B, I, J)
+
+
+def _routed_input(u_hat, weights):
+    """Routed input ``s_j = sum_i w_ij u_hat_{j|i}``: (B, I, J, d_h), (..., B, I, J) -> (..., B, J, d_h)."""
+    return np.einsum("...bij,bijk->...bjk", weights, u_hat, optimize=True)  # (..., B, J, d_h)
+
+
+def _categorical_draw(p, u):
+    """Inverse-CDF draw of one category per row.
+
+    With cumulative sums ``C_j = (p_0 + ... + p_j) / (p_0 + ... + p_{J-1})``, the draw is the number
+    of ``j < J-1`` with ``C_j <= u``: category j is chosen when ``C_{j-1} <= u < C_j``. (Dividing by
+    the total makes ``C_{J-1} = 1`` exactly, so a category of probability zero is never chosen;
+    otherwise this equals "number of C_j <= u, clipped to J-1".)
+
+    Parameters
+    ----------
+    p : ndarray of shape (..., J), rows summing to one
+    u : ndarray of shape (...), uniforms in [0, 1)
+
+    Returns
+    -------
+    ndarray of int64, shape (...)
+    """
+    C = np.cumsum(p, axis=-1)  # (..., J)
+    C = C / C[..., -1:]  # (..., J), last entry exactly 1
+    return np.sum(C[..., :-1] <= u[..., None], axis=-1).astype(np.int64)  # (...)
+
+
+def _weights_or_uniform(weights, B, dtype):
+    """Batch weights (B,): the given ones, or 1/B each."""
+    if weights is None:
+        return np.full(B, 1.0 / B, dtype=dtype)
+    return np.asarray(weights, dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# (4.1), (4.3) - (4.5): energy and the three block conditionals
+# --------------------------------------------------------------------------------------------
+
+
+def energy(params, v, h, a):
+    """Energy (4.1).
+
+    .. math::
+        E(v, h, a) = -\\alpha \\cdot v - \\gamma \\cdot h
+                     - \\sum_i [\\beta_{i a_i} + h_{a_i}^T W_{i a_i} v_i]
+
+    Parameters
+    ----------
+    params : RParams
+    v : ndarray of shape (B, I, d_v), binary
+    h : ndarray of shape (B, J, d_h), binary
+    a : ndarray of int, shape (B, I), values in 0..J-1
+
+    Returns
+    -------
+    ndarray of shape (B,)
+    """
+    W, alpha, gamma, beta = params
+    dt = _float_dtype(W, v, h)
+    v = np.asarray(v, dtype=dt)
+    h = np.asarray(h, dtype=dt)
+    logits = beta + _agreement(predictions(W, v), h)  # (B, I, J)
+    chosen = np.take_along_axis(logits, np.asarray(a)[..., None], axis=-1)[..., 0]  # (B, I)
+    return (-np.sum(alpha * v, axis=(1, 2)) - np.sum(gamma * h, axis=(1, 2))
+            - np.sum(chosen, axis=1))  # (B,)
+
+
+def _routing_logits(params, v, h, u_hat=None):
+    """``beta_ij + u_hat_{j|i} . h_j`` (B, I, J)."""
+    dt = _float_dtype(params.W, v, h)
+    if u_hat is None:
+        u_hat = predictions(params.W, np.asarray(v, dtype=dt))  # (B, I, J, d_h)
+    return params.beta + _agreement(u_hat, np.asarray(h, dtype=dt))  # (B, I, J)
+
+
+def routing_posterior(params, v, h):
+    """Routing posterior R (4.3): ``p(a_i = j | v, h) = softmax_j(beta_ij + u_hat_{j|i} . h_j)``.
+
+    The children are conditionally independent given (v, h); the softmax runs over PARENTS j.
+
+    Parameters
+    ----------
+    params : RParams
+    v : ndarray of shape (B, I, d_v)
+    h : ndarray of shape (B, J, d_h)
+
+    Returns
+    -------
+    ndarray of shape (B, I, J), summing to one over j.
+    """
+    return softmax(_routing_logits(params, v, h), axis=-1)  # (B, I, J)
+
+
+def _hidden_logits(params, v, a, u_hat=None):
+    """``gamma_jk + sum_{i: a_i = j} u_hat_{j|i,k}``: (..., B, J, d_h) for a of shape (..., B, I)."""
+    dt = _float_dtype(params.W, v)
+    if u_hat is None:
+        u_hat = predictions(params.W, np.asarray(v, dtype=dt))  # (B, I, J, d_h)
+    onehot = _one_hot(a, params.W.shape[1], u_hat.dtype)  # (..., B, I, J)
+    return params.gamma + _routed_input(u_hat, onehot)  # (..., B, J, d_h)
+
+
+def hidden_probability(params, v, a):
+    """Hidden conditional U (4.4).
+
+    .. math::
+        p(h_{jk} = 1 | v, a) = \\sigma(\\gamma_{jk} + \\sum_{i: a_i = j} \\hat u_{j|i,k})
+
+    A parent that no child chose sees only its bias.
+
+    Parameters
+    ----------
+    params : RParams
+    v : ndarray of shape (B, I, d_v)
+    a : ndarray of int, shape (B, I)
+
+    Returns
+    -------
+    ndarray of shape (B, J, d_h)
+    """
+    return sigmoid(_hidden_logits(params, v, a))  # (B, J, d_h)
+
+
+def _visible_logits(params, h, a):
+    """``alpha_il + (W_{i a_i}^T h_{a_i})_l`` (B, I, d_v)."""
+    W, alpha = params.W, params.alpha
+    h = np.asarray(h, dtype=_float_dtype(W, h))
+    a = np.asarray(a)
+    B, I = a.shape
+    W_chosen = W[np.arange(I)[None, :], a]  # (B, I, d_h, d_v): W_{i a_i}
+    h_chosen = h[np.arange(B)[:, None], a]  # (B, I, d_h): h_{a_i}
+    return alpha + np.einsum("bikl,bik->bil", W_chosen, h_chosen, optimize=True)  # (B, I, d_v)
+
+
+def visible_probability(params, h, a):
+    """Visible conditional D (4.5): ``p(v_il = 1 | h, a) = sigmoid(alpha_il + (W_{i a_i}^T h_{a_i})_l)``.
+
+    Parameters
+    ----------
+    params : RParams
+    h : ndarray of shape (B, J, d_h)
+    a : ndarray of int, shape (B, I)
+
+    Returns
+    -------
+    ndarray of shape (B, I, d_v)
+    """
+    return sigmoid(_visible_logits(params, h, a))  # (B, I, d_v)
+
+
+# --------------------------------------------------------------------------------------------
+# (4.6): mean-field routing
+# --------------------------------------------------------------------------------------------
+
+
+def mean_field(params, v, tol=1e-3, max_iter=30, damping=0.0):
+    """Mean-field routing (4.6): dynamic routing with a sigmoid and "replace".
+
+    The factorised posterior ``q(a_i = j) = c_ij``, ``q(h_jk = 1) = mu_jk`` is found by
+    iterating, from ``c = softmax_j(beta)`` for every image,
+
+    .. math::
+        s_j = \\sum_i c_{ij} \\hat u_{j|i}, \\quad \\mu_j = \\sigma(\\gamma_j + s_j), \\quad
+        c^{new}_{ij} = \\mathrm{softmax}_j(\\beta_{ij} + \\hat u_{j|i} \\cdot \\mu_j),
+
+    then ``c <- (1 - damping) c_new + damping c``. Stopping is per image: after an update
+    with ``max_ij |c_new - c| < tol`` (the change an undamped step makes; with damping = 0 it is
+    the change of c) the image is frozen and its number of updates recorded in ``n_iter``; the
+    others go on, up to ``max_iter`` updates. The returned ``mu = sigmoid(gamma + s(c))`` is
+    recomputed from the returned c.
+
+    Parameters
+    ----------
+    params : RParams
+    v : ndarray of shape (B, I, d_v)
+    tol : float
+    max_iter : int
+    damping : float in [0, 1)
+
+    Returns
+    -------
+    c : ndarray of shape (B, I, J), sums to one over parents j
+    mu : ndarray of shape (B, J, d_h)
+    n_iter : ndarray of int64, shape (B,), updates made per image (``max_iter`` if not converged)
+    """
+    W, alpha, gamma, beta = params
+    dt = _float_dtype(W, v)
+    u_hat = predictions(W, np.asarray(v, dtype=dt))  # (B, I, J, d_h)
+    B = u_hat.shape[0]
+    c = np.array(np.broadcast_to(softmax(beta, axis=-1), (B,) + beta.shape), dtype=dt)  # (B, I, J)
+    n_iter = np.full(B, max_iter, dtype=np.int64)
+    active = np.arange(B)
+    for t in range(1, max_iter + 1):
+        if active.size == 0:
+            break
+        u_a, c_a = u_hat[active], c[active]  # (b, I, J, d_h), (b, I, J)
+        mu_a = sigmoid(gamma + _routed_input(u_a, c_a))  # (b, J, d_h)
+        c_new = softmax(beta + _agreement(u_a, mu_a), axis=-1)  # (b, I, J)
+        delta = np.max(np.abs(c_new - c_a), axis=(1, 2))  # (b,)
+        c[active] = (1.0 - damping) * c_new + damping * c_a
+        done = delta < tol  # (b,)
+        n_iter[active[done]] = t
+        active = active[~done]
+    mu = sigmoid(gamma + _routed_input(u_hat, c))  # (B, J, d_h)
+    return c, mu.astype(dt, copy=False), n_iter
+
+
+# --------------------------------------------------------------------------------------------
+# (4.7): 3-block Gibbs sweep
+# --------------------------------------------------------------------------------------------
+
+
+def gibbs_sweep(params, v, a, rng):
+    """One 3-block Gibbs sweep (4.7) on the chain state (v, a).
+
+    1. ``h ~ U(v, a)`` (4.4), from ``rng.random((B, J, d_h))``, ``h = (u < p)``;
+    2. ``a_new ~ R(v, h)`` (4.3), from ``rng.random((B, I))`` by inverse CDF over parents
+       (``a_i`` = number of ``j < J-1`` whose normalised cumulative probability is ``<= u_i``);
+    3. ``v_new ~ D(h, a_new)`` (4.5), from ``rng.random((B, I, d_v))``, ``v = (u < p)``.
+
+    Each block leaves ``p(v, h, a)`` invariant, hence so does the sweep. Because h is redrawn
+    first, the sweep is a Markov chain on (v, a) alone (:func:`exact_transition_matrix`).
+
+    ``resp = R(v, h)`` is returned for the Rao-Blackwellised model statistics (4.8): it belongs
+    to the pair (v, h) of the INPUT v and the drawn h. If (v, a) ~ p then (v, h) ~ p(v, h), so
+    ``model_statistics(params, v, h, resp)`` (with the input v, not ``v_new``) is unbiased.
+
+    Parameters
+    ----------
+    params : RParams
+    v : ndarray of shape (B, I, d_v), binary
+    a : ndarray of int, shape (B, I)
+    rng : np.random.Generator
+
+    Returns
+    -------
+    v_new : ndarray of shape (B, I, d_v)
+    h : ndarray of shape (B, J, d_h)
+    a_new : ndarray of int64, shape (B, I)
+    resp : ndarray of shape (B, I, J), ``p(a_i = j | v, h)``
+    """
+    dt = _float_dtype(params.W, v)
+    v = np.asarray(v, dtype=dt)
+    u_hat = predictions(params.W, v)  # (B, I, J, d_h)
+    p_h = sigmoid(_hidden_logits(params, v, a, u_hat))  # (B, J, d_h)
+    h = _bernoulli_draw(p_h, rng.random(p_h.shape))  # (B, J, d_h)
+    resp = softmax(_routing_logits(params, v, h, u_hat), axis=-1)  # (B, I, J)
+    a_new = _categorical_draw(resp, rng.random(resp.shape[:2]))  # (B, I)
+    p_v = visible_probability(params, h, a_new)  # (B, I, d_v)
+    v_new = _bernoulli_draw(p_v, rng.random(p_v.shape))  # (B, I, d_v)
+    return v_new, h, a_new, resp
+
+
+# --------------------------------------------------------------------------------------------
+# (4.8): PCD statistics and gradient
+# --------------------------------------------------------------------------------------------
+
+
+def data_statistics(params, v, c, mu, weights=None):
+    """Mean-field data statistics (4.8), averaged over the batch.
+
+    ``W: c_ij mu_j v_i^T``, ``alpha: v``, ``gamma: mu``, ``beta: c``. They approximate the
+    posterior expectations ``E_{p(h, a | v)}[[a_i = j] h_j v_i^T]``, ... by the factorised q.
+
+    Parameters
+    ----------
+    params : RParams (used for the dtype)
+    v : ndarray of shape (B, I, d_v)
+    c : ndarray of shape (B, I, J)
+    mu : ndarray of shape (B, J, d_h)
+    weights : ndarray of shape (B,), optional (uniform 1/B if omitted)
+
+    Returns
+    -------
+    RParams of W (I, J, d_h, d_v), alpha (I, d_v), gamma (J, d_h), beta (I, J)
+    """
+    dt = _float_dtype(params.W, v, c, mu)
+    v, c, mu = (np.asarray(x, dtype=dt) for x in (v, c, mu))
+    w = _weights_or_uniform(weights, v.shape[0], dt)  # (B,)
+    return RParams(
+        W=np.einsum("b,bij,bjk,bil->ijkl", w, c, mu, v, optimize=True),  # (I, J, d_h, d_v)
+        alpha=np.einsum("b,bil->il", w, v),  # (I, d_v)
+        gamma=np.einsum("b,bjk->jk", w, mu),  # (J, d_h)
+        beta=np.einsum("b,bij->ij", w, c),  # (I, J)
+    )
+
+
+def model_statistics(params, v, h, resp, weights=None):
+    """Rao-Blackwellised model statistics (4.8), averaged over the batch.
+
+    ``W: resp_ij h_j v_i^T``, ``alpha: v``, ``gamma: h``, ``beta: resp`` with
+    ``resp = p(a | v, h)`` computed at this very (v, h). Since ``-dE/dW_ij = [a_i = j] h_j v_i^T``
+    and ``E[[a_i = j] | v, h] = resp_ij``, averaging over (v, h) ~ p(v, h) gives exactly
+    ``E_p[-dE/dtheta]``.
+
+    Parameters
+    ----------
+    params : RParams (used for the dtype)
+    v : ndarray of shape (B, I, d_v)
+    h : ndarray of shape (B, J, d_h)
+    resp : ndarray of shape (B, I, J), ``routing_posterior(params, v, h)``
+    weights : ndarray of shape (B,), optional (uniform 1/B if omitted)
+
+    Returns
+    -------
+    RParams of W (I, J, d_h, d_v), alpha (I, d_v), gamma (J, d_h), beta (I, J)
+    """
+    return data_statistics(params, v, resp, h, weights)  # same algebra with c -> resp, mu -> h
+
+
+def pcd_gradient(params, v_data, v_chain, h_chain, resp_chain, c=None, mu=None, tol=1e-3,
+                 max_iter=30, data_weights=None, model_weights=None):
+    """PCD estimate of the mean log-likelihood gradient (4.8): data statistics minus model statistics.
+
+    .. math::
+        \\nabla_\\theta \\frac1B \\sum_b \\log p(v_b)
+          = \\langle -\\partial_\\theta E \\rangle_{p(h,a|v_b)} - \\langle -\\partial_\\theta E \\rangle_{p(v,h,a)}
+
+    The data term uses the mean-field (c, mu) of ``v_data`` (computed with ``tol`` and
+    ``max_iter`` unless given), an approximation of the exact posterior term. The model term uses
+    chain states: pass the v that ENTERED :func:`gibbs_sweep` with the h and resp it returned.
+    Sign: the result is the ASCENT direction; a step is ``params + lr * grad``.
+
+    Parameters
+    ----------
+    params : RParams
+    v_data : ndarray of shape (B, I, d_v)
+    v_chain : ndarray of shape (B', I, d_v)
+    h_chain : ndarray of shape (B', J, d_h)
+    resp_chain : ndarray of shape (B', I, J)
+    c, mu : ndarrays of shape (B, I, J) and (B, J, d_h), optional mean-field result for v_data
+    tol, max_iter : mean-field settings used when c, mu are not given
+    data_weights, model_weights : ndarrays of shape (B,) and (B',), optional
+
+    Returns
+    -------
+    RParams, same shapes as ``params``.
+    """
+    if c is None or mu is None:
+        c, mu, _ = mean_field(params, v_data, tol=tol, max_iter=max_iter)
+    pos = data_statistics(params, v_data, c, mu, data_weights)
+    neg = model_statistics(params, v_chain, h_chain, resp_chain, model_weights)
+    return RParams(*(p - n for p, n in zip(pos, neg)))
+
+
+# --------------------------------------------------------------------------------------------
+# (4.9), (4.10): marginals
+# --------------------------------------------------------------------------------------------
+
+
+def log_joint_vh(params, v, h):
+    """Unnormalised ``log p~(v, h)`` with the routing a summed out (4.2).
+
+    .. math::
+        \\log \\tilde p(v, h) = \\alpha \\cdot v + \\gamma \\cdot h
+          + \\sum_i \\log \\sum_j \\exp(\\beta_{ij} + \\hat u_{j|i} \\cdot h_j)
+
+    (the energy is a sum of one term per child, so the sum over a factorises over children).
+
+    Parameters
+    ----------
+    params : RParams
+    v : ndarray of shape (B, I, d_v)
+    h : ndarray of shape (B, J, d_h)
+
+    Returns
+    -------
+    ndarray of shape (B,)
+    """
+    dt = _float_dtype(params.W, v, h)
+    v = np.asarray(v, dtype=dt)
+    h = np.asarray(h, dtype=dt)
+    mixture = np.sum(_logsumexp(_routing_logits(params, v, h), axis=-1), axis=-1)  # (B,)
+    return np.sum(params.alpha * v, axis=(1, 2)) + np.sum(params.gamma * h, axis=(1, 2)) + mixture
+
+
+def _log_joint_va(params, v, u_hat, a):
+    """(4.9) for assignments a of shape (..., B, I) sharing v (B, I, d_v): returns (..., B)."""
+    beta_chosen = np.take_along_axis(
+        np.broadcast_to(params.beta, np.shape(a) + (params.beta.shape[1],)), a[..., None], axis=-1
+    )[..., 0]  # (..., B, I)
+    hidden_term = np.sum(softplus(_hidden_logits(params, v, a, u_hat)), axis=(-2, -1))  # (..., B)
+    return np.sum(params.alpha * v, axis=(-2, -1)) + np.sum(beta_chosen, axis=-1) + hidden_term
+
+
+def log_joint_va(params, v, a):
+    """Unnormalised ``log p~(v, a)`` with h summed out in closed form (4.9).
+
+    .. math::
+        \\log \\tilde p(v, a) = \\alpha \\cdot v + \\sum_i \\beta_{i a_i}
+          + \\sum_{j,k} \\mathrm{softplus}(\\gamma_{jk} + \\sum_{i: a_i = j} \\hat u_{j|i,k})
+
+    (each hidden unit appears linearly in the energy, so ``sum_{h_jk} e^{h_jk x} = 1 + e^x``).
+    ``p(v, a) = exp(log p~(v, a)) / Z``.
+
+    Parameters
+    ----------
+    params : RParams
+    v : ndarray of shape (B, I, d_v)
+    a : ndarray of int, shape (B, I)
+
+    Returns
+    -------
+    ndarray of shape (B,)
+    """
+    v = np.asarray(v, dtype=_float_dtype(params.W, v))
+    return _log_joint_va(params, v, predictions(params.W, v), np.asarray(a))  # (B,)
+
+
+def log_marginal_is(params, v, n_samples, rng, c=None, log_z=None):
+    """Importance-sampling estimate of ``log p(v)`` (4.10).
+
+    With proposal ``q(a) = prod_i c_{i a_i}`` (the mean-field routing of each image unless c is
+    given), ``a^s ~ q`` and weights ``w_s = p~(v, a^s) / q(a^s)`` (4.9),
+
+    .. math::
+        \\widehat{\\log \\tilde p(v)} = \\log \\frac1S \\sum_s w_s .
+
+    The mean of the weights is unbiased for ``p~(v)``, but by Jensen's inequality its logarithm is
+    biased LOW (by about ``se^2 / 2``). The standard error is the delta method on the
+    log-mean: ``se = sd(w) / (sqrt(S) mean(w))``, computed from ``w / max w``.
+
+    Draw order: one call ``rng.random((n_samples, B, I))``, turned into assignments by inverse CDF
+    over parents as in :func:`gibbs_sweep`.
+
+    Parameters
+    ----------
+    params : RParams
+    v : ndarray of shape (B, I, d_v)
+    n_samples : int, S
+    rng : np.random.Generator
+    c : ndarray of shape (B, I, J), optional proposal (rows summing to one). It must be positive
+        wherever ``p(a_i = j | v) > 0``; assignments it gives probability zero are never drawn
+        and their mass is silently missing (a further downward bias).
+    log_z : float, optional
+        If given, the estimate is ``log p~(v) - log_z`` (a normalised log-likelihood); otherwise
+        the unnormalised ``log p~(v) = log sum_a p~(v, a)``.
+
+    Returns
+    -------
+    log_p : ndarray of shape (B,)
+    se : ndarray of shape (B,), standard error (inf if S = 1)
+    """
+    dt = _float_dtype(params.W, v)
+    v = np.asarray(v, dtype=dt)
+    if c is None:
+        c, _, _ = mean_field(params, v)
+    c = np.asarray(c, dtype=dt)
+    u = rng.random((n_samples,) + c.shape[:2])  # (S, B, I)
+    a = _categorical_draw(c[None], u)  # (S, B, I)
+    u_hat = predictions(params.W, v)  # (B, I, J, d_h)
+    # c_{i a_i} of each draw; all > 0, since a parent of probability zero is never drawn
+    c_chosen = np.take_along_axis(np.broadcast_to(c, a.shape + c.shape[-1:]), a[..., None],
+                                  axis=-1)[..., 0]  # (S, B, I)
+    log_q = np.sum(np.log(c_chosen), axis=-1)  # (S, B)
+    log_w = np.empty(a.shape[:2], dtype=dt)  # (S, B)
+    chunk = max(1, 2**22 // max(u_hat.size, 1))
+    for s in range(0, n_samples, chunk):
+        log_w[s:s + chunk] = _log_joint_va(params, v, u_hat, a[s:s + chunk]) - log_q[s:s + chunk]
+    m = np.max(log_w, axis=0)  # (B,)
+    w = np.exp(log_w - m)  # (S, B), in (0, 1]
+    mean_w = np.mean(w, axis=0)  # (B,)
+    # log mean_s exp(log w_s) = m + log mean_s exp(log w_s - m)
+    estimate = m + np.log(mean_w)  # (B,)
+    if n_samples > 1:
+        se = np.std(w, axis=0, ddof=1) / (math.sqrt(n_samples) * mean_w)  # (B,)
+    else:
+        se = np.full_like(estimate, np.inf)
+    if log_z is not None:
+        estimate = estimate - log_z
+    return estimate, se
+
+
+# --------------------------------------------------------------------------------------------
+# exact tools for tiny models (MODEL.md sec. 6, 7)
+# --------------------------------------------------------------------------------------------
+
+
+def _sizes(params):
+    I, J, d_h, d_v = params.W.shape
+    return I, J, d_h, d_v, 2 ** (I * d_v), 2 ** (J * d_h), J**I
+
+
+def _check_states(n, what):
+    if n > _MAX_STATES:
+        raise ValueError(f"{what}: {n} enumerated states or entries is too large (at most {_MAX_STATES})")
+
+
+def _all_visible(params):
+    I, J, d_h, d_v = params.W.shape
+    if I * d_v > MAX_ENUMERATED_BITS:
+        raise ValueError(f"enumerating 2**{I * d_v} visible states is too large")
+    return enumerate_binary(I * d_v, dtype=_float_dtype(params.W)).reshape(-1, I, d_v)  # (Nv, I, d_v)
+
+
+def _all_hidden(params):
+    I, J, d_h, d_v = params.W.shape
+    if J * d_h > MAX_ENUMERATED_BITS:
+        raise ValueError(f"enumerating 2**{J * d_h} hidden states is too large")
+    return enumerate_binary(J * d_h, dtype=_float_dtype(params.W)).reshape(-1, J, d_h)  # (Nh, J, d_h)
+
+
+def exact_log_unnormalised_marginal(params, v):
+    """Exact ``log p~(v) = logsumexp_a log p~(v, a)`` (4.9 summed over all J**I assignments).
+
+    Parameters
+    ----------
+    params : RParams
+    v : ndarray of shape (B, I, d_v)
+
+    Returns
+    -------
+    ndarray of shape (B,), equal to ``log p(v) + log Z``.
+    """
+    I, J = params.W.shape[:2]
+    _check_states(J**I, "routing assignments")
+    v = np.asarray(v, dtype=_float_dtype(params.W, v))
+    u_hat = predictions(params.W, v)  # (B, I, J, d_h)
+    A = enumerate_assignments(I, J)  # (J^I, I)
+    chunk = max(1, 2**22 // max(u_hat.size, 1))
+    parts = []
+    for s in range(0, A.shape[0], chunk):
+        a = np.broadcast_to(A[s:s + chunk, None, :], (min(chunk, A.shape[0] - s),) + v.shape[:2])
+        parts.append(_logsumexp(_log_joint_va(params, v, u_hat, a), axis=0))  # (B,)
+    return _logsumexp(np.stack(parts), axis=0)  # (B,)
+
+
+def exact_log_partition(params):
+    """Exact ``log Z = logsumexp_{v, a} log p~(v, a)``: enumerates 2**(I d_v) x J**I states,
+    h summed in closed form (4.9).
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ValueError
+        If there are more than 2**24 (v, a) states.
+    """
+    _, _, _, _, nv, _, na = _sizes(params)
+    _check_states(nv * na, "exact log Z")
+    V = _all_visible(params)  # (Nv, I, d_v)
+    chunk = max(1, 2**16 // na)
+    parts = [_logsumexp(exact_log_unnormalised_marginal(params, V[s:s + chunk]))
+             for s in range(0, nv, chunk)]
+    return float(_logsumexp(np.asarray(parts)))
+
+
+def exact_log_marginal(params, v, log_z=None):
+    """Exact normalised ``log p(v) = logsumexp_a log p~(v, a) - log Z``.
+
+    Parameters
+    ----------
+    params : RParams
+    v : ndarray of shape (B, I, d_v)
+    log_z : float, optional, a precomputed :func:`exact_log_partition`
+
+    Returns
+    -------
+    ndarray of shape (B,)
+    """
+    if log_z is None:
+        log_z = exact_log_partition(params)
+    return exact_log_unnormalised_marginal(params, v) - log_z  # (B,)
+
+
+def _va_grid(params):
+    """Every (v, a) pair in state order ``iv * J**I + ia``: (Nv Na, I, d_v), (Nv Na, I)."""
+    I, J = params.W.shape[:2]
+    V = _all_visible(params)  # (Nv, I, d_v)
+    A = enumerate_assignments(I, J)  # (Na, I)
+    return np.repeat(V, A.shape[0], axis=0), np.tile(A, (V.shape[0], 1))
+
+
+def exact_probability_va(params):
+    """``p(v, a)`` for every state, index ``iv * J**I + ia`` (4.9 normalised).
+
+    Returns
+    -------
+    ndarray of shape (2**(I d_v) J**I,)
+    """
+    _, _, _, _, nv, _, na = _sizes(params)
+    _check_states(nv * na, "p(v, a)")
+    Vg, Ag = _va_grid(params)  # (Nv Na, I, d_v), (Nv Na, I)
+    log_p = log_joint_va(params, Vg, Ag)  # (Nv Na,)
+    return np.exp(log_p - _logsumexp(log_p))  # (Nv Na,)
+
+
+def exact_probability_vha(params):
+    """``p(v, h, a) = e^{-E(v, h, a)} / Z`` (4.1) for every state, index ``(iv * Nh + ih) * Na + ia``.
+
+    Returns
+    -------
+    ndarray of shape (Nv Nh Na,)
+    """
+    _, _, _, _, nv, nh, na = _sizes(params)
+    _check_states(nv * nh * na, "p(v, h, a)")
+    V, Hs = _all_visible(params), _all_hidden(params)
+    A = enumerate_assignments(*params.W.shape[:2])
+    Vg = np.repeat(V, nh * na, axis=0)  # (Nv Nh Na, I, d_v)
+    Hg = np.tile(np.repeat(Hs, na, axis=0), (nv, 1, 1))  # (Nv Nh Na, J, d_h)
+    Ag = np.tile(A, (nv * nh, 1))  # (Nv Nh Na, I)
+    log_p = -energy(params, Vg, Hg, Ag)  # (Nv Nh Na,)
+    return np.exp(log_p - _logsumexp(log_p))
+
+
+def _conditional_tables(params):
+    """The three block conditionals as tables over all states.
+
+    Returns
+    -------
+    P_h : (Nv, Na, Nh), ``p(h | v, a)`` (4.4)
+    P_a : (Nv, Nh, Na), ``p(a | v, h) = prod_i R_{i a_i}`` (4.3)
+    P_v : (Nh, Na, Nv), ``p(v | h, a)`` (4.5)
+    """
+    I, J, d_h, d_v, nv, nh, na = _sizes(params)
+    _check_states(max(nv * na * nh, nh * na * nv), "conditional tables")
+    V, Hs = _all_visible(params), _all_hidden(params)  # (Nv, I, d_v), (Nh, J, d_h)
+    A = enumerate_assignments(I, J)  # (Na, I)
+    Vg, Ag = _va_grid(params)  # (Nv Na, I, d_v), (Nv Na, I)
+    P_h = _bernoulli_pmf(Hs.reshape(nh, -1),
+                         _hidden_logits(params, Vg, Ag).reshape(nv * na, -1))  # (Nv Na, Nh)
+    resp = routing_posterior(params, np.repeat(V, nh, axis=0),
+                             np.tile(Hs, (nv, 1, 1)))  # (Nv Nh, I, J)
+    P_a = np.prod(resp[:, np.arange(I)[None, :], A], axis=-1)  # (Nv Nh, Na)
+    Hg, Ag2 = np.repeat(Hs, na, axis=0), np.tile(A, (nh, 1))  # (Nh Na, J, d_h), (Nh Na, I)
+    P_v = _bernoulli_pmf(V.reshape(nv, -1),
+                         _visible_logits(params, Hg, Ag2).reshape(nh * na, -1))  # (Nh Na, Nv)
+    return P_h.reshape(nv, na, nh), P_a.reshape(nv, nh, na), P_v.reshape(nh, na, nv)
+
+
+def exact_transition_matrix(params):
+    """Exact kernel of :func:`gibbs_sweep` (4.7) as a chain on (v, a).
+
+    .. math::
+        K((v, a) \\to (v', a')) = \\sum_h p(h | v, a)\\, p(a' | v, h)\\, p(v' | h, a')
+
+    States are indexed ``iv * J**I + ia`` (module docstring); ``p(v, a)``
+    (:func:`exact_probability_va`) is invariant.
+
+    Returns
+    -------
+    ndarray of shape (Nv Na, Nv Na), rows sum to one.
+    """
+    _, _, _, _, nv, nh, na = _sizes(params)
+    _check_states(nv * na * nh * na * nv, "transition matrix")
+    P_h, P_a, P_v = _conditional_tables(params)
+    K = np.einsum("vah,vhb,hbw->vawb", P_h, P_a, P_v, optimize=True)  # (Nv, Na, Nv, Na)
+    return K.reshape(nv * na, nv * na)
+
+
+def exact_block_kernels(params):
+    """The three single-block Gibbs kernels on the joint state (v, h, a), index ``(iv*Nh + ih)*Na + ia``.
+
+    ``K_h``: h' ~ p(h' | v, a) with v, a kept; ``K_a``: a' ~ p(a' | v, h); ``K_v``: v' ~ p(v' | h, a).
+    Each satisfies detailed balance with ``p(v, h, a)`` (:func:`exact_probability_vha`); the sweep
+    (4.7) is ``K_h @ K_a @ K_v``.
+
+    Returns
+    -------
+    K_h, K_a, K_v : ndarrays of shape (S, S), S = Nv Nh Na
+    """
+    _, _, _, _, nv, nh, na = _sizes(params)
+    S = nv * nh * na
+    _check_states(S * S, "block kernels")
+    P_h, P_a, P_v = _conditional_tables(params)
+    dt = P_h.dtype
+    eye_v, eye_h, eye_a = (np.eye(n, dtype=dt) for n in (nv, nh, na))
+    one_v, one_h, one_a = (np.ones(n, dtype=dt) for n in (nv, nh, na))
+    # index letters: source (v, h, a) -> target (w, c, b)
+    K_h = np.einsum("vw,ab,vac,h->vhawcb", eye_v, eye_a, P_h, one_h)  # (Nv, Nh, Na, Nv, Nh, Na)
+    K_a = np.einsum("vw,hc,vhb,a->vhawcb", eye_v, eye_h, P_a, one_a)  # (Nv, Nh, Na, Nv, Nh, Na)
+    K_v = np.einsum("hc,ab,haw,v->vhawcb", eye_h, eye_a, P_v, one_v)  # (Nv, Nh, Na, Nv, Nh, Na)
+    return K_h.reshape(S, S), K_a.reshape(S, S), K_v.reshape(S, S)
+
+
+# --------------------------------------------------------------------------------------------
+# J = 1: a Bernoulli RBM
+# --------------------------------------------------------------------------------------------
+
+
+def as_rbm(params):
+    """The Bernoulli RBM equal to Model R with a single parent (J = 1).
+
+    With J = 1 every ``a_i = 0`` and (4.1) reads
+    ``E = -alpha.v - gamma_0.h - sum_i h^T W_i0 v_i - sum_i beta_i0``, a Bernoulli RBM over the
+    flattened visible vector (index ``i * d_v + l``) with ``W_rbm[i d_v + l, k] = W[i, 0, k, l]``,
+    ``a = alpha.ravel()``, ``b = gamma[0]``, plus the CONSTANT ``-sum_i beta_i0``. The constant
+    cancels in every conditional and in p(v), but shifts free energies and log Z:
+    ``log p~_R(v) = -F_rbm(v) + sum_i beta_i0`` and ``log Z_R = log Z_rbm + sum_i beta_i0``.
+
+    Parameters
+    ----------
+    params : RParams with J = 1
+
+    Returns
+    -------
+    RBMParams with W (I d_v, d_h), a (I d_v,), b (d_h,)
+    """
+    I, J, d_h, d_v = params.W.shape
+    if J != 1:
+        raise ValueError(f"as_rbm needs J = 1 (a single parent), got J = {J}")
+    W_rbm = params.W[:, 0].transpose(0, 2, 1).reshape(I * d_v, d_h)  # (I d_v, d_h)
+    return RBMParams(W=W_rbm.copy(), a=params.alpha.reshape(I * d_v).copy(), b=params.gamma[0].copy())

@@ -1,0 +1,250 @@
+"""Checks of the Bernoulli RBM (MODEL.md sec. 5) against enumeration of tiny models (sec. 7)."""
+
+import numpy as np
+import pytest
+from scipy import stats
+from scipy.special import logsumexp
+
+from capsnp import rbm
+from capsnp.exact import enumerate_binary, stationary_distance
+from capsnp.params import RBMParams
+
+SEEDS = [0, 1, 2]
+
+
+def make_params(seed, D=4, H=3, scale=1.0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    return RBMParams(
+        W=(scale * rng.normal(size=(D, H))).astype(dtype),
+        a=rng.normal(size=D).astype(dtype),
+        b=rng.normal(size=H).astype(dtype),
+    )
+
+
+def joint_log_table(params):
+    """-E(v, h) for every (v, h): (2^D, 2^H), by brute force."""
+    D, H = params.W.shape
+    V, Hs = enumerate_binary(D), enumerate_binary(H)
+    Vg, Hg = np.repeat(V, len(Hs), axis=0), np.tile(Hs, (len(V), 1))
+    return -rbm.energy(params, Vg, Hg).reshape(len(V), len(Hs))
+
+
+def bernoulli_table(states, p):
+    """prod_k p^x (1-p)^(1-x) for every row of p (N, K) and state (M, K): (N, M)."""
+    return np.prod(np.where(states[None] > 0.5, p[:, None], 1 - p[:, None]), axis=-1)
+
+
+def chi_square_pvalue(counts, probs, min_expected=5.0):
+    """Chi-square goodness of fit, bins with small expected counts pooled into one."""
+    n = counts.sum()
+    expected = n * probs
+    big = expected >= min_expected
+    obs = np.append(counts[big], counts[~big].sum())
+    exp = np.append(expected[big], expected[~big].sum())
+    if exp[-1] == 0:
+        obs, exp = obs[:-1], exp[:-1]
+    exp = exp * obs.sum() / exp.sum()
+    return stats.chisquare(obs, exp).pvalue
+
+
+def finite_difference_gradient(f, params, eps=1e-5):
+    """Central differences of a scalar function of an RBMParams, one entry at a time."""
+    grads = []
+    for name, x in params._asdict().items():
+        g = np.zeros_like(x)
+        for idx in np.ndindex(x.shape):
+            up, down = x.copy(), x.copy()
+            up[idx] += eps
+            down[idx] -= eps
+            g[idx] = (f(params._replace(**{name: up})) - f(params._replace(**{name: down}))) / (2 * eps)
+        grads.append(g)
+    return RBMParams(*grads)
+
+
+# ------------------------------------------------------------------------------ (5.1)-(5.4)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_conditionals_match_enumerated_joint(seed):
+    params = make_params(seed)
+    D, H = params.W.shape
+    V, Hs = enumerate_binary(D), enumerate_binary(H)
+    log_joint = joint_log_table(params)  # (2^D, 2^H)
+    p_h_given_v = np.exp(log_joint - logsumexp(log_joint, axis=1, keepdims=True))
+    p_v_given_h = np.exp(log_joint - logsumexp(log_joint, axis=0, keepdims=True)).T
+    np.testing.assert_allclose(bernoulli_table(Hs, rbm.hidden_probability(params, V)), p_h_given_v,
+                               rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(bernoulli_table(V, rbm.visible_probability(params, Hs)), p_v_given_h,
+                               rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_free_energy_and_log_partition_match_enumeration(seed):
+    for D, H in [(4, 3), (3, 5)]:  # both sides of the "enumerate the smaller layer" branch
+        params = make_params(seed, D, H)
+        log_joint = joint_log_table(params)
+        V = enumerate_binary(D)
+        np.testing.assert_allclose(rbm.free_energy(params, V), -logsumexp(log_joint, axis=1), rtol=1e-13)
+        assert rbm.exact_log_partition(params) == pytest.approx(logsumexp(log_joint), rel=1e-13)
+        p_v = rbm.exact_probability_v(params)
+        assert p_v.sum() == pytest.approx(1.0, abs=1e-13)
+        assert rbm.exact_probability_vh(params).sum() == pytest.approx(1.0, abs=1e-13)
+
+
+def test_exact_log_partition_refuses_large_models():
+    params = make_params(0, D=23, H=24)
+    with pytest.raises(ValueError, match="2\\*\\*23"):
+        rbm.exact_log_partition(params)
+
+
+def test_free_energy_matches_scikit_learn():
+    from sklearn.neural_network import BernoulliRBM
+
+    params = make_params(3, D=6, H=4)
+    sk = BernoulliRBM(n_components=4)
+    sk.components_ = params.W.T.copy()
+    sk.intercept_hidden_ = params.b.copy()
+    sk.intercept_visible_ = params.a.copy()
+    V = enumerate_binary(6)
+    np.testing.assert_allclose(rbm.free_energy(params, V), sk._free_energy(V), rtol=1e-13)
+
+
+# ------------------------------------------------------------------------------ (5.7)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_pseudo_likelihood_exact_matches_enumeration(seed):
+    params = make_params(seed, D=5, H=3)
+    V = enumerate_binary(5)
+    log_p = rbm.exact_log_marginal(params, V)  # (32,)
+    index = np.arange(32)
+    expected = np.zeros(32)
+    for i in range(5):
+        flipped = index ^ (1 << i)  # state index of v with bit i flipped
+        expected += log_p - np.logaddexp(log_p, log_p[flipped])  # log p(v_i | v_-i)
+    np.testing.assert_allclose(rbm.pseudo_log_likelihood_exact(params, V), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_pseudo_likelihood_stochastic_is_one_flip_of_exact(seed):
+    params = make_params(seed, D=5, H=3)
+    V = enumerate_binary(5)
+    log_p = rbm.exact_log_marginal(params, V)
+    bits = np.random.default_rng(seed).integers(0, 5, size=32)  # the documented draw
+    flipped = np.arange(32) ^ (1 << bits)
+    expected = 5 * (log_p - np.logaddexp(log_p, log_p[flipped]))
+    got = rbm.pseudo_log_likelihood(params, V, np.random.default_rng(seed))
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+# ------------------------------------------------------------------------------ (5.6)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_cd_gradient_with_exact_expectation_is_exact_gradient(seed):
+    params = make_params(seed, D=4, H=3)
+    v_data = (np.random.default_rng(seed + 100).random((7, 4)) < 0.5).astype(float)
+    V = enumerate_binary(4)
+    grad = rbm.cd_gradient(params, v_data, V, model_weights=rbm.exact_probability_v(params))
+    fd = finite_difference_gradient(lambda p: np.mean(rbm.exact_log_marginal(p, v_data)), params)
+    for g, f in zip(grad, fd):
+        assert np.max(np.abs(g - f)) / np.max(np.abs(f)) < 1e-6
+
+
+def test_cd_gradient_sign_and_shapes():
+    params = make_params(0)
+    v = (np.random.default_rng(0).random((5, 4)) < 0.5).astype(float)
+    g = rbm.cd_gradient(params, v, v)
+    for x, p in zip(g, params):
+        assert x.shape == p.shape
+        np.testing.assert_array_equal(x, 0.0)  # same data and model samples: zero gradient
+    # ascent direction: more visible units on in the data than in the model raises a
+    g = rbm.cd_gradient(params, np.ones((1, 4)), np.zeros((1, 4)))
+    assert np.all(g.a > 0)
+
+
+# ------------------------------------------------------------------------------ (5.5)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_gibbs_transition_matrix_leaves_p_invariant(seed):
+    params = make_params(seed, D=4, H=3, scale=2.0)
+    K = rbm.exact_transition_matrix(params)
+    np.testing.assert_allclose(K.sum(axis=1), 1.0, atol=1e-13)
+    assert stationary_distance(rbm.exact_probability_v(params), K) < 1e-12
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_single_blocks_satisfy_detailed_balance(seed):
+    params = make_params(seed, D=3, H=3, scale=2.0)
+    pi = rbm.exact_probability_vh(params)
+    K_h, K_v = rbm.exact_block_kernels(params)
+    for K in (K_h, K_v):
+        flow = pi[:, None] * K
+        assert np.max(np.abs(flow - flow.T)) < 1e-14
+        assert stationary_distance(pi, K) < 1e-12
+    # the sweep on (v, h), marginalised over the final h, is the chain on v
+    sweep = (K_h @ K_v).reshape(8, 8, 8, 8).sum(axis=3)[:, 0, :]
+    np.testing.assert_allclose(sweep, rbm.exact_transition_matrix(params), atol=1e-14)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_gibbs_sweep_frequencies_match_transition_row(seed):
+    params = make_params(seed, D=4, H=3, scale=1.5)
+    K = rbm.exact_transition_matrix(params)
+    start = seed % 16
+    N = 20000
+    v0 = np.repeat(enumerate_binary(4)[start:start + 1], N, axis=0)
+    v_new, h = rbm.gibbs_sweep(params, v0, np.random.default_rng(1000 + seed))
+    index = (v_new @ (1 << np.arange(4))).astype(int)
+    counts = np.bincount(index, minlength=16)
+    assert chi_square_pvalue(counts, K[start]) > 1e-6  # false-alarm rate 1e-6 per seed
+
+
+def test_gibbs_sweep_draw_order():
+    params = make_params(4, D=5, H=3)
+    v = (np.random.default_rng(0).random((6, 5)) < 0.5).astype(float)
+    v_new, h = rbm.gibbs_sweep(params, v, np.random.default_rng(9))
+    rng = np.random.default_rng(9)
+    h_ref = (rng.random((6, 3)) < rbm.hidden_probability(params, v)).astype(float)
+    v_ref = (rng.random((6, 5)) < rbm.visible_probability(params, h_ref)).astype(float)
+    np.testing.assert_array_equal(h, h_ref)
+    np.testing.assert_array_equal(v_new, v_ref)
+
+
+# ------------------------------------------------------------------------------ robustness
+
+
+def test_extreme_parameters_stay_finite():
+    rng = np.random.default_rng(0)
+    params = RBMParams(W=1e3 * rng.normal(size=(6, 4)), a=1e3 * rng.normal(size=6),
+                       b=1e3 * rng.normal(size=4))
+    V = enumerate_binary(6)
+    # underflow to 0 is the correct value of e.g. sigmoid(-2000); overflow, 0/0 and log(0) are bugs
+    with np.errstate(over="raise", invalid="raise", divide="raise", under="ignore"):
+        outputs = [
+            rbm.free_energy(params, V),
+            rbm.hidden_probability(params, V),
+            rbm.pseudo_log_likelihood_exact(params, V),
+            rbm.pseudo_log_likelihood(params, V, np.random.default_rng(1)),
+            np.asarray(rbm.exact_log_partition(params)),
+            rbm.exact_log_marginal(params, V),
+            rbm.exact_transition_matrix(params),
+            *rbm.cd_gradient(params, V[:10], V[10:], model_weights=np.full(54, 1 / 54)),
+            *rbm.gibbs_sweep(params, V, np.random.default_rng(2)),
+        ]
+    for x in outputs:
+        assert np.all(np.isfinite(x))
+
+
+def test_dtype_preserved_and_inputs_untouched():
+    params = make_params(0, D=5, H=3, dtype=np.float32)
+    v = (np.random.default_rng(0).random((4, 5)) < 0.5).astype(np.float32)
+    before = [x.copy() for x in (*params, v)]
+    out = [rbm.free_energy(params, v), rbm.hidden_probability(params, v),
+           rbm.pseudo_log_likelihood_exact(params, v),
+           *rbm.gibbs_sweep(params, v, np.random.default_rng(0)), *rbm.cd_gradient(params, v, v)]
+    for x in out:
+        assert x.dtype == np.float32
+    for x, y in zip(before, (*params, v)):
+        np.testing.assert_array_equal(x, y)
