@@ -1,0 +1,240 @@
+"""Annealed importance sampling for log Z (MODEL.md sec. 6; ``lessons/09_evaluation.py``).
+
+Equation labels:
+
+* (6.1) exact ``log Z`` by enumeration (tiny models; in each model module)
+* (6.2) the annealing path: parameters interpolated linearly from a base-rate model
+  ``theta_0`` (W = 0, visible biases ``alpha_0`` from the data means, the other parameters
+  kept) to the target ``theta_1``: ``theta_beta = (1 - beta) theta_0 + beta theta_1``
+* (6.3) importance weights ``log w = sum_k [log f_{beta_k}(x_{k-1}) - log f_{beta_{k-1}}(x_{k-1})]``
+  with ``x_k`` drawn by a transition that leaves ``f_{beta_k}`` invariant (Neal 2001;
+  Salakhutdinov & Murray 2008)
+* (6.4) ``log Z_1 ~ log Z_0 + log mean(w)``, its standard error by the delta method
+  ``std(w) / (sqrt(n) mean(w))``, and a bootstrap interval
+
+Transitions: block Gibbs for the RBM, the exact MH sweep for Model P, the 3-block Gibbs sweep on
+(v, a) for Model R (its sweep starts with h | v, a, so the state it carries is (v, a) and
+``f_beta(v, a)`` has h summed out in closed form).
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.special import logsumexp
+
+from . import model_p, model_r, rbm
+from .ops import sigmoid, softplus
+from .params import PParams, RBMParams, RParams
+
+__all__ = ["AISResult", "default_betas", "ais", "ais_log_partition", "base_log_odds"]
+
+
+@dataclass
+class AISResult:
+    """The AIS estimate of log Z with its uncertainty.
+
+    Attributes
+    ----------
+    log_z : float
+        ``log Z_0 + log mean(w)`` (6.4). In expectation it is biased low (Jensen).
+    std_error : float
+        Delta-method standard error of ``log_z``.
+    interval : (float, float)
+        Bootstrap 95% interval of ``log_z`` over resampled runs.
+    log_weights : ndarray of shape (n_runs,)
+        Per-run log importance weights (6.3).
+    log_z_base : float
+        Exact log partition function of the base-rate model.
+    n_temperatures : int
+    """
+
+    log_z: float
+    std_error: float
+    interval: tuple
+    log_weights: np.ndarray = field(repr=False)
+    log_z_base: float = 0.0
+    n_temperatures: int = 0
+
+    @property
+    def effective_sample_size(self):
+        """``(sum w)^2 / sum w^2``: how many runs carry the estimate."""
+        lw = self.log_weights
+        return float(np.exp(2 * logsumexp(lw) - logsumexp(2 * lw)))
+
+
+def default_betas(fast=False):
+    """Inverse temperatures 0 = beta_0 < ... < beta_K = 1 (Salakhutdinov & Murray's schedule).
+
+    ``0:1e-3:0.5, 0.5:1e-4:0.9, 0.9:1e-5:1`` gives 14,500 temperatures; ``fast=True`` divides
+    each density by 10 (1,450), for tests and quick looks.
+    """
+    f = 10 if fast else 1
+    return np.concatenate([
+        np.linspace(0.0, 0.5, 500 // f, endpoint=False),
+        np.linspace(0.5, 0.9, 4000 // f, endpoint=False),
+        np.linspace(0.9, 1.0, 10000 // f + 1),
+    ])
+
+
+def base_log_odds(mean, eps=1e-3):
+    """Visible biases of the base-rate model: ``log(m / (1 - m))`` of the data means, clipped."""
+    m = np.clip(np.asarray(mean, dtype=np.float64), eps, 1.0 - eps)
+    return np.log(m) - np.log1p(-m)
+
+
+def ais(log_f, sample_base, transition, log_z_base, betas, n_runs, rng, n_bootstrap=1000):
+    """Generic annealed importance sampling (6.3, 6.4).
+
+    Parameters
+    ----------
+    log_f : callable (beta, state) -> ndarray (n_runs,)
+        Unnormalised log density of the intermediate distribution at ``beta``.
+    sample_base : callable (n_runs, rng) -> state
+        Exact draws from the base distribution (beta = 0).
+    transition : callable (beta, state, rng) -> state
+        A Markov step leaving ``exp(log_f(beta, .))`` invariant.
+    log_z_base : float
+    betas : ndarray of shape (K + 1,), increasing from 0 to 1
+    n_runs : int
+    rng : np.random.Generator
+
+    Returns
+    -------
+    AISResult
+    """
+    betas = np.asarray(betas, dtype=np.float64)
+    if betas[0] != 0.0 or betas[-1] != 1.0 or np.any(np.diff(betas) <= 0):
+        raise ValueError("betas must increase strictly from 0 to 1")
+    state = sample_base(n_runs, rng)
+    log_w = np.zeros(n_runs)
+    prev = log_f(betas[0], state)  # (n_runs,)
+    for k in range(1, len(betas)):
+        cur = log_f(betas[k], state)
+        log_w += cur - prev
+        if k < len(betas) - 1:
+            state = transition(betas[k], state, rng)
+            prev = log_f(betas[k], state)
+    return _summarise(log_w, log_z_base, len(betas), rng, n_bootstrap)
+
+
+def _summarise(log_w, log_z_base, n_temperatures, rng, n_bootstrap):
+    n = log_w.shape[0]
+    log_mean = logsumexp(log_w) - np.log(n)
+    w = np.exp(log_w - log_w.max())  # rescaled weights, max 1
+    se = float(np.std(w) / (np.sqrt(n) * np.mean(w)))
+    idx = rng.integers(0, n, size=(n_bootstrap, n))
+    boot = logsumexp(log_w[idx], axis=1) - np.log(n) + log_z_base  # (n_bootstrap,)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return AISResult(float(log_z_base + log_mean), se, (float(lo), float(hi)), log_w, float(log_z_base), n_temperatures)
+
+
+# ----------------------------------------------------------------------------- per-model paths
+
+
+def _interpolate(base, target, beta):
+    """(6.2) ``(1 - beta) theta_0 + beta theta_1`` field by field."""
+    return type(target)(*((1.0 - beta) * b + beta * t for b, t in zip(base, target)))
+
+
+def _ais_rbm(params, alpha0, betas, n_runs, rng):
+    base = RBMParams(np.zeros_like(params.W), alpha0, params.b)
+    log_z_base = float(softplus(alpha0).sum() + softplus(params.b).sum())
+
+    def log_f(beta, v):
+        return -rbm.free_energy(_interpolate(base, params, beta), v)
+
+    def sample_base(n, g):
+        return (g.random((n, alpha0.shape[0])) < sigmoid(alpha0)).astype(np.float64)
+
+    def transition(beta, v, g):
+        return rbm.gibbs_sweep(_interpolate(base, params, beta), v, g)[0]
+
+    return ais(log_f, sample_base, transition, log_z_base, betas, n_runs, rng)
+
+
+def _ais_p(params, alpha0, betas, n_runs, rng, n_iter):
+    base = PParams(np.zeros_like(params.W), alpha0, params.rho, params.beta)
+    log_z_base = float(softplus(alpha0).sum())  # W = 0: s = 0, every expert contributes log 1
+
+    def log_f(beta, v):
+        return -model_p.free_energy(_interpolate(base, params, beta), v, n_iter)
+
+    def sample_base(n, g):
+        return (g.random((n,) + alpha0.shape) < sigmoid(alpha0)).astype(np.float64)
+
+    def transition(beta, v, g):
+        return model_p.mh_sweep(_interpolate(base, params, beta), v, g, n_iter)[0]
+
+    return ais(log_f, sample_base, transition, log_z_base, betas, n_runs, rng)
+
+
+def _ais_r(params, alpha0, betas, n_runs, rng):
+    base = RParams(np.zeros_like(params.W), alpha0, params.gamma, params.beta)
+    # W = 0: v, h and a are independent; the sum over a gives logsumexp_j beta_ij per child.
+    log_z_base = float(softplus(alpha0).sum() + softplus(params.gamma).sum() + logsumexp(params.beta, axis=1).sum())
+    I, J = params.beta.shape
+
+    def log_f(beta, state):
+        v, a = state
+        return model_r.log_joint_va(_interpolate(base, params, beta), v, a)
+
+    def sample_base(n, g):
+        v = (g.random((n,) + alpha0.shape) < sigmoid(alpha0)).astype(np.float64)
+        cdf = np.cumsum(np.exp(params.beta - logsumexp(params.beta, axis=1, keepdims=True)), axis=1)  # (I, J)
+        a = np.minimum((g.random((n, I))[..., None] > cdf[None]).sum(axis=2), J - 1)  # (n, I)
+        return v, a.astype(np.int64)
+
+    def transition(beta, state, g):
+        v, a = state
+        v2, _, a2, _ = model_r.gibbs_sweep(_interpolate(base, params, beta), v, a, g)
+        return v2, a2
+
+    return ais(log_f, sample_base, transition, log_z_base, betas, n_runs, rng)
+
+
+def _as_params(model):
+    """(params, kind, n_iter) from a params container or a fitted estimator."""
+    if isinstance(model, (PParams, RParams, RBMParams)):
+        params = model
+    elif hasattr(model, "components_"):
+        params = RBMParams(np.asarray(model.components_, np.float64).T,
+                           np.asarray(model.intercept_visible_, np.float64),
+                           np.asarray(model.intercept_hidden_, np.float64))
+    elif hasattr(model, "rho_"):
+        params = PParams(*(np.asarray(getattr(model, k + "_"), np.float64) for k in PParams._fields))
+    elif hasattr(model, "gamma_"):
+        params = RParams(*(np.asarray(getattr(model, k + "_"), np.float64) for k in RParams._fields))
+    else:
+        raise TypeError(f"cannot evaluate an object of type {type(model).__name__}: expected a fitted "
+                        "capsnp estimator or a PParams/RParams/RBMParams container")
+    return params, getattr(model, "n_routing", 3)
+
+
+def ais_log_partition(model, n_runs=100, betas=None, random_state=None, base_rate=None):
+    """AIS estimate of log Z for a fitted model (6.2-6.4).
+
+    Parameters
+    ----------
+    model : fitted ``BernoulliRBM``, ``CapsulePoE`` or ``RoutedCapsuleRBM``, or a params container
+    n_runs : int, number of independent annealing runs (100 or more for reported numbers)
+    betas : ndarray, optional, the schedule (default :func:`default_betas`, 14,500 temperatures)
+    random_state : int, Generator or None
+    base_rate : ndarray, optional
+        Mean of the training data per pixel, shape (D,) or (I, d_v), for the base-rate model;
+        default: the model's own visible biases with W = 0 (also exact, less efficient).
+
+    Returns
+    -------
+    AISResult
+    """
+    params, n_iter = _as_params(model)
+    rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
+    betas = default_betas() if betas is None else betas
+    shape = params.a.shape if isinstance(params, RBMParams) else params.alpha.shape
+    alpha0 = (base_log_odds(base_rate).reshape(shape) if base_rate is not None
+              else np.array(params.a if isinstance(params, RBMParams) else params.alpha, dtype=np.float64))
+    if isinstance(params, RBMParams):
+        return _ais_rbm(params, alpha0, betas, n_runs, rng)
+    if isinstance(params, PParams):
+        return _ais_p(params, alpha0, betas, n_runs, rng, n_iter)
+    return _ais_r(params, alpha0, betas, n_runs, rng)
