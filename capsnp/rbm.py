@@ -284,8 +284,9 @@ def sufficient_statistics(params, v, weights=None):
     """
     v = np.asarray(v, dtype=_float_dtype(params.W, v))
     ph = hidden_probability(params, v)  # (B, H)
-    vh = v[:, :, None] * ph[:, None, :]  # (B, D, H)
-    return RBMParams(W=_weighted_mean(vh, weights), a=_weighted_mean(v, weights),
+    w = np.full(v.shape[0], 1.0 / v.shape[0], dtype=v.dtype) if weights is None else np.asarray(weights, v.dtype)
+    # sum_b w_b v_b ph_b^T as one matrix product, never forming the (B, D, H) tensor
+    return RBMParams(W=(v * w[:, None]).T @ ph, a=_weighted_mean(v, weights),
                      b=_weighted_mean(ph, weights))
 
 

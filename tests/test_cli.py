@@ -1,0 +1,98 @@
+"""``python -m capsnp``: train, sample and evaluate on a tiny configuration, in-process."""
+
+import json
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+from capsnp.cli import load_estimator, main
+from capsnp.datasets import binarize, load_dataset
+from capsnp.io import load_model
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_blas_thread():
+    with threadpool_limits(limits=1):
+        yield
+
+
+TINY = {"rbm": ["--hidden", "20"], "r": ["--capsules", "4", "--capsule-dim", "4"],
+        "p": ["--capsules", "4", "--capsule-dim", "4"]}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny training run per model: {model: output directory}."""
+    runs = {}
+    for model, extra in TINY.items():
+        out = tmp_path_factory.mktemp(f"run_{model}")
+        code = main(["train", "--model", model, "--epochs", "1", "--max-images", "120",
+                     "--batch-size", "40", "--sample-steps", "2", "--seed", "3",
+                     "--out", str(out), *extra])
+        assert code == 0
+        runs[model] = out
+    return runs
+
+
+@pytest.mark.parametrize("model", sorted(TINY))
+def test_train_writes_model_and_figures(model, trained, capsys):
+    out = trained[model]
+    for name in ("model.npz", "samples.png", "filters.png", "history.png"):
+        assert (out / name).stat().st_size > 0, name
+    arrays, meta = load_model(out / "model.npz")
+    assert meta["dataset"] == "embedded" and meta["epochs"] == 1
+    assert meta["n_train_images"] == 120 and len(meta["history"]) == 1
+    assert meta["hyperparameters"]["random_state"] == 3
+    assert {"p": "CapsulePoE", "r": "RoutedCapsuleRBM", "rbm": "BernoulliRBM"}[model] == meta["model"]
+    assert ("W_" in arrays) != (model == "rbm")
+
+
+def test_train_prints_epochs_and_paths(tmp_path, capsys):
+    code = main(["train", "--model", "rbm", "--epochs", "2", "--max-images", "50", "--hidden", "8",
+                 "--batch-size", "25", "--sample-steps", "1", "--out", str(tmp_path)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "epoch 1:" in printed and "epoch 2:" in printed
+    assert str(tmp_path / "model.npz") in printed and str(tmp_path / "samples.png") in printed
+
+
+@pytest.mark.parametrize("model", sorted(TINY))
+def test_model_file_reproduces_free_energies(model, trained):
+    est = load_estimator(trained[model] / "model.npz")
+    X = binarize(load_dataset("embedded", "train")[0][:120], random_state=3)
+    F = est.free_energy(X)
+    assert F.shape == (120,) and np.all(np.isfinite(F))
+    np.testing.assert_array_equal(load_estimator(trained[model] / "model.npz").free_energy(X), F)
+
+
+@pytest.mark.parametrize("model", sorted(TINY))
+def test_sample_and_evaluate(model, trained, tmp_path, capsys):
+    model_file = str(trained[model] / "model.npz")
+    png = tmp_path / "s.png"
+    assert main(["sample", "--model-file", model_file, "--n", "6", "--steps", "2",
+                 "--out", str(png)]) == 0
+    assert png.stat().st_size > 0
+    capsys.readouterr()
+    assert main(["evaluate", "--model-file", model_file, "--max-images", "30", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["split"] == "test" and report["n_images"] == 30
+    assert np.isfinite(report["reconstruction_error"])
+    assert ("elbo" in report) == (model == "r")
+    assert ("pseudo_log_likelihood" in report) == (model != "r")
+    assert main(["evaluate", "--model-file", model_file, "--max-images", "30"]) == 0
+    assert "reconstruction_error" in capsys.readouterr().out
+
+
+def test_errors_give_exit_codes(tmp_path, capsys):
+    assert main(["train", "--model", "nope"]) == 2
+    assert main([]) == 2
+    assert main(["--help"]) == 0
+    assert main(["sample", "--model-file", str(tmp_path / "missing.npz")]) == 1
+    assert "error" in capsys.readouterr().err
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a model")
+    assert main(["evaluate", "--model-file", str(bad)]) == 1
+    assert main(["train", "--model", "p", "--patch", "3", "--epochs", "1", "--max-images", "10",
+                 "--out", str(tmp_path / "x")]) == 1
+    assert "patch" in capsys.readouterr().err

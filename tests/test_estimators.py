@@ -1,0 +1,367 @@
+"""The scikit-learn style estimators on tiny data (8x8 digits, a slice of the embedded MNIST)."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sklearn.base import clone
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV
+from sklearn.neural_network import BernoulliRBM as SklearnRBM
+from sklearn.pipeline import Pipeline
+from threadpoolctl import threadpool_limits
+
+from capsnp import model_r
+from capsnp import rbm as rbm_math
+from capsnp.estimators import (BernoulliRBM, CapsulePoE, RoutedCapsuleRBM, load_estimator,
+                               mean_field_elbo)
+from capsnp.params import RBMParams, RParams
+from capsnp.training import (Objective, initial_state, learning_rate_at, momentum_at, run_epochs,
+                             sgd_update)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_blas_thread():
+    """One BLAS thread: on a small shared machine, spinning BLAS threads slow these tiny
+    problems down by up to 100x (e.g. LogisticRegression's lbfgs)."""
+    with threadpool_limits(limits=1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """200 binarised 8x8 digits, (200, 64) float64."""
+    return (load_digits().data[:200] / 16.0 > 0.5).astype(np.float64)
+
+
+def make(kind, **overrides):
+    """A small estimator of each kind, for 8x8 images."""
+    if kind == "p":
+        kw = dict(n_capsules=4, capsule_dim=4, patch=4, batch_size=20, learning_rate=0.05,
+                  random_state=0)
+        return CapsulePoE(**{**kw, **overrides})
+    if kind == "r":
+        kw = dict(n_capsules=4, capsule_dim=4, patch=4, batch_size=20, learning_rate=0.2,
+                  lr_schedule="constant", momentum=0.5, random_state=0)
+        return RoutedCapsuleRBM(**{**kw, **overrides})
+    kw = dict(n_components=16, batch_size=20, learning_rate=0.1, random_state=0)
+    return BernoulliRBM(**{**kw, **overrides})
+
+
+KINDS = ["p", "r", "rbm"]
+
+
+def fitted_arrays(est):
+    return {name: getattr(est, name) for name in est._param_attributes}
+
+
+# ----------------------------------------------------------------------------- learning
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_training_lowers_free_energy_of_data_relative_to_noise(kind, digits):
+    # Noise with the data's pixel marginals: a model of independent pixels (the initial
+    # visible biases) cannot tell it from the data, so a wider gap means learned structure.
+    # For R, free_energy is the mean-field upper bound -ELBO.
+    rng = np.random.default_rng(1)
+    noise = (rng.random((2000, 64)) < digits.mean(axis=0)).astype(np.float64)
+
+    def gap(est):
+        return est.free_energy(noise).mean() - est.free_energy(digits).mean()
+
+    before = gap(make(kind, n_iter=0).fit(digits))
+    after = gap(make(kind, n_iter=20).fit(digits))
+    assert after > before + 0.2
+
+
+def test_model_r_bound_is_below_exact_log_marginal():
+    rng = np.random.default_rng(0)
+    params = RParams(W=rng.normal(0, 1, (3, 2, 2, 2)), alpha=rng.normal(0, 1, (3, 2)),
+                     gamma=rng.normal(0, 1, (2, 2)), beta=rng.normal(0, 1, (3, 2)))
+    v = (rng.random((6, 3, 2)) < 0.5).astype(np.float64)
+    exact = model_r.exact_log_unnormalised_marginal(params, v)
+    c, _, _ = model_r.mean_field(params, v, tol=1e-10, max_iter=200)
+    bound = mean_field_elbo(params, v, c)
+    assert np.all(bound <= exact + 1e-12)
+    assert np.all(bound > exact - 3.0)  # a sensible bound, not just any number
+    # ... and it is a bound for any routing distribution, e.g. the uniform one
+    assert np.all(mean_field_elbo(params, v, np.full((6, 3, 2), 0.5)) <= exact + 1e-12)
+
+
+def test_trained_model_r_bound_is_below_exact_log_marginal(digits):
+    # A fitted estimator on 2x4 images (I = 2, d_v = 4) small enough to enumerate.
+    X = digits[:, [27, 28, 29, 30, 35, 36, 37, 38]]  # two rows of four central pixels
+    est = RoutedCapsuleRBM(2, 2, image_shape=(2, 4), patch=(1, 4), batch_size=20, n_iter=5,
+                           learning_rate=0.2, random_state=0).fit(X)
+    exact = model_r.exact_log_unnormalised_marginal(est._params(), est._to_layout(X[:20]))
+    assert np.all(est.score_samples(X[:20]) <= exact + 1e-12)
+
+
+def test_pipeline_with_logistic_regression_beats_majority_by_far():
+    from capsnp.datasets import binarize, load_dataset
+
+    X, y = load_dataset("embedded", "train")
+    Xt, yt = load_dataset("embedded", "test")
+    X, y = binarize(X[:2000], random_state=0), y[:2000]
+    Xt, yt = binarize(Xt[:500], random_state=1), yt[:500]
+    pipe = Pipeline([
+        ("poe", CapsulePoE(n_capsules=32, capsule_dim=8, sampler="reconstruct", grad="frozen",
+                           n_iter=1, random_state=0)),
+        ("clf", LogisticRegression(max_iter=2000)),
+    ])
+    pipe.fit(X, y)
+    accuracy = pipe.score(Xt, yt)
+    majority = np.max(np.bincount(yt)) / len(yt)
+    assert accuracy >= majority + 0.3
+
+
+def test_grid_search_composes(digits):
+    search = GridSearchCV(make("rbm", n_iter=2), {"n_components": [4, 8]}, cv=2)
+    search.fit(digits)
+    assert search.best_params_["n_components"] in (4, 8)
+    assert np.isfinite(search.best_score_)
+
+
+# ----------------------------------------------------------------------------- the RBM
+
+
+def test_rbm_update_is_scikit_learns(digits):
+    """One PCD-1 update equals scikit-learn's ``_fit`` given the same chain and uniforms."""
+    rng = np.random.default_rng(3)
+    D, H, B = digits.shape[1], 6, 10
+    params = RBMParams(W=rng.normal(0, 0.1, (D, H)), a=rng.normal(0, 0.1, D), b=rng.normal(0, 0.1, H))
+    batch, chain = digits[:B], digits[B:2 * B]
+    est = make("rbm", n_components=H, batch_size=B)
+    # ours: the chain sweeps h ~ p(h | chain), v_neg ~ p(v | h), then the gradient step
+    draws = np.random.default_rng(7)
+    grad, v_neg, _ = est._step(params, batch, chain, draws)
+    new, _ = sgd_update(params, type(params)(*map(np.zeros_like, params)), grad, 0.1, 0.0)
+    # scikit-learn: its persistent state is the hidden sample h; it draws v_neg from it
+    replay = np.random.default_rng(7)
+    u_h, u_v = replay.random((B, H)), replay.random((B, D))
+    h = (u_h < rbm_math.hidden_probability(params, chain)).astype(float)
+
+    class Uniforms:  # hands scikit-learn our uniforms, in its order
+        def __init__(self, *arrays):
+            self.arrays = list(arrays)
+
+        def uniform(self, size):
+            out = self.arrays.pop(0)
+            assert out.shape == tuple(size)
+            return out
+
+    sk = SklearnRBM(n_components=H, batch_size=B, learning_rate=0.1)
+    sk.components_ = params.W.T.copy()
+    sk.intercept_visible_, sk.intercept_hidden_ = params.a.copy(), params.b.copy()
+    sk.h_samples_ = h
+    sk._fit(batch, Uniforms(u_v, np.zeros((B, H))))
+    np.testing.assert_allclose(new.W.T, sk.components_, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(new.a, sk.intercept_visible_, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(new.b, sk.intercept_hidden_, rtol=0, atol=1e-12)
+
+
+def test_rbm_attributes_like_scikit_learn(digits):
+    est = make("rbm", n_iter=1).fit(digits)
+    assert est.components_.shape == (16, 64)
+    assert est.intercept_hidden_.shape == (16,)
+    assert est.intercept_visible_.shape == (64,)
+    assert est.transform(digits).shape == (200, 16)
+    assert est.get_feature_names_out().tolist()[:2] == ["bernoullirbm0", "bernoullirbm1"]
+    assert est.gibbs(digits[:3]).shape == (3, 64)
+
+
+# ----------------------------------------------------------------------------- API contracts
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_partial_fit_on_one_batch_equals_one_epoch_of_fit(kind, digits):
+    X = digits[:40]
+    a = make(kind, batch_size=40).partial_fit(X)
+    extra = {} if kind == "rbm" else {"monitor_fraction": 0.0}
+    b = make(kind, batch_size=40, n_iter=1, **extra).fit(X)
+    for name, value in fitted_arrays(a).items():
+        np.testing.assert_array_equal(value, getattr(b, name), err_msg=name)
+    np.testing.assert_array_equal(a.persistent_chains_, b.persistent_chains_)
+    a.partial_fit(X)  # continues the stream: a second epoch changes the model
+    assert not np.array_equal(a.alpha_ if kind != "rbm" else a.components_,
+                              b.alpha_ if kind != "rbm" else b.components_)
+    assert a.n_iter_ == 2 and len(a.history_) == 2
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_same_random_state_gives_identical_models(kind, digits):
+    a = make(kind, n_iter=2, random_state=5).fit(digits)
+    b = make(kind, n_iter=2, random_state=5).fit(digits)
+    c = make(kind, n_iter=2, random_state=6).fit(digits)
+    for name, value in fitted_arrays(a).items():
+        np.testing.assert_array_equal(value, getattr(b, name), err_msg=name)
+    assert not np.array_equal(a.components_ if kind == "rbm" else a.W_,
+                              c.components_ if kind == "rbm" else c.W_)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_get_set_params_and_clone(kind):
+    est = make(kind)
+    params = est.get_params()
+    twin = type(est)().set_params(**params)
+    assert twin.get_params() == params
+    copy = clone(est)
+    assert copy.get_params() == params and copy is not est
+    est.set_params(batch_size=7)
+    assert est.batch_size == 7
+    # the constructor stores values unchanged, even bad ones; fit checks them
+    bad = type(est)(batch_size=-3)
+    assert bad.batch_size == -3
+    with pytest.raises(ValueError, match="batch_size"):
+        bad.fit(np.zeros((4, 64)))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_float32_keeps_float32_and_is_close_to_float64(kind, digits):
+    X = digits[:60]
+    a = make(kind, n_iter=1, dtype=np.float64).fit(X)
+    b = make(kind, n_iter=1, dtype=np.float32).fit(X)
+    for name, value in fitted_arrays(b).items():
+        assert value.dtype == np.float32, name
+        np.testing.assert_allclose(value, getattr(a, name), rtol=1e-3, atol=1e-3, err_msg=name)
+    assert b.transform(X).dtype == np.float32
+    assert b.free_energy(X).dtype == np.float32
+    assert b.sample(4, n_steps=2).dtype == np.float32
+    np.testing.assert_allclose(b.free_energy(X), a.free_energy(X), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_save_load_reproduces_exactly_and_continues_training(kind, digits, tmp_path):
+    est = make(kind, n_iter=2).fit(digits)
+    path = tmp_path / "model.npz"
+    est.save(path, metadata={"note": "test"})
+    loaded = load_estimator(path)
+    assert type(loaded) is type(est)
+    assert loaded.get_params() == est.get_params()
+    np.testing.assert_array_equal(loaded.free_energy(digits), est.free_energy(digits))
+    np.testing.assert_array_equal(loaded.transform(digits), est.transform(digits))
+    assert loaded.history_ == est.history_
+    # the random streams, velocities and chains are restored: training continues identically
+    est.partial_fit(digits)
+    loaded.partial_fit(digits)
+    for name, value in fitted_arrays(est).items():
+        np.testing.assert_array_equal(value, getattr(loaded, name), err_msg=name)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_outputs_and_history(kind, digits):
+    est = make(kind, n_iter=2).fit(digits)
+    n_out = 16 if kind == "rbm" else 4
+    T = est.transform(digits[:5])
+    assert T.shape == (5, n_out) and np.all((T >= 0) & (T <= 1))
+    assert est.score_samples(digits[:5]).shape == (5,)
+    assert np.isfinite(est.score(digits[:5]))
+    S = est.sample(6, n_steps=3, random_state=0)
+    assert S.shape == (6, 64) and set(np.unique(S)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(S, est.sample(6, n_steps=3, random_state=0))
+    assert est.sample(n_steps=2, init=digits[:3]).shape == (3, 64)
+    assert len(est.history_) == 2 and [h["epoch"] for h in est.history_] == [1, 2]
+    expected = {"p": {"acceptance", "pseudo_log_likelihood", "reconstruction_error"},
+                "r": {"mean_field_iterations", "elbo", "reconstruction_error"},
+                "rbm": {"pseudo_log_likelihood", "free_energy", "reconstruction_error"}}[kind]
+    assert expected | {"seconds", "learning_rate"} <= set(est.history_[-1])
+    assert est.persistent_chains_.shape == (20, 64)
+
+
+def test_cd_and_reconstruct_and_frozen_variants(digits):
+    for est in (make("p", persistent=False, cd_k=2, grad="frozen", n_iter=1),
+                make("p", sampler="reconstruct", learn_prior=True, n_iter=1),
+                make("r", persistent=False, n_iter=1, chain_init="noise"),
+                make("rbm", persistent=False, cd_k=2, momentum=0.5, weight_decay=1e-3, n_iter=1)):
+        est.fit(digits)
+        assert est.persistent_chains_ is None or est.persistent
+        assert np.all(np.isfinite(est.free_energy(digits)))
+    with pytest.raises(ValueError, match="learn_prior"):
+        make("p", learn_prior=True, grad="frozen").fit(digits)
+
+
+def test_schedule_and_momentum():
+    assert learning_rate_at(0, 0.05, 10, "linear", 0.04) == pytest.approx(0.05)
+    assert learning_rate_at(9, 0.05, 10, "linear", 0.04) == pytest.approx(0.002)
+    assert learning_rate_at(20, 0.05, 10, "linear", 0.04) == pytest.approx(0.002)
+    assert learning_rate_at(5, 0.05, 10, "constant") == 0.05
+    assert momentum_at(0, 0.9) == 0.5 and momentum_at(5, 0.9) == 0.9 and momentum_at(0, 0.0) == 0.0
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bad_inputs_raise(kind, digits):
+    est = make(kind, n_iter=1)
+    X_nan = digits.copy()
+    X_nan[0, 0] = np.nan
+    with pytest.raises(ValueError):
+        est.fit(X_nan)
+    X_inf = digits.copy()
+    X_inf[0, 0] = np.inf
+    with pytest.raises(ValueError):
+        est.fit(X_inf)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        est.fit(digits * 2)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        est.fit(digits - 0.5)
+    with pytest.raises((TypeError, ValueError)):
+        est.fit(np.array([["a"] * 64] * 3, dtype=object))
+    with pytest.raises(TypeError):
+        est.fit(sp.csr_matrix(digits))
+    X = digits.copy()
+    est.fit(X)
+    np.testing.assert_array_equal(X, digits)  # never modified in place
+    with pytest.raises(ValueError, match="features"):
+        est.transform(digits[:, :49])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        est.free_energy(digits + 1)
+
+
+def test_layout_errors_name_image_shape_and_patch(digits):
+    with pytest.raises(ValueError, match=r"patch=3.*image_shape=\(8, 8\)"):
+        make("p", patch=3).fit(digits)
+    with pytest.raises(ValueError, match="image_shape"):
+        make("r", image_shape=(7, 9)).fit(digits)
+    with pytest.raises(ValueError, match="square"):
+        make("r").fit(digits[:, :60])
+    est = make("r", image_shape=(4, 16), patch=(2, 4), n_iter=1).fit(digits)  # not square: fine
+    assert est.n_visible_capsules_ == 8 and est.visible_capsule_dim_ == 8
+
+
+def test_divergence_raises_floating_point_error(digits):
+    # a float32 step of 1e39 overflows to infinity in the first update
+    with pytest.raises(FloatingPointError, match=r"parameters.*epoch 1.*lower learning_rate"):
+        with np.errstate(over="ignore", invalid="ignore"):
+            make("rbm", learning_rate=1e39, dtype=np.float32, n_iter=2).fit(digits)
+
+
+def test_training_loop_stops_on_a_non_finite_gradient():
+    calls = []
+
+    def step(params, batch, chains, rng):
+        calls.append(1)
+        bad = len(calls) > 3  # the fourth minibatch = the second epoch
+        return RBMParams(np.full((2, 1), np.nan if bad else 0.1), np.zeros(2), np.zeros(1)), None, {}
+
+    def init_params(X, rng):
+        return RBMParams(np.zeros((2, 1)), np.zeros(2), np.zeros(1))
+
+    objective = Objective(init_params=init_params, init_chains=None, step=step,
+                          monitor=lambda p, X, rng: {})
+    rng = np.random.default_rng(0)
+    state = initial_state(objective, np.zeros((6, 2)), rng, persistent=False)
+    with pytest.raises(FloatingPointError, match=r"gradient of W during epoch 2"):
+        run_epochs(state, objective, np.zeros((6, 2)), n_epochs=3, batch_size=2, rng=rng,
+                   monitor_rng=rng, X_monitor=None, learning_rate=0.1, schedule_epochs=3)
+    assert state.epoch == 1 and len(state.history) == 1
+    np.testing.assert_allclose(state.params.W, 0.03)  # three steps of lr 0.1 times gradient 0.1
+
+
+def test_unfitted_estimator_raises(digits):
+    from sklearn.exceptions import NotFittedError
+
+    for kind in KINDS:
+        with pytest.raises(NotFittedError):
+            make(kind).transform(digits)
