@@ -153,6 +153,8 @@ def build_parser():
                                      "train, sample from and evaluate models on binarised images.")
     parser.add_argument("--version", action="version", version=f"capsnp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("experiment", help="likelihood table: train, AIS, test log-likelihood "
+                   "(see python -m capsnp experiment --help)")
 
     train = sub.add_parser("train", help="fit a model and write model.npz and figures")
     train.add_argument("--model", choices=sorted(MODELS), default="r",
@@ -204,6 +206,11 @@ def build_parser():
 
 def main(argv=None):
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["experiment"]:  # its own parser: capsnp/experiment.py
+        from .experiment import main as experiment_main
+
+        return experiment_main(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

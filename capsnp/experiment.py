@@ -1,0 +1,149 @@
+"""Likelihood experiments: train, estimate log Z by AIS, report test log-likelihood in nats.
+
+``python -m capsnp experiment --dataset mnist --models rbm-cd1,rbm-pcd,r`` trains each named
+configuration on the binarised training set (stochastic binarisation, seed 0; Salakhutdinov &
+Murray 2008), estimates log Z with AIS from a base-rate model fitted to the training means, and
+writes into the output directory, for each model: ``<name>.json`` (configuration, epochs,
+wall-clock seconds, log Z with its error, test log-likelihood), ``<name>_model.npz``,
+``<name>_samples.png`` (persistent chains and fresh chains from noise), and ``results.md``.
+
+Test log-likelihood per image (6.5):
+
+* RBM and Model P: ``log p(v) = -F(v) - log Z`` with the closed-form free energy;
+* Model R: ``log p(v) ~ log p~(v) - log Z`` with ``log p~(v)`` estimated by importance sampling
+  over routing assignments, proposal the mean-field coefficients (4.10). Both estimates are
+  biased low, so R's number is neither a lower nor an upper bound.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import model_r
+from .ais import ais_log_partition, default_betas
+from .capsules import to_capsules
+from .datasets import binarize, load_dataset
+from .estimators import BernoulliRBM, CapsulePoE, RoutedCapsuleRBM
+from .plots import image_grids
+
+__all__ = ["PRESETS", "make_estimator", "test_log_likelihood", "run"]
+
+# Named configurations. Weight counts: RBM-500 has 784 * 500 = 392,000 weights; a capsule model
+# with 4x4 patches has 784 * J * d_h weights.
+PRESETS = {
+    "rbm-cd1": (BernoulliRBM, dict(n_components=500, learning_rate=0.05, batch_size=100, cd_k=1,
+                                   persistent=False, momentum=0.9, weight_decay=2e-4)),
+    "rbm-pcd": (BernoulliRBM, dict(n_components=500, learning_rate=0.02, batch_size=100, cd_k=1,
+                                   persistent=True, momentum=0.9, weight_decay=2e-4)),
+    "r": (RoutedCapsuleRBM, dict(n_capsules=16, capsule_dim=8, n_chains=500)),
+    "r-500": (RoutedCapsuleRBM, dict(n_capsules=50, capsule_dim=10, n_chains=500)),
+    "p": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, sampler="mh")),
+    "p-reconstruct": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, sampler="reconstruct")),
+}
+
+
+def make_estimator(name, n_iter, random_state=0, **overrides):
+    """A fresh estimator for the preset ``name`` trained for ``n_iter`` epochs."""
+    cls, kw = PRESETS[name]
+    return cls(**{**kw, "n_iter": n_iter, "random_state": random_state, **overrides})
+
+
+def _n_weights(est):
+    return int(est.components_.size if hasattr(est, "components_") else est.W_.size)
+
+
+def test_log_likelihood(est, X_test, log_z, rng, n_is=100, chunk=500):
+    """Per-image test log-likelihood in nats (6.5); returns (values (n,), IS standard errors or None)."""
+    if not isinstance(est, RoutedCapsuleRBM):
+        return -est.free_energy(X_test) - log_z, None
+    params = est._params()
+    V = to_capsules(X_test, est.image_shape_, est.patch_)  # (n, I, d_v)
+    out, se = [], []
+    for k in range(0, len(V), chunk):
+        e, s = model_r.log_marginal_is(params, V[k:k + chunk], n_is, rng, log_z=log_z)
+        out.append(e)
+        se.append(s)
+    return np.concatenate(out), np.concatenate(se)
+
+
+def run(dataset, models, epochs, out_dir, n_ais_runs=100, fast_ais=False, n_train=None, n_test=None,
+        sample_steps=1000, seed=0):
+    """Train, evaluate and record every model of ``models``; returns the list of result dicts."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    X_train, _ = load_dataset(dataset, "train")
+    X_test, _ = load_dataset(dataset, "test")
+    X_train, X_test = X_train[:n_train], X_test[:n_test]
+    V_train = binarize(X_train, "stochastic", random_state=seed)
+    V_test = binarize(X_test, "stochastic", random_state=seed + 1)
+    base_rate = V_train.mean(axis=0)  # (D,)
+    betas = default_betas(fast=fast_ais)
+    results = []
+    for name in models:
+        est = make_estimator(name, epochs, random_state=seed)
+        t0 = time.perf_counter()
+        est.fit(V_train)
+        train_seconds = time.perf_counter() - t0
+        base = base_rate if isinstance(est, BernoulliRBM) else to_capsules(base_rate[None], est.image_shape_, est.patch_)[0]
+        t0 = time.perf_counter()
+        res = ais_log_partition(est, n_runs=n_ais_runs, betas=betas, random_state=seed, base_rate=base)
+        ais_seconds = time.perf_counter() - t0
+        ll, is_se = test_log_likelihood(est, V_test, res.log_z, np.random.default_rng(seed))
+        persistent = None if est.persistent_chains_ is None else est.persistent_chains_[:100]
+        fresh = est.sample(100, n_steps=sample_steps, init="noise", random_state=seed)
+        panels = [(f"fresh chains from noise, {sample_steps} sweeps", fresh)]
+        if persistent is not None:
+            panels.insert(0, ("persistent training chains", persistent))
+        image_grids(panels, (28, 28), 10, out / f"{name}_samples.png")
+        est.save(out / f"{name}_model.npz")
+        r = {
+            "model": name, "class": type(est).__name__, "params": {k: repr(v) for k, v in est.get_params().items()},
+            "dataset": dataset, "n_train": len(V_train), "n_test": len(V_test), "epochs": epochs,
+            "n_weights": _n_weights(est), "train_seconds": round(train_seconds, 1),
+            "ais_seconds": round(ais_seconds, 1), "ais_runs": n_ais_runs, "ais_temperatures": len(betas),
+            "log_z": res.log_z, "log_z_std_error": res.std_error, "log_z_interval": list(res.interval),
+            "ais_effective_sample_size": res.effective_sample_size,
+            "test_log_likelihood": float(np.mean(ll)),
+            "test_log_likelihood_sem": float(np.std(ll) / np.sqrt(len(ll))),
+            "importance_sampling_mean_se": None if is_se is None else float(np.mean(is_se)),
+            "last_epoch": est.history_[-1] if est.history_ else None,
+        }
+        (out / f"{name}.json").write_text(json.dumps(r, indent=2, default=float) + "\n")
+        results.append(r)
+        print(f"{name}: test log-likelihood {r['test_log_likelihood']:.2f} nats "
+              f"(log Z {res.log_z:.2f} +- {res.std_error:.3f}), train {train_seconds:.0f} s", flush=True)
+    _write_table(results, out / "results.md")
+    return results
+
+
+def _write_table(results, path):
+    lines = ["| model | weights | epochs | train s | log Z (AIS, se) | test LL (nats/image) |", "|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['model']} | {r['n_weights']:,} | {r['epochs']} | {r['train_seconds']:.0f} | "
+                     f"{r['log_z']:.2f} ({r['log_z_std_error']:.3f}) | {r['test_log_likelihood']:.2f} |")
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="capsnp experiment", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist", "embedded"])
+    ap.add_argument("--models", default="rbm-cd1,rbm-pcd,r", help=f"comma-separated, from {sorted(PRESETS)}")
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--ais-runs", type=int, default=100)
+    ap.add_argument("--fast-ais", action="store_true", help="1,450 temperatures instead of 14,500")
+    ap.add_argument("--n-train", type=int, default=None)
+    ap.add_argument("--n-test", type=int, default=None)
+    ap.add_argument("--sample-steps", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="output directory (default: docs/results/<dataset>)")
+    a = ap.parse_args(argv)
+    run(a.dataset, a.models.split(","), a.epochs, a.out or f"docs/results/{a.dataset}", a.ais_runs, a.fast_ais,
+        a.n_train, a.n_test, a.sample_steps, a.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
