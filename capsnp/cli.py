@@ -79,11 +79,13 @@ def _train(args):
 
     steps = DEFAULT_SAMPLE_STEPS[args.model] if args.sample_steps is None else args.sample_steps
     shape = _image_shape(estimator)
-    fresh = estimator.sample(N_GRID, n_steps=steps, init="noise", random_state=args.seed)
+    fresh = estimator.sample(N_GRID, n_steps=steps, init="noise", random_state=args.seed,
+                             return_probabilities=True)
     panels = []
     if estimator.persistent_chains_ is not None:
         panels.append(("persistent chains", estimator.persistent_chains_[:N_GRID]))
-    panels.append((f"fresh chains, {steps} sweeps from noise", fresh))
+    panels.append((f"fresh chains, {steps} sweeps from noise"
+                   + ("" if args.model == "p" else " (visible probabilities)"), fresh))
     samples_path = image_grids(panels, shape, 8, out / "samples.png")
     filters_path = plot_filters(estimator, out / "filters.png")
     history_path = plot_history(estimator.history_, out / "history.png")

@@ -345,7 +345,8 @@ class _EnergyEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         """Mean of :meth:`score_samples` over X (for model selection, e.g. ``GridSearchCV``)."""
         return float(np.mean(self.score_samples(X)))
 
-    def sample(self, n_samples=None, n_steps=1000, init="noise", random_state=None):
+    def sample(self, n_samples=None, n_steps=1000, init="noise", random_state=None,
+               return_probabilities=False):
         """Draw images by running fresh Markov chains of the fitted model.
 
         Parameters
@@ -361,9 +362,16 @@ class _EnergyEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             Seed of the sampling stream; by default the estimator's ``random_state`` (a fixed
             seed then gives the same samples on every call).
 
+        return_probabilities : bool
+            Return, instead of the binary last state, the probabilities of the next visible
+            draw given it (RBM: ``p(v | h)`` with ``h ~ p(h | v)``; Model R: ``p(v | h, a)`` with
+            ``h ~ p(h | v, a)``), the usual way to show an RBM's samples. Model P has no
+            factorised visible conditional; it returns the binary state.
+
         Returns
         -------
-        ndarray of shape (n_samples, n_features), binary, in the estimator's dtype.
+        ndarray of shape (n_samples, n_features), in the estimator's dtype: binary, or
+        probabilities in [0, 1] with ``return_probabilities``.
         """
         check_is_fitted(self)
         _check_number("n_steps", n_steps, 0, integer=True)
@@ -383,7 +391,13 @@ class _EnergyEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         chains = self._start_chains(params, _bernoulli(p, rng, dtype), rng)
         for _ in range(int(n_steps)):
             chains, _ = self._sweep(params, chains, rng)
+        if return_probabilities:
+            return self._from_layout(self._visible_mean(params, chains, rng))
         return self._from_layout(self._chain_visible(chains))
+
+    def _visible_mean(self, params, chains, rng):
+        """Probabilities of the next visible draw (layout shape); default: the state itself."""
+        return self._chain_visible(chains)
 
     # ------------------------------------------------------------------ files
 
@@ -953,6 +967,13 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         v_new, _, a_new, _ = model_r.gibbs_sweep(params, chains[0], chains[1], rng)
         return (v_new, a_new), {}
 
+    def _visible_mean(self, params, chains, rng):
+        """``p(v | h, a)`` (4.5) with ``h ~ p(h | v, a)`` (4.4): (B, I, d_v)."""
+        v, a = chains
+        ph = model_r.hidden_probability(params, v, a)  # (B, J, d_h)
+        h = (rng.random(ph.shape) < ph).astype(ph.dtype)
+        return model_r.visible_probability(params, h, a)  # (B, I, d_v)
+
     def _step(self, params, batch, chains, rng):
         """PCD gradient (4.8): mean-field data statistics minus Rao-Blackwellised chain ones."""
         c, mu, n_mf = self._mean_field(params, batch)  # (B, I, J), (B, J, d_h), (B,)
@@ -1151,6 +1172,11 @@ class BernoulliRBM(_EnergyEstimator):
     def _sweep(self, params, v, rng):
         v_new, _ = rbm.gibbs_sweep(params, v, rng)  # (B, D)
         return v_new, {}
+
+    def _visible_mean(self, params, v, rng):
+        """``p(v | h)`` with ``h ~ p(h | v)`` (5.x): (B, D)."""
+        h = rbm.sample_hidden(params, v, rng)  # (B, H)
+        return rbm.visible_probability(params, h)  # (B, D)
 
     def _step(self, params, batch, chains, rng):
         """CD/PCD gradient (5.6): ``<v p(h|v)^T>_data - <v p(h|v)^T>_chains`` and the biases."""

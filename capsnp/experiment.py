@@ -94,7 +94,10 @@ def run(dataset, models, epochs, out_dir, n_ais_runs=100, fast_ais=False, n_trai
         ll, is_se = test_log_likelihood(est, V_test, res.log_z, np.random.default_rng(seed))
         persistent = None if est.persistent_chains_ is None else est.persistent_chains_[:100]
         fresh = est.sample(100, n_steps=sample_steps, init="noise", random_state=seed)
+        fresh_p = est.sample(100, n_steps=sample_steps, init="noise", random_state=seed, return_probabilities=True)
         panels = [(f"fresh chains from noise, {sample_steps} sweeps", fresh)]
+        if not isinstance(est, CapsulePoE):
+            panels.append(("the same chains: probabilities of the next visible draw", fresh_p))
         if persistent is not None:
             panels.insert(0, ("persistent training chains", persistent))
         image_grids(panels, (28, 28), 10, out / f"{name}_samples.png")
