@@ -1,0 +1,1081 @@
+"""Compiled loops behind :mod:`capsnp.kernels` (every Numba function of the package lives here).
+
+Each kernel is a plain Python function compiled at module level with
+``numba.njit(fn, cache=True, nogil=True, error_model="numpy")``; ``kernel.py_func`` gives the
+Python version back (tests run it against the NumPy reference). All compiled code sits in this
+one file on purpose: Numba's on-disk cache is invalidated by the modification time of the file
+that defines a function, not by the files of the functions it calls.
+
+Conventions
+-----------
+* Batch kernels take a range ``start, stop`` of images (or chains, or parameter rows) as their
+  first two arguments and process it serially. :func:`run_chunks` splits the batch into
+  contiguous ranges and runs them on ``numba.get_num_threads()`` threads (the kernels release
+  the GIL). Each image's work is independent and done by one thread in a fixed order of
+  operations, so results are bit-identical for any number of threads. Sums over the batch
+  (parameter gradients) are split over parameter rows and run over the batch in order
+  b = 0..B-1 inside each row: deterministic for any thread count too.
+
+  Why not ``parallel=True`` / ``prange``: with Numba 0.68 every parallel region recompiles the
+  whole tree of functions it calls (about 8 s per kernel and dtype on a 2-core machine, even
+  when the region's body is a single call to an already compiled function), which more than
+  doubled the cold compile time of this module (measured 194 s against 81 s for both dtypes
+  on a shared 2-core machine) for the same run-time parallelism.
+* Predictions ``u_hat = W v`` are computed once per call by :func:`predictions`, split over
+  children i so that ``W[i]`` stays in cache while the whole batch streams past; the (B, I, J,
+  d_h) array it fills is the largest one any kernel makes.
+* Samplers take pre-drawn uniform arrays. The public wrappers draw them from the
+  ``np.random.Generator`` in the order and shapes of the NumPy reference, so the twin
+  reproduces the reference's samples; a binary unit is ``x = (u < p)``.
+* Arrays keep the input dtype (float32 or float64; each compiles lazily on first use). Scalar
+  accumulators are typed from the arrays (``dtype.type(0)``) so float32 loops stay float32.
+* Scalar helpers repeat the NumPy reference's stable formulas (``capsnp.ops``). Results agree
+  with the reference to rounding (about 1e-15 relative in float64), not bit for bit: sums run
+  in a different order, and :func:`_dot` lets the compiler reorder its sum to use SIMD.
+
+Equation labels refer to MODEL.md: (2.0) predictions, (2.1) routing, (2.2) its VJP,
+(3.x) Model P, (4.x) Model R, (5.x) RBM.
+"""
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+try:  # the whole package works without Numba: the wrappers then call the NumPy reference
+    import numba
+
+    NUMBA_AVAILABLE = True
+except Exception:  # pragma: no cover - exercised only where Numba is missing or broken
+    numba = None
+    NUMBA_AVAILABLE = False
+
+
+if NUMBA_AVAILABLE:
+
+    def _jit(fn, fastmath=False):
+        """Compile ``fn`` in nopython mode, GIL released, cached on disk (each dtype lazily)."""
+        return numba.njit(fn, cache=True, nogil=True, fastmath=fastmath, error_model="numpy")
+
+else:  # pragma: no cover
+
+    def _jit(fn, fastmath=False):
+        return fn
+
+
+# ============================================================================================
+# scalar and vector helpers (ops.py formulas)
+# ============================================================================================
+
+
+def _sigmoid(x):
+    """``1 / (1 + e^{-x})`` without overflow: ``e^x / (1 + e^x)`` for x < 0."""
+    if x >= 0:
+        return 1.0 / (1.0 + np.exp(-x))
+    e = np.exp(x)
+    return e / (1.0 + e)
+
+
+_sigmoid = _jit(_sigmoid)
+
+
+def _softplus(x):
+    """``log(1 + e^x) = max(x, 0) + log1p(e^{-|x|})`` (as ``np.logaddexp(0, x)``)."""
+    return max(x, 0.0) + np.log1p(np.exp(-abs(x)))
+
+
+_softplus = _jit(_softplus)
+
+
+def _log_sigmoid(x):
+    """``log sigmoid(x) = -softplus(-x)``."""
+    return -_softplus(-x)
+
+
+_log_sigmoid = _jit(_log_sigmoid)
+
+
+def _dot(a, b):
+    """``sum_k a_k b_k`` of two 1-D arrays.
+
+    Compiled with the ``reassoc`` fast-math flag only: the compiler may reorder this one sum
+    (SIMD partial sums); no other floating-point rule is relaxed, and the flag applies to this
+    function's instructions only, also where it is inlined.
+    """
+    acc = a.dtype.type(0)
+    for k in range(a.shape[0]):
+        acc += a[k] * b[k]
+    return acc
+
+
+_dot = _jit(_dot, fastmath={"reassoc"})
+
+
+def _copy_2d(src, dst):
+    """``dst[...] = src`` for 2-D arrays of the same shape (an explicit loop compiles fastest)."""
+    for i in range(src.shape[0]):
+        for j in range(src.shape[1]):
+            dst[i, j] = src[i, j]
+
+
+_copy_2d = _jit(_copy_2d)
+
+
+def _capsule_length(s):
+    """``|s|`` of one capsule s (d,), scaled by ``max |s_k|`` as ``ops.capsule_length``."""
+    m = s.dtype.type(0)
+    for k in range(s.shape[0]):
+        a = abs(s[k])
+        if a > m:
+            m = a
+    if m == 0:
+        return m
+    acc = s.dtype.type(0)
+    for k in range(s.shape[0]):
+        q = s[k] / m
+        acc += q * q
+    return m * np.sqrt(acc)
+
+
+_capsule_length = _jit(_capsule_length)
+
+
+def _length_factor(n):
+    """``f(n) = n / (1 + n^2)``, as ``1 / (n + 1/n)`` for n > 1 (overflow-free)."""
+    if n > 1.0:
+        return 1.0 / (n + 1.0 / n)
+    return n / (1.0 + n * n)
+
+
+_length_factor = _jit(_length_factor)
+
+
+def _squash_capsule(s, out):
+    """(1.1) ``out = s |s| / (1 + |s|^2)`` for one capsule s (d,)."""
+    f = _length_factor(_capsule_length(s))
+    for k in range(s.shape[0]):
+        out[k] = s[k] * f
+
+
+_squash_capsule = _jit(_squash_capsule)
+
+
+def _squash_vjp_capsule(s, g, out):
+    """(1.3) ``out = f g + n f'(n) (g . s_hat) s_hat`` for one capsule; zero Jacobian at s = 0."""
+    d = s.shape[0]
+    n = _capsule_length(s)
+    if n == 0:
+        for k in range(d):
+            out[k] = 0.0 * g[k]
+        return
+    f = _length_factor(n)
+    if n > 1.0:  # n f'(n) written with m = 1/n
+        m = 1.0 / n
+        nfp = m * (m * m - 1.0) / ((1.0 + m * m) * (1.0 + m * m))
+    else:
+        nfp = n * (1.0 - n * n) / ((1.0 + n * n) * (1.0 + n * n))
+    gs = s.dtype.type(0)
+    for k in range(d):
+        gs += g[k] * (s[k] / n)
+    for k in range(d):
+        out[k] = f * g[k] + nfp * gs * (s[k] / n)
+
+
+_squash_vjp_capsule = _jit(_squash_vjp_capsule)
+
+
+def _softmax_rows(logits, c):
+    """``c[i] = softmax(logits[i])`` over the last axis (PARENTS j), max subtracted: (I, J)."""
+    I, J = logits.shape
+    for i in range(I):
+        mx = logits[i, 0]
+        for j in range(1, J):
+            if logits[i, j] > mx:
+                mx = logits[i, j]
+        tot = c.dtype.type(0)
+        for j in range(J):
+            e = np.exp(logits[i, j] - mx)
+            c[i, j] = e
+            tot += e
+        for j in range(J):
+            c[i, j] = c[i, j] / tot
+
+
+_softmax_rows = _jit(_softmax_rows)
+
+
+# ============================================================================================
+# predictions (2.0) and routing of one image (2.1, 2.2)
+# ============================================================================================
+
+
+def _nonzero_index(x, idx):
+    """Write the positions of the nonzero entries of x (d,) to idx[:n] and return n.
+
+    Branch-free (every position is written, the count advances only on a nonzero), so it
+    costs no mispredicted branches on random binary data.
+    """
+    n = 0
+    for l in range(x.shape[0]):
+        idx[n] = l
+        n += x[l] != 0
+    return n
+
+
+_nonzero_index = _jit(_nonzero_index)
+
+
+def predictions(start, stop, W, v, u):
+    """(2.0) ``u[b, i] = W[i] @ v[b, i]`` (J, d_h) for children i in [start, stop), every image b.
+
+    Looping over children outside keeps ``W[i]`` in cache while the batch streams past.
+    ``W[i]`` is transposed once to (d_v, J, d_h), so each image adds ``v_bil W[i, :, :, l]``
+    as contiguous vector updates, only for the l with ``v_bil != 0`` (binary data are mostly
+    zeros; a skipped term would add exactly zero for finite W).
+
+    Parameters
+    ----------
+    start, stop : int, range of children i
+    W : (I, J, d_h, d_v); v : (B, I, d_v); u : (B, I, J, d_h) out
+    """
+    B = v.shape[0]
+    J, d_h, d_v = W.shape[1], W.shape[2], W.shape[3]
+    Wt = np.empty((d_v, J, d_h), dtype=W.dtype)  # W[i] transposed
+    idx = np.empty(d_v, dtype=np.int64)
+    for i in range(start, stop):
+        for j in range(J):
+            for k in range(d_h):
+                for l in range(d_v):
+                    Wt[l, j, k] = W[i, j, k, l]
+        for b in range(B):
+            ub = u[b, i]  # (J, d_h)
+            for j in range(J):
+                for k in range(d_h):
+                    ub[j, k] = 0.0
+            for m in range(_nonzero_index(v[b, i], idx)):
+                l = idx[m]
+                x = v[b, i, l]
+                for j in range(J):
+                    for k in range(d_h):
+                        ub[j, k] += Wt[l, j, k] * x
+
+
+predictions = _jit(predictions)
+
+
+def _route_image(u, beta, c0, cs, ss, vs, logits):
+    """Dynamic routing (2.1) of one image, keeping every pass.
+
+    Parameters
+    ----------
+    u : (I, J, d_h) predictions
+    beta : (I, J) prior logits
+    c0 : (I, J) ``softmax_j(beta)``, the first pass's coefficients (the same for every image
+        that shares beta, so the caller computes it once)
+    cs : (r, I, J) out, coupling coefficients of every pass
+    ss : (r, J, d_h) out, routed inputs of every pass
+    vs : (r, J, d_h) out, squashed outputs of every pass
+    logits : (I, J) scratch
+    """
+    r = cs.shape[0]
+    I, J, d_h = u.shape
+    zero = u.dtype.type(0)
+    for t in range(r):
+        c = cs[t]  # (I, J)
+        s = ss[t]  # (J, d_h)
+        if t == 0:
+            _copy_2d(beta, logits)
+            _copy_2d(c0, c)
+        else:
+            _softmax_rows(logits, c)  # sums to one over parents j
+        for j in range(J):
+            for k in range(d_h):
+                s[j, k] = zero
+        for i in range(I):
+            for j in range(J):
+                cij = c[i, j]
+                for k in range(d_h):
+                    s[j, k] += cij * u[i, j, k]
+        for j in range(J):
+            _squash_capsule(s[j], vs[t, j])
+        if t < r - 1:  # accumulate agreement; skipped after the last pass
+            for i in range(I):
+                for j in range(J):
+                    logits[i, j] += _dot(u[i, j], vs[t, j])
+
+
+_route_image = _jit(_route_image)
+
+
+def _route_image_vjp(u, cs, ss, vs, gs_last, gv_last, gc_last, has_gv, has_gc, gu, gb, gv, gs, gc):
+    """Reverse mode of routing (2.2) for one image, through all r passes.
+
+    With adjoints ``gb`` of the next logits (zero after the last pass), pass t gives
+    ``gv = [t=r-1] g_v + sum_i gb_ij u_ij``, ``gs = [t=r-1] g_s + squash_vjp(s^t, gv)``,
+    ``gc = [t=r-1] g_c + u . gs``, ``gb += softmax_vjp(c^t, gc)``,
+    ``gu += c^t gs + gb^{t+1} v^t``.
+
+    Parameters
+    ----------
+    u : (I, J, d_h); cs (r, I, J), ss (r, J, d_h), vs (r, J, d_h): the forward trace
+    gs_last, gv_last : (J, d_h) adjoints of the final s and v
+    gc_last : (I, J) adjoint of the final c
+    has_gv, has_gc : bool, whether gv_last / gc_last are used (zero otherwise)
+    gu : (I, J, d_h) out, ``dL/du``
+    gb : (I, J) out, ``dL/dbeta`` (adjoint of the initial logits)
+    gv, gs : (J, d_h) scratch; gc : (I, J) scratch
+    """
+    r = cs.shape[0]
+    I, J, d_h = u.shape
+    zero = u.dtype.type(0)
+    for i in range(I):
+        for j in range(J):
+            gb[i, j] = zero
+            for k in range(d_h):
+                gu[i, j, k] = zero
+    for t in range(r - 1, -1, -1):
+        last = t == r - 1
+        if last and not has_gv:
+            # squash_vjp(s, 0) = 0, so gs is the adjoint of the final s
+            _copy_2d(gs_last, gs)
+        else:
+            for j in range(J):
+                for k in range(d_h):
+                    gv[j, k] = gv_last[j, k] if last else zero
+            if not last:
+                for i in range(I):
+                    for j in range(J):
+                        g = gb[i, j]
+                        for k in range(d_h):
+                            gv[j, k] += g * u[i, j, k]
+                            gu[i, j, k] += g * vs[t, j, k]
+            for j in range(J):
+                _squash_vjp_capsule(ss[t, j], gv[j], gs[j])
+            if last:
+                for j in range(J):
+                    for k in range(d_h):
+                        gs[j, k] += gs_last[j, k]
+        for i in range(I):
+            for j in range(J):
+                cij = cs[t, i, j]
+                for k in range(d_h):
+                    gu[i, j, k] += cij * gs[j, k]
+                acc = _dot(u[i, j], gs[j])
+                gc[i, j] = acc + gc_last[i, j] if (last and has_gc) else acc
+        for i in range(I):  # softmax_vjp: c * (gc - sum_j c gc)
+            dot = _dot(cs[t, i], gc[i])
+            for j in range(J):
+                gb[i, j] += cs[t, i, j] * (gc[i, j] - dot)
+
+
+_route_image_vjp = _jit(_route_image_vjp)
+
+
+# ============================================================================================
+# routing over a batch
+# ============================================================================================
+
+
+def routing_forward(start, stop, u_hat, beta, c0, n_iter, c_out, s_out, v_out):
+    """Dynamic routing (2.1) of images b in [start, stop).
+
+    Parameters
+    ----------
+    start, stop : int, range of images
+    u_hat : (B, I, J, d_h)
+    beta, c0 : (1 or B, I, J) prior logits and their softmax over parents
+    n_iter : int, r >= 1
+    c_out : (B, I, J) out; s_out, v_out : (B, J, d_h) out
+    """
+    B, I, J, d_h = u_hat.shape
+    dt = u_hat.dtype
+    cs = np.empty((n_iter, I, J), dtype=dt)  # (r, I, J), the trace of one image
+    ss = np.empty((n_iter, J, d_h), dtype=dt)  # (r, J, d_h)
+    vs = np.empty((n_iter, J, d_h), dtype=dt)  # (r, J, d_h)
+    logits = np.empty((I, J), dtype=dt)
+    for b in range(start, stop):
+        p = 0 if beta.shape[0] == 1 else b  # shared or per-image prior
+        _route_image(u_hat[b], beta[p], c0[p], cs, ss, vs, logits)
+        _copy_2d(cs[n_iter - 1], c_out[b])
+        _copy_2d(ss[n_iter - 1], s_out[b])
+        _copy_2d(vs[n_iter - 1], v_out[b])
+
+
+routing_forward = _jit(routing_forward)
+
+
+def routing_forward_vjp(start, stop, u_hat, beta, c0, n_iter, g_s, g_v, g_c, has_gv, has_gc,
+                        c_out, s_out, v_out, gu_out, gb_out):
+    """Routing (2.1) and its VJP (2.2) of images b in [start, stop), fused per image.
+
+    Only one image's trace (c (r, I, J), s and v (r, J, d_h)) exists at a time.
+
+    Parameters
+    ----------
+    start, stop : int, range of images
+    u_hat : (B, I, J, d_h); beta, c0 : (1 or B, I, J); n_iter : int
+    g_s, g_v : (B, J, d_h) adjoints of the final s, v; g_c : (B, I, J) adjoint of the final c
+    has_gv, has_gc : bool
+    c_out (B, I, J), s_out (B, J, d_h), v_out (B, J, d_h) : out, the forward result
+    gu_out : (B, I, J, d_h) out; gb_out : (B, I, J) out, per-image adjoint of beta
+    """
+    B, I, J, d_h = u_hat.shape
+    dt = u_hat.dtype
+    cs = np.empty((n_iter, I, J), dtype=dt)  # (r, I, J)
+    ss = np.empty((n_iter, J, d_h), dtype=dt)  # (r, J, d_h)
+    vs = np.empty((n_iter, J, d_h), dtype=dt)  # (r, J, d_h)
+    logits = np.empty((I, J), dtype=dt)
+    gv = np.empty((J, d_h), dtype=dt)
+    gs = np.empty((J, d_h), dtype=dt)
+    gc = np.empty((I, J), dtype=dt)
+    for b in range(start, stop):
+        p = 0 if beta.shape[0] == 1 else b
+        _route_image(u_hat[b], beta[p], c0[p], cs, ss, vs, logits)
+        _copy_2d(cs[n_iter - 1], c_out[b])
+        _copy_2d(ss[n_iter - 1], s_out[b])
+        _copy_2d(vs[n_iter - 1], v_out[b])
+        _route_image_vjp(u_hat[b], cs, ss, vs, g_s[b], g_v[b], g_c[b], has_gv, has_gc,
+                         gu_out[b], gb_out[b], gv, gs, gc)
+
+
+routing_forward_vjp = _jit(routing_forward_vjp)
+
+
+# ============================================================================================
+# Model P (3.x)
+# ============================================================================================
+
+
+def _p_expert_terms(rho, s, log_gain, prob):
+    """Per capsule j: ``log(1 + e^rho |s|^2)`` (3.3) and ``sigmoid(rho + log |s|^2)`` (3.2).
+
+    Both are zero where ``s_j = 0`` (firing logit ``-inf``). s (J, d_h); log_gain, prob (J,) out.
+    """
+    for j in range(s.shape[0]):
+        n2 = _dot(s[j], s[j])
+        if n2 == 0:
+            log_gain[j] = 0.0
+            prob[j] = 0.0
+        else:
+            x = rho[j] + np.log(n2)  # firing logit
+            log_gain[j] = _softplus(x)
+            prob[j] = _sigmoid(x)
+
+
+_p_expert_terms = _jit(_p_expert_terms)
+
+
+def _p_free_energy_image(alpha, v, log_gain):
+    """(3.3) ``F = -alpha . v - sum_j log_gain_j`` for one image: alpha, v (I, d_v), log_gain (J,)."""
+    I, d_v = v.shape
+    av = v.dtype.type(0)
+    for i in range(I):
+        av += _dot(v[i], alpha[i])
+    lg = v.dtype.type(0)
+    for j in range(log_gain.shape[0]):
+        lg += log_gain[j]
+    return -av - lg
+
+
+_p_free_energy_image = _jit(_p_free_energy_image)
+
+
+def _p_field_factor(rho, s, g):
+    """(3.5) ``g_j = -dF/ds_j = 2 s_j / (e^{-rho_j} + |s_j|^2)``: s (J, d_h) -> g (J, d_h)."""
+    J, d_h = s.shape
+    for j in range(J):
+        den = np.exp(-rho[j]) + _dot(s[j], s[j])
+        for k in range(d_h):
+            g[j, k] = -(-2.0 * s[j, k] / den)
+
+
+_p_field_factor = _jit(_p_field_factor)
+
+
+def _p_local_field(W, alpha, c, g, i, t):
+    """(3.8) ``t = alpha_i + sum_j c_ij W_ij^T g_j`` for capsule i: c (I, J), g (J, d_h) -> t (d_v,)."""
+    J, d_h, d_v = W.shape[1], W.shape[2], W.shape[3]
+    for l in range(d_v):
+        t[l] = 0.0
+    for j in range(J):
+        cij = c[i, j]
+        for k in range(d_h):
+            x = cij * g[j, k]
+            for l in range(d_v):
+                t[l] += W[i, j, k, l] * x
+    for l in range(d_v):
+        t[l] = alpha[i, l] + t[l]
+
+
+_p_local_field = _jit(_p_local_field)
+
+
+def _bernoulli_log_prob(x, logit):
+    """``sum_l log Bernoulli(x_l; sigmoid(logit_l))`` for binary x (d,), term selected by x."""
+    acc = 0.0
+    for l in range(x.shape[0]):
+        acc += _log_sigmoid(logit[l]) if x[l] > 0.5 else _log_sigmoid(-logit[l])
+    return acc
+
+
+_bernoulli_log_prob = _jit(_bernoulli_log_prob)
+
+
+def p_free_energy(start, stop, alpha, rho, beta, c0, v, u, n_iter, F_out):
+    """(3.3) free energies of images b in [start, stop).
+
+    Parameters
+    ----------
+    start, stop : int, range of images
+    alpha (I, d_v), rho (J,), beta (I, J), c0 = softmax(beta) (I, J), v (B, I, d_v),
+    u (B, I, J, d_h) predictions, n_iter; F_out (B,) out
+    """
+    B, I, J, d_h = u.shape
+    dt = u.dtype
+    cs = np.empty((n_iter, I, J), dtype=dt)
+    ss = np.empty((n_iter, J, d_h), dtype=dt)
+    vs = np.empty((n_iter, J, d_h), dtype=dt)
+    logits = np.empty((I, J), dtype=dt)
+    log_gain = np.empty(J, dtype=dt)
+    prob = np.empty(J, dtype=dt)
+    for b in range(start, stop):
+        _route_image(u[b], beta, c0, cs, ss, vs, logits)
+        _p_expert_terms(rho, ss[n_iter - 1], log_gain, prob)
+        F_out[b] = _p_free_energy_image(alpha, v[b], log_gain)
+
+
+p_free_energy = _jit(p_free_energy)
+
+
+def p_free_energy_grad(start, stop, alpha, rho, beta, c0, v, n_iter, full, F_out, prob_out, g_u, gb_out):
+    """(3.6, 3.7) per-image part of the gradient of the batch-mean free energy, images [start, stop).
+
+    For each image: routing with its own trace, F (3.3), firing probabilities (3.2),
+    ``g_s = dF/ds / B`` (3.5) and, in ``full`` mode, the routing VJP (2.2), whose adjoint of the
+    predictions overwrites the predictions in ``g_u[b]``. In ``frozen`` mode
+    ``g_u = c_ij g_s_j`` and the beta adjoint is zero. The batch sum
+    ``dW_ij = sum_b g_u_bij v_bi^T`` is :func:`outer_sum`.
+
+    Parameters
+    ----------
+    start, stop : int, range of images
+    alpha (I, d_v), rho (J,), beta (I, J), c0 = softmax(beta) (I, J), v (B, I, d_v), n_iter,
+    full (bool)
+    F_out (B,), prob_out (B, J), gb_out (B, I, J) : out
+    g_u : (B, I, J, d_h), the predictions on entry, their adjoint on exit
+    """
+    B, I, J, d_h = g_u.shape
+    dt = g_u.dtype
+    u = np.empty((I, J, d_h), dtype=dt)  # one image's predictions
+    cs = np.empty((n_iter, I, J), dtype=dt)
+    ss = np.empty((n_iter, J, d_h), dtype=dt)
+    vs = np.empty((n_iter, J, d_h), dtype=dt)
+    logits = np.empty((I, J), dtype=dt)
+    log_gain = np.empty(J, dtype=dt)
+    gs_last = np.empty((J, d_h), dtype=dt)
+    gv = np.zeros((J, d_h), dtype=dt)
+    gs = np.empty((J, d_h), dtype=dt)
+    gc = np.zeros((I, J), dtype=dt)
+    for b in range(start, stop):
+        for i in range(I):
+            _copy_2d(g_u[b, i], u[i])
+        _route_image(u, beta, c0, cs, ss, vs, logits)
+        s = ss[n_iter - 1]  # (J, d_h)
+        _p_expert_terms(rho, s, log_gain, prob_out[b])
+        F_out[b] = _p_free_energy_image(alpha, v[b], log_gain)
+        for j in range(J):  # g_s = dF/ds / B = -2 s / (e^{-rho} + |s|^2) / B  (3.5)
+            den = np.exp(-rho[j]) + _dot(s[j], s[j])
+            for k in range(d_h):
+                gs_last[j, k] = (-2.0 * s[j, k] / den) / B
+        if full:
+            _route_image_vjp(u, cs, ss, vs, gs_last, gv, gc, False, False,
+                             g_u[b], gb_out[b], gv, gs, gc)
+        else:  # frozen (3.7): c constant, no beta adjoint
+            c = cs[n_iter - 1]
+            for i in range(I):
+                for j in range(J):
+                    gb_out[b, i, j] = 0.0
+                    for k in range(d_h):
+                        g_u[b, i, j, k] = c[i, j] * gs_last[j, k]
+
+
+p_free_energy_grad = _jit(p_free_energy_grad)
+
+
+def outer_sum(start, stop, g, v, out):
+    """``out[i, j, k, l] = sum_b g[b, i, j, k] v[b, i, l]`` for children i in [start, stop).
+
+    The sum over b runs in order 0..B-1 whatever the split into ranges. Each (i, j) block is
+    accumulated transposed in a small (d_v, d_h) buffer that stays in L1 cache, over the
+    nonzero ``v_bil`` only (the others add exactly zero for finite g).
+
+    Parameters
+    ----------
+    start, stop : int, range of children i
+    g : (B, I, J, d_h); v : (B, I, d_v); out : (I, J, d_h, d_v) out
+    """
+    B, I, J, d_h = g.shape
+    d_v = v.shape[2]
+    acc = np.empty((d_v, d_h), dtype=g.dtype)
+    idx = np.empty((B, d_v), dtype=np.int64)  # nonzero positions of v[b, i]
+    cnt = np.empty(B, dtype=np.int64)
+    for i in range(start, stop):
+        for b in range(B):
+            cnt[b] = _nonzero_index(v[b, i], idx[b])
+        for j in range(J):
+            for l in range(d_v):
+                for k in range(d_h):
+                    acc[l, k] = 0.0
+            for b in range(B):
+                for m in range(cnt[b]):
+                    l = idx[b, m]
+                    x = v[b, i, l]
+                    for k in range(d_h):
+                        acc[l, k] += g[b, i, j, k] * x
+            for k in range(d_h):
+                for l in range(d_v):
+                    out[i, j, k, l] = acc[l, k]
+
+
+outer_sum = _jit(outer_sum)
+
+
+def _p_route_state(alpha, rho, beta, c0, v, u, cs, ss, vs, logits, log_gain, prob, c, s, g):
+    """Route one chain's state and fill its final c (I, J), s (J, d_h), field factor g; return F."""
+    n_iter = cs.shape[0]
+    _route_image(u, beta, c0, cs, ss, vs, logits)
+    _copy_2d(cs[n_iter - 1], c)
+    _copy_2d(ss[n_iter - 1], s)
+    _p_expert_terms(rho, s, log_gain, prob)
+    _p_field_factor(rho, s, g)
+    return _p_free_energy_image(alpha, v, log_gain)
+
+
+_p_route_state = _jit(_p_route_state)
+
+
+def p_mh_sweep(start, stop, W, alpha, rho, beta, c0, v, u, n_iter, u_prop, u_acc, n_accept):
+    """(3.9) one systematic Metropolis-Hastings sweep of chains b in [start, stop), in place.
+
+    Each chain keeps its predictions u[b] (I, J, d_h); a proposal for capsule i rewrites row i
+    only, the state is routed once, and row i is restored if the proposal is rejected. The
+    acceptance test is ``log u < F(v) - F(v') + log q_i(v_i | v') - log q_i(v_i' | v)``.
+
+    Parameters
+    ----------
+    start, stop : int, range of chains
+    W, alpha, rho, beta : Model P parameters; c0 = softmax(beta) (I, J)
+    v : (B, I, d_v) chain states, updated in place
+    u : (B, I, J, d_h) their predictions, updated in place
+    n_iter : int, routing passes
+    u_prop : (I, B, d_v) proposal uniforms (``v_i' = u < sigmoid(t_i)``)
+    u_acc : (I, B) acceptance uniforms
+    n_accept : (B,) int64 out, accepted proposals per chain
+    """
+    I, J, d_h, d_v = W.shape
+    dt = v.dtype
+    cs = np.empty((n_iter, I, J), dtype=dt)
+    ss = np.empty((n_iter, J, d_h), dtype=dt)
+    vs = np.empty((n_iter, J, d_h), dtype=dt)
+    logits = np.empty((I, J), dtype=dt)
+    log_gain = np.empty(J, dtype=dt)
+    prob = np.empty(J, dtype=dt)
+    c = np.empty((I, J), dtype=dt)  # current state: c, s, g = -dF/ds
+    s = np.empty((J, d_h), dtype=dt)
+    g = np.empty((J, d_h), dtype=dt)
+    c_p = np.empty((I, J), dtype=dt)  # proposed state
+    s_p = np.empty((J, d_h), dtype=dt)
+    g_p = np.empty((J, d_h), dtype=dt)
+    t_fwd = np.empty(d_v, dtype=dt)
+    t_rev = np.empty(d_v, dtype=dt)
+    prop = np.empty(d_v, dtype=dt)
+    old_v = np.empty(d_v, dtype=dt)
+    old_row = np.empty((J, d_h), dtype=dt)
+    for b in range(start, stop):
+        vb = v[b]  # (I, d_v)
+        ub = u[b]  # (I, J, d_h)
+        F = _p_route_state(alpha, rho, beta, c0, vb, ub, cs, ss, vs, logits, log_gain, prob, c, s, g)
+        count = 0
+        for i in range(I):
+            _p_local_field(W, alpha, c, g, i, t_fwd)
+            for l in range(d_v):
+                prop[l] = 1.0 if u_prop[i, b, l] < _sigmoid(t_fwd[l]) else 0.0
+            # proposed state: row i of v and of u replaced, everything else kept
+            for l in range(d_v):
+                old_v[l] = vb[i, l]
+                vb[i, l] = prop[l]
+            _copy_2d(ub[i], old_row)
+            for j in range(J):
+                for k in range(d_h):
+                    ub[i, j, k] = _dot(W[i, j, k], prop)
+            F_p = _p_route_state(alpha, rho, beta, c0, vb, ub, cs, ss, vs, logits, log_gain, prob,
+                                 c_p, s_p, g_p)
+            _p_local_field(W, alpha, c_p, g_p, i, t_rev)
+            log_a = F - F_p + _bernoulli_log_prob(old_v, t_rev) - _bernoulli_log_prob(prop, t_fwd)
+            if np.log(u_acc[i, b]) < log_a:
+                count += 1
+                F = F_p
+                _copy_2d(c_p, c)
+                _copy_2d(s_p, s)
+                _copy_2d(g_p, g)
+            else:  # restore row i
+                for l in range(d_v):
+                    vb[i, l] = old_v[l]
+                _copy_2d(old_row, ub[i])
+        n_accept[b] = count
+
+
+p_mh_sweep = _jit(p_mh_sweep)
+
+
+def p_reconstruct_step(start, stop, W, alpha, rho, beta, c0, u, n_iter, u_z, u_v, v_out, z_out):
+    """(3.10) the paper-literal step for images b in [start, stop): z ~ p(z | v), then all of v.
+
+    ``v'_il = [u < sigmoid(alpha_il + sum_j c_ij z_j (W_ij^T s_j / |s_j|)_l)]``.
+
+    Parameters
+    ----------
+    start, stop : int, range of images
+    W, alpha, rho, beta : Model P parameters; c0 = softmax(beta) (I, J)
+    u : (B, I, J, d_h) predictions of the current v
+    u_z : (B, J) uniforms for z; u_v : (B, I, d_v) uniforms for v'
+    v_out : (B, I, d_v) out; z_out : (B, J) out
+    """
+    I, J, d_h, d_v = W.shape
+    dt = u.dtype
+    cs = np.empty((n_iter, I, J), dtype=dt)
+    ss = np.empty((n_iter, J, d_h), dtype=dt)
+    vs = np.empty((n_iter, J, d_h), dtype=dt)
+    logits = np.empty((I, J), dtype=dt)
+    log_gain = np.empty(J, dtype=dt)
+    prob = np.empty(J, dtype=dt)
+    unit = np.empty((J, d_h), dtype=dt)  # z_j s_j / |s_j|
+    t = np.empty(d_v, dtype=dt)
+    for b in range(start, stop):
+        _route_image(u[b], beta, c0, cs, ss, vs, logits)
+        c = cs[n_iter - 1]
+        s = ss[n_iter - 1]
+        _p_expert_terms(rho, s, log_gain, prob)
+        for j in range(J):
+            z = 1.0 if u_z[b, j] < prob[j] else 0.0
+            z_out[b, j] = z
+            n = np.sqrt(_dot(s[j], s[j]))
+            nn = n if n > 0 else 1.0
+            for k in range(d_h):
+                unit[j, k] = z * (s[j, k] / nn)
+        for i in range(I):
+            for l in range(d_v):
+                t[l] = 0.0
+            for j in range(J):
+                cij = c[i, j]
+                for k in range(d_h):
+                    x = cij * unit[j, k]
+                    for l in range(d_v):
+                        t[l] += W[i, j, k, l] * x
+            for l in range(d_v):
+                v_out[b, i, l] = 1.0 if u_v[b, i, l] < _sigmoid(alpha[i, l] + t[l]) else 0.0
+
+
+p_reconstruct_step = _jit(p_reconstruct_step)
+
+
+# ============================================================================================
+# Model R (4.x)
+# ============================================================================================
+
+
+def _r_mean_mu(gamma, u, c, mu):
+    """``mu_j = sigmoid(gamma_j + sum_i c_ij u_ij)`` (4.6): u (I, J, d_h), c (I, J) -> mu (J, d_h)."""
+    I, J, d_h = u.shape
+    for j in range(J):
+        for k in range(d_h):
+            mu[j, k] = 0.0
+    for i in range(I):
+        for j in range(J):
+            cij = c[i, j]
+            for k in range(d_h):
+                mu[j, k] += cij * u[i, j, k]
+    for j in range(J):
+        for k in range(d_h):
+            mu[j, k] = _sigmoid(gamma[j, k] + mu[j, k])
+
+
+_r_mean_mu = _jit(_r_mean_mu)
+
+
+def _r_posterior(beta, u, h, logits, out):
+    """``out = softmax_j(beta_ij + u_ij . h_j)`` (4.3 with h, 4.6 with mu): -> (I, J)."""
+    I, J = beta.shape
+    for i in range(I):
+        for j in range(J):
+            logits[i, j] = beta[i, j] + _dot(u[i, j], h[j])
+    _softmax_rows(logits, out)
+
+
+_r_posterior = _jit(_r_posterior)
+
+
+def r_mean_field(start, stop, gamma, beta, c0, u, tol, max_iter, damping, c_out, mu_out, n_out):
+    """(4.6) mean-field routing of images b in [start, stop), each stopping on its own.
+
+    From ``c = softmax(beta)``: ``mu = sigmoid(gamma + s(c))``, ``c_new = softmax(beta + u . mu)``,
+    ``c <- (1 - damping) c_new + damping c``; stop after the update whose
+    ``max |c_new - c| < tol`` (n_out = that update's number) or after ``max_iter`` updates.
+    ``mu_out`` is recomputed from the returned c.
+
+    Parameters
+    ----------
+    start, stop : int, range of images
+    gamma (J, d_h), beta (I, J), c0 = softmax(beta) (I, J), u (B, I, J, d_h) predictions
+    c_out (B, I, J), mu_out (B, J, d_h), n_out (B,) int64 : out
+    """
+    B, I, J, d_h = u.shape
+    dt = u.dtype
+    logits = np.empty((I, J), dtype=dt)
+    c_new = np.empty((I, J), dtype=dt)
+    mu = np.empty((J, d_h), dtype=dt)
+    keep = 1.0 - damping
+    for b in range(start, stop):
+        ub = u[b]  # (I, J, d_h)
+        c = c_out[b]  # (I, J), updated in place
+        _copy_2d(c0, c)
+        n_out[b] = max_iter
+        for t in range(1, max_iter + 1):
+            _r_mean_mu(gamma, ub, c, mu)
+            _r_posterior(beta, ub, mu, logits, c_new)
+            delta = dt.type(0)  # max |c_new - c|, the undamped change
+            for i in range(I):
+                for j in range(J):
+                    d = abs(c_new[i, j] - c[i, j])
+                    if d > delta:
+                        delta = d
+                    c[i, j] = keep * c_new[i, j] + damping * c[i, j]
+            if delta < tol:
+                n_out[b] = t
+                break
+        _r_mean_mu(gamma, ub, c, mu_out[b])
+
+
+r_mean_field = _jit(r_mean_field)
+
+
+def r_gibbs_sweep(start, stop, W, alpha, gamma, beta, u, a, u_h, u_a, u_v, v_out, h_out, a_out, resp_out):
+    """(4.7) one 3-block Gibbs sweep of chains b in [start, stop).
+
+    ``h ~ U(v, a)`` (4.4) from u_h (B, J, d_h); ``a_new ~ R(v, h)`` (4.3) by inverse CDF from
+    u_a (B, I) (``a_i`` = number of ``j < J-1`` with normalised cumulative probability
+    ``C_j <= u_i``); ``v_new ~ D(h, a_new)`` (4.5) from u_v (B, I, d_v).
+    ``resp_out = R(v, h)`` (B, I, J).
+
+    Parameters
+    ----------
+    start, stop : int, range of chains
+    W, alpha, gamma, beta : Model R parameters
+    u : (B, I, J, d_h) predictions of the current v; a : (B, I) int64 current assignments
+    v_out (B, I, d_v), h_out (B, J, d_h), a_out (B, I) int64, resp_out (B, I, J) : out
+    """
+    I, J, d_h, d_v = W.shape
+    dt = u.dtype
+    logits = np.empty((I, J), dtype=dt)
+    x = np.empty((J, d_h), dtype=dt)
+    t = np.empty(d_v, dtype=dt)
+    cum = np.empty(J, dtype=dt)
+    for b in range(start, stop):
+        ub = u[b]  # (I, J, d_h)
+        h = h_out[b]  # (J, d_h)
+        resp = resp_out[b]  # (I, J)
+        # U (4.4): h_jk ~ sigmoid(gamma_jk + sum_{i: a_i = j} u_ijk)
+        for j in range(J):
+            for k in range(d_h):
+                x[j, k] = 0.0
+        for i in range(I):
+            j = a[b, i]
+            for k in range(d_h):
+                x[j, k] += ub[i, j, k]
+        for j in range(J):
+            for k in range(d_h):
+                h[j, k] = 1.0 if u_h[b, j, k] < _sigmoid(gamma[j, k] + x[j, k]) else 0.0
+        # R (4.3): resp = softmax_j(beta_ij + u_ij . h_j); a_i by inverse CDF over parents
+        _r_posterior(beta, ub, h, logits, resp)
+        for i in range(I):
+            acc = dt.type(0)
+            for j in range(J):
+                acc += resp[i, j]
+                cum[j] = acc
+            n = 0
+            for j in range(J - 1):
+                if cum[j] / cum[J - 1] <= u_a[b, i]:
+                    n += 1
+            a_out[b, i] = n
+        # D (4.5): v_il ~ sigmoid(alpha_il + (W_{i a_i}^T h_{a_i})_l)
+        for i in range(I):
+            j = a_out[b, i]
+            for l in range(d_v):
+                t[l] = 0.0
+            for k in range(d_h):
+                hk = h[j, k]
+                for l in range(d_v):
+                    t[l] += W[i, j, k, l] * hk
+            for l in range(d_v):
+                v_out[b, i, l] = 1.0 if u_v[b, i, l] < _sigmoid(alpha[i, l] + t[l]) else 0.0
+
+
+r_gibbs_sweep = _jit(r_gibbs_sweep)
+
+
+def r_statistics(start, stop, w, v, c, mu, dW, dalpha, dbeta):
+    """(4.8) weighted batch sums of ``c_ij mu_j v_i^T``, v and c for children i in [start, stop).
+
+    Every entry is summed over the batch in order b = 0..B-1 whatever the split into ranges.
+    As in :func:`outer_sum`, each (i, j) block of dW is accumulated transposed in an L1-sized
+    buffer over the nonzero ``v_bil`` only.
+
+    Parameters
+    ----------
+    start, stop : int, range of children i
+    w (B,), v (B, I, d_v), c (B, I, J), mu (B, J, d_h)
+    dW (I, J, d_h, d_v), dalpha (I, d_v), dbeta (I, J) : out
+    """
+    B, I, d_v = v.shape
+    J, d_h = mu.shape[1], mu.shape[2]
+    acc = np.empty((d_v, d_h), dtype=v.dtype)
+    idx = np.empty((B, d_v), dtype=np.int64)  # nonzero positions of v[b, i]
+    cnt = np.empty(B, dtype=np.int64)
+    for i in range(start, stop):
+        for l in range(d_v):
+            dalpha[i, l] = 0.0
+        for b in range(B):
+            cnt[b] = _nonzero_index(v[b, i], idx[b])
+            for l in range(d_v):
+                dalpha[i, l] += w[b] * v[b, i, l]
+        for j in range(J):
+            dbeta[i, j] = 0.0
+            for l in range(d_v):
+                for k in range(d_h):
+                    acc[l, k] = 0.0
+            for b in range(B):
+                wc = w[b] * c[b, i, j]
+                dbeta[i, j] += wc
+                for m in range(cnt[b]):
+                    l = idx[b, m]
+                    y = wc * v[b, i, l]
+                    for k in range(d_h):
+                        acc[l, k] += y * mu[b, j, k]
+            for k in range(d_h):
+                for l in range(d_v):
+                    dW[i, j, k, l] = acc[l, k]
+
+
+r_statistics = _jit(r_statistics)
+
+
+# ============================================================================================
+# RBM (5.x)
+# ============================================================================================
+
+
+def rbm_gibbs_sweep(W, a, b, v, u_h, u_v, h_out, v_out):
+    """(5.5) one block Gibbs sweep: ``h = [u_h < sigmoid(b + v W)]``, ``v' = [u_v < sigmoid(a + h W^T)]``.
+
+    The products go to BLAS through ``np.dot`` (which uses BLAS's own threads); bias,
+    sigmoid and the Bernoulli draw are fused in one pass per layer.
+
+    Parameters
+    ----------
+    W (D, H), a (D,), b (H,), v (B, D) C-contiguous; u_h (B, H), u_v (B, D) uniforms
+    h_out (B, H), v_out (B, D) : out
+    """
+    B, D = v.shape
+    H = W.shape[1]
+    x = np.dot(v, W)  # (B, H)
+    for n in range(B):
+        for k in range(H):
+            h_out[n, k] = 1.0 if u_h[n, k] < _sigmoid(b[k] + x[n, k]) else 0.0
+    y = np.dot(h_out, W.T)  # (B, D)
+    for n in range(B):
+        for d in range(D):
+            v_out[n, d] = 1.0 if u_v[n, d] < _sigmoid(a[d] + y[n, d]) else 0.0
+
+
+rbm_gibbs_sweep = _jit(rbm_gibbs_sweep)
+
+
+# ============================================================================================
+# helpers for the Python wrappers
+# ============================================================================================
+
+_POOLS = {}
+_POOLS_LOCK = threading.Lock()
+CHUNKS_PER_THREAD = 4  # more ranges than threads, so uneven images (mean field) balance out
+
+
+def num_threads():
+    """Threads the batch kernels use: ``numba.get_num_threads()`` (``numba.set_num_threads`` sets it)."""
+    return numba.get_num_threads() if NUMBA_AVAILABLE else 1
+
+
+def _pool(n_threads):
+    """A thread pool of ``n_threads`` workers, one per process (a forked child makes its own)."""
+    key = (os.getpid(), n_threads)
+    with _POOLS_LOCK:
+        pool = _POOLS.get(key)
+        if pool is None:
+            pool = _POOLS[key] = ThreadPoolExecutor(n_threads, thread_name_prefix="capsnp-kernel")
+        return pool
+
+
+def run_chunks(kernel, n, *args, min_items=2):
+    """Run ``kernel(start, stop, *args)`` over contiguous ranges that cover ``range(n)``.
+
+    With one thread, or fewer than ``2 * min_items`` items, the kernel runs once on the whole
+    range in the calling thread. Otherwise the range is cut into up to
+    ``CHUNKS_PER_THREAD * num_threads()`` pieces of at least ``min_items`` items, run on a pool of
+    ``num_threads()`` threads. Kernels write disjoint parts of their outputs, so the result
+    does not depend on the split.
+    """
+    threads = num_threads()
+    if threads <= 1 or n < 2 * min_items:
+        kernel(0, n, *args)
+        return
+    chunks = min(CHUNKS_PER_THREAD * threads, n // min_items)
+    bounds = [n * c // chunks for c in range(chunks + 1)]
+    futures = [_pool(threads).submit(kernel, bounds[c], bounds[c + 1], *args) for c in range(chunks)]
+    for f in futures:
+        f.result()
+
+
+_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def kernel_dtype(*arrays):
+    """The dtype the kernels should run in, or None when the NumPy reference must be used.
+
+    That is the promoted floating dtype of the inputs (float64 when none is floating), if Numba
+    is available and the dtype is float32 or float64.
+    """
+    if not NUMBA_AVAILABLE:
+        return None
+    dt = np.result_type(*[np.asarray(x).dtype for x in arrays])
+    if not np.issubdtype(dt, np.floating):
+        dt = np.dtype(np.float64)
+    return dt if dt in _KERNEL_DTYPES else None
+
+
+def as_c(x, dtype):
+    """``x`` as a C-contiguous array of ``dtype`` (no copy when it already is one)."""
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
+def check_n_iter(n_iter):
+    """Routing passes as an int >= 1 (the reference raises the same error)."""
+    if int(n_iter) < 1:
+        raise ValueError(f"n_iter must be at least 1, got {n_iter}")
+    return int(n_iter)
+
+
+def batch_predictions(W, v):
+    """(2.0) predictions (B, I, J, d_h) of C-contiguous W (I, J, d_h, d_v), v (B, I, d_v)."""
+    u = np.empty((v.shape[0],) + W.shape[:3], dtype=W.dtype)
+    run_chunks(predictions, W.shape[0], W, v, u)
+    return u

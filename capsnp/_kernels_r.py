@@ -1,0 +1,155 @@
+"""Numba twins of :mod:`capsnp.model_r` (MODEL.md sec. 4), reached as ``capsnp.kernels.model_r``.
+
+Same names, signatures and results as the NumPy reference:
+
+* (4.6) :func:`mean_field`, mean-field routing with per-image stopping (each image stops on
+  its own inside the kernel; no batch-wide masking)
+* (4.7) :func:`gibbs_sweep`, the 3-block Gibbs sweep with pre-drawn uniforms
+* (4.8) :func:`data_statistics`, :func:`model_statistics`, the PCD statistics in one fused pass
+
+The batch (or, for the statistics, the parameter rows, each summed over the batch in a fixed
+order) is split over ``numba.get_num_threads()`` threads, so results do not depend on the
+number of threads. Without Numba (or for dtypes
+other than float32/float64) every function calls the reference.
+"""
+
+import numpy as np
+
+from . import _kernels_jit as _jit
+from . import model_r as _ref
+from .ops import softmax
+from .params import RParams
+
+__all__ = ["mean_field", "gibbs_sweep", "data_statistics", "model_statistics"]
+
+
+def mean_field(params, v, tol=1e-3, max_iter=30, damping=0.0):
+    """Mean-field routing (4.6) with per-image stopping; twin of :func:`capsnp.model_r.mean_field`.
+
+    From ``c = softmax_j(beta)``, iterate ``mu = sigmoid(gamma + s(c))``,
+    ``c_new = softmax_j(beta + u_hat . mu)``, ``c <- (1 - damping) c_new + damping c``; an image
+    stops after the update with ``max |c_new - c| < tol``, or after ``max_iter`` updates.
+
+    Parameters
+    ----------
+    params : RParams
+    v : ndarray of shape (B, I, d_v)
+    tol : float
+    max_iter : int
+    damping : float in [0, 1)
+
+    Returns
+    -------
+    c : ndarray of shape (B, I, J)
+    mu : ndarray of shape (B, J, d_h), ``sigmoid(gamma + s(c))`` at the returned c
+    n_iter : ndarray of int64, shape (B,), updates made per image
+    """
+    dt = _jit.kernel_dtype(params.W, v)
+    if dt is None:
+        return _ref.mean_field(params, v, tol=tol, max_iter=max_iter, damping=damping)
+    W, gamma, beta, v = (_jit.as_c(x, dt) for x in (params.W, params.gamma, params.beta, v))
+    B = v.shape[0]
+    I, J, d_h = W.shape[:3]
+    u = _jit.batch_predictions(W, v)  # (B, I, J, d_h)
+    c0 = softmax(beta, axis=-1)  # (I, J), the starting point of every image
+    c = np.empty((B, I, J), dtype=dt)
+    mu = np.empty((B, J, d_h), dtype=dt)
+    n_iter = np.empty(B, dtype=np.int64)
+    _jit.run_chunks(_jit.r_mean_field, B, gamma, beta, c0, u, float(tol), int(max_iter), float(damping),
+                    c, mu, n_iter)
+    return c, mu, n_iter
+
+
+def gibbs_sweep(params, v, a, rng):
+    """One 3-block Gibbs sweep (4.7) on the chain state (v, a); twin of the reference.
+
+    Random draws, in order: ``rng.random((B, J, d_h))`` for h, ``rng.random((B, I))`` for the
+    new assignments (inverse CDF over parents), ``rng.random((B, I, d_v))`` for v.
+
+    Parameters
+    ----------
+    params : RParams
+    v : ndarray of shape (B, I, d_v), binary
+    a : ndarray of int, shape (B, I), values in 0..J-1
+    rng : np.random.Generator
+
+    Returns
+    -------
+    v_new : ndarray of shape (B, I, d_v)
+    h : ndarray of shape (B, J, d_h)
+    a_new : ndarray of int64, shape (B, I)
+    resp : ndarray of shape (B, I, J), ``p(a_i = j | v, h)`` at the input v and the drawn h
+    """
+    dt = _jit.kernel_dtype(params.W, v)
+    if dt is None:
+        return _ref.gibbs_sweep(params, v, a, rng)
+    W, alpha, gamma, beta, v = (_jit.as_c(x, dt) for x in (params.W, params.alpha, params.gamma,
+                                                             params.beta, v))
+    B, I, d_v = v.shape
+    J, d_h = W.shape[1], W.shape[2]
+    a = np.ascontiguousarray(a, dtype=np.int64)
+    if a.shape != (B, I):
+        raise ValueError(f"a must have shape ({B}, {I}), got {a.shape}")
+    if a.size and (a.min() < 0 or a.max() >= J):
+        raise ValueError(f"routing assignments must lie in 0..{J - 1}")
+    u_h = rng.random((B, J, d_h))  # (B, J, d_h)
+    u_a = rng.random((B, I))  # (B, I)
+    u_v = rng.random((B, I, d_v))  # (B, I, d_v)
+    v_new = np.empty((B, I, d_v), dtype=dt)
+    h = np.empty((B, J, d_h), dtype=dt)
+    a_new = np.empty((B, I), dtype=np.int64)
+    resp = np.empty((B, I, J), dtype=dt)
+    u = _jit.batch_predictions(W, v)  # (B, I, J, d_h)
+    _jit.run_chunks(_jit.r_gibbs_sweep, B, W, alpha, gamma, beta, u, a, u_h, u_a, u_v, v_new, h, a_new, resp)
+    return v_new, h, a_new, resp
+
+
+def data_statistics(params, v, c, mu, weights=None):
+    """Mean-field data statistics (4.8), batch-averaged in one fused pass.
+
+    ``W: c_ij mu_j v_i^T``, ``alpha: v``, ``gamma: mu``, ``beta: c``, weighted by ``weights``
+    (uniform 1/B if omitted).
+
+    Parameters
+    ----------
+    params : RParams (used for the dtype)
+    v : ndarray of shape (B, I, d_v)
+    c : ndarray of shape (B, I, J)
+    mu : ndarray of shape (B, J, d_h)
+    weights : ndarray of shape (B,), optional
+
+    Returns
+    -------
+    RParams of W (I, J, d_h, d_v), alpha (I, d_v), gamma (J, d_h), beta (I, J)
+    """
+    dt = _jit.kernel_dtype(params.W, v, c, mu)
+    if dt is None:
+        return _ref.data_statistics(params, v, c, mu, weights)
+    v, c, mu = (_jit.as_c(x, dt) for x in (v, c, mu))
+    B, I, d_v = v.shape
+    J, d_h = mu.shape[1], mu.shape[2]
+    w = np.full(B, 1.0 / B, dtype=dt) if weights is None else _jit.as_c(weights, dt)  # (B,)
+    dW = np.empty((I, J, d_h, d_v), dtype=dt)
+    d_alpha = np.empty((I, d_v), dtype=dt)
+    d_beta = np.empty((I, J), dtype=dt)
+    _jit.run_chunks(_jit.r_statistics, I, w, v, c, mu, dW, d_alpha, d_beta)
+    d_gamma = np.einsum("b,bjk->jk", w, mu)  # (J, d_h), small
+    return RParams(W=dW, alpha=d_alpha, gamma=d_gamma, beta=d_beta)
+
+
+def model_statistics(params, v, h, resp, weights=None):
+    """Rao-Blackwellised model statistics (4.8): ``resp_ij h_j v_i^T``, v, h, resp, batch-averaged.
+
+    Parameters
+    ----------
+    params : RParams (used for the dtype)
+    v : ndarray of shape (B, I, d_v)
+    h : ndarray of shape (B, J, d_h)
+    resp : ndarray of shape (B, I, J), ``p(a | v, h)`` at this (v, h)
+    weights : ndarray of shape (B,), optional
+
+    Returns
+    -------
+    RParams of W (I, J, d_h, d_v), alpha (I, d_v), gamma (J, d_h), beta (I, J)
+    """
+    return data_statistics(params, v, resp, h, weights)  # same algebra with c -> resp, mu -> h
