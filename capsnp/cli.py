@@ -3,13 +3,17 @@
 * ``train``: fit a model (``--model rbm|p|r``) on a data set and write, in ``--out``,
   ``model.npz`` (see :meth:`capsnp.estimators.CapsulePoE.save`), ``samples.png`` (persistent
   chains, and fresh chains from noise after ``--sample-steps`` sweeps), ``filters.png`` and
-  ``history.png``;
+  ``history.png``. While it trains it keeps ``checkpoint.npz`` (every ``--checkpoint-every``
+  epochs, and on Ctrl-C) and ``train_args.json`` (its arguments) in ``--out``;
+  ``train --out DIR --resume`` continues an interrupted run from them, with the same
+  arguments, and ends with the same model as an uninterrupted run;
 * ``sample``: draw images from a saved model into a PNG grid;
 * ``evaluate``: reconstruction error and the model's likelihood proxy (pseudo-likelihood for P
   and the RBM, the mean-field bound for R) on a data split.
 
 :func:`main` takes the argument list and returns the exit code: 0 on success, 1 when the work
-failed (e.g. a data set or model file that cannot be read), 2 for bad arguments.
+failed (e.g. a data set or model file that cannot be read, or training diverged), 2 for bad
+arguments, 130 when interrupted by Ctrl-C (``train`` first saves a checkpoint and names it).
 """
 
 import argparse
@@ -23,6 +27,7 @@ import numpy as np
 from . import __version__
 from .datasets import binarize, load_dataset
 from .estimators import BernoulliRBM, CapsulePoE, RoutedCapsuleRBM, load_estimator
+from .io import atomic_write_bytes
 from .plots import image_grid, image_grids, plot_filters, plot_history
 
 __all__ = ["main", "build_parser", "load_estimator"]
@@ -33,6 +38,12 @@ DATASETS = ("embedded", "mnist", "fashion-mnist")
 # one routing per visible capsule, so it gets fewer by default.
 DEFAULT_SAMPLE_STEPS = {"rbm": 1000, "p": 100, "r": 1000}
 N_GRID = 64
+CHECKPOINT_NAME = "checkpoint.npz"
+TRAIN_ARGS_NAME = "train_args.json"
+# The train arguments that define a run; --resume takes them from train_args.json.
+RUN_ARGUMENTS = ("model", "dataset", "epochs", "capsules", "capsule_dim", "hidden", "patch", "lr",
+                 "batch_size", "chains", "binarize", "seed", "dtype", "max_images")
+EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT (128 + 2)
 
 
 def _load_binary(dataset, split, method, seed, max_images, dtype):
@@ -43,10 +54,11 @@ def _load_binary(dataset, split, method, seed, max_images, dtype):
     return binarize(X, method=method, random_state=seed, dtype=dtype), y
 
 
-def _build_estimator(args):
+def _build_estimator(args, checkpoint_path=None):
     dtype = np.dtype(args.dtype).type
     common = dict(n_iter=args.epochs, batch_size=args.batch_size, random_state=args.seed,
-                  dtype=dtype, verbose=1)
+                  dtype=dtype, verbose=1, checkpoint_path=checkpoint_path,
+                  checkpoint_every=args.checkpoint_every, resume=bool(args.resume))
     if args.lr is not None:
         common["learning_rate"] = args.lr
     if args.model == "rbm":
@@ -58,22 +70,67 @@ def _build_estimator(args):
                               patch=args.patch, n_chains=args.chains, **common)
 
 
+def _resumed_arguments(args, out):
+    """``args`` with the run arguments of ``<out>/train_args.json``; ValueError on a conflict.
+
+    An option given on the command line with a value other than its default must equal the
+    stored one: ``--resume`` continues a run, it does not change it.
+    """
+    path = out / TRAIN_ARGS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: no {TRAIN_ARGS_NAME} in {out}; there is no run to "
+                                f"continue there (start one without --resume)")
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    missing = [key for key in RUN_ARGUMENTS if not isinstance(stored, dict) or key not in stored]
+    if missing:
+        raise ValueError(f"{path}: missing run arguments {missing}")
+    defaults = build_parser().parse_args(["train"])
+    conflicts = [f"--{key.replace('_', '-')} {getattr(args, key)} (the run has {stored[key]})"
+                 for key in RUN_ARGUMENTS
+                 if getattr(args, key) not in (getattr(defaults, key), stored[key])]
+    if conflicts:
+        raise ValueError("--resume continues a run with its own arguments; these differ: "
+                         + "; ".join(conflicts) + ". Drop them, or start a new run in another "
+                         "--out directory")
+    for key in RUN_ARGUMENTS:
+        setattr(args, key, stored[key])
+    return args
+
+
 def _train(args):
     out = Path(args.out if args.out is not None else Path("runs") / args.model)
-    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = out / CHECKPOINT_NAME
+    if args.resume:
+        args = _resumed_arguments(args, out)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        run = {key: getattr(args, key) for key in RUN_ARGUMENTS}
+        atomic_write_bytes(out / TRAIN_ARGS_NAME, json.dumps(run, indent=1).encode("utf-8"))
     X, _ = _load_binary(args.dataset, "train", args.binarize, args.seed, args.max_images,
                         np.dtype(args.dtype))
-    estimator = _build_estimator(args)
-    print(f"training {type(estimator).__name__} on {X.shape[0]} {args.dataset} images "
-          f"({args.binarize} binarisation) for {args.epochs} epochs", flush=True)
+    estimator = _build_estimator(args, checkpoint_path=checkpoint)
+    what = "resuming" if args.resume else "training"
+    print(f"{what} {type(estimator).__name__} on {X.shape[0]} {args.dataset} images "
+          f"({args.binarize} binarisation) for {args.epochs} epochs; checkpoint: {checkpoint}",
+          flush=True)
     start = time.perf_counter()
-    estimator.fit(X)
+    try:
+        estimator.fit(X)
+    except KeyboardInterrupt as exc:
+        if not str(exc):  # interrupted before the estimator could save anything
+            raise
+        print(f"capsnp train: {exc}\ncontinue with: python -m capsnp train --out {out} --resume",
+              file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     seconds = time.perf_counter() - start
 
     metrics = dict(estimator.history_[-1]) if estimator.history_ else {}
     metadata = {"dataset": args.dataset, "binarize": args.binarize, "seed": args.seed,
                 "n_train_images": int(X.shape[0]), "train_seconds": seconds, "metrics": metrics,
-                "command": "train"}
+                "command": "train", "resumed": bool(args.resume)}
     model_path = out / "model.npz"
     estimator.save(model_path, metadata=metadata)
 
@@ -143,9 +200,33 @@ def _evaluate(args):
 
 
 def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    """argparse type: an integer >= 1."""
+    return _integer_at_least(text, 1, "a positive integer")
+
+
+def _nonnegative_int(text):
+    """argparse type: an integer >= 0."""
+    return _integer_at_least(text, 0, "a non-negative integer")
+
+
+def _integer_at_least(text, low, expected):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+    return value
+
+
+def _positive_float(text):
+    """argparse type: a finite number > 0 (e.g. a learning rate)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (np.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
     return value
 
 
@@ -163,33 +244,39 @@ def build_parser():
                        help="rbm: Bernoulli RBM; p: capsule product of experts; r: routed "
                             "capsule RBM (default: r)")
     train.add_argument("--dataset", choices=DATASETS, default="embedded")
-    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--epochs", type=_nonnegative_int, default=10)
     train.add_argument("--capsules", type=_positive_int, default=16, help="hidden capsules J")
     train.add_argument("--capsule-dim", type=_positive_int, default=8, help="capsule size d_h")
     train.add_argument("--hidden", type=_positive_int, default=500, help="RBM hidden units")
     train.add_argument("--patch", type=_positive_int, default=4, help="patch side (visible capsule)")
-    train.add_argument("--lr", type=float, default=None,
+    train.add_argument("--lr", type=_positive_float, default=None,
                        help="learning rate (default: the estimator's)")
     train.add_argument("--batch-size", type=_positive_int, default=100)
     train.add_argument("--chains", type=_positive_int, default=None,
                        help="persistent chains (default: the batch size)")
     train.add_argument("--binarize", choices=("stochastic", "threshold"), default="stochastic")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=_nonnegative_int, default=0)
     train.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     train.add_argument("--max-images", type=_positive_int, default=None,
                        help="use only the first N training images")
-    train.add_argument("--sample-steps", type=int, default=None,
+    train.add_argument("--sample-steps", type=_nonnegative_int, default=None,
                        help="sweeps of the fresh chains in samples.png (default: 1000, P: 100)")
     train.add_argument("--out", default=None, help="output directory (default: runs/<model>)")
+    train.add_argument("--checkpoint-every", type=_positive_int, default=1, metavar="N",
+                       help=f"write <out>/{CHECKPOINT_NAME} every N epochs (also after the "
+                            f"last one and on Ctrl-C; default: 1)")
+    train.add_argument("--resume", action="store_true",
+                       help=f"continue the interrupted run in --out from its {CHECKPOINT_NAME}, "
+                            f"with the arguments in its {TRAIN_ARGS_NAME}")
     train.set_defaults(func=_train)
 
     sample = sub.add_parser("sample", help="draw images from a saved model")
     sample.add_argument("--model-file", required=True)
     sample.add_argument("--n", type=_positive_int, default=64)
-    sample.add_argument("--steps", type=int, default=1000)
+    sample.add_argument("--steps", type=_nonnegative_int, default=1000)
     sample.add_argument("--init", default="noise", choices=("noise",))
     sample.add_argument("--cols", type=_positive_int, default=8)
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--seed", type=_nonnegative_int, default=0)
     sample.add_argument("--out", default="samples.png")
     sample.set_defaults(func=_sample)
 
@@ -200,7 +287,7 @@ def build_parser():
     evaluate.add_argument("--split", choices=("train", "test"), default="test")
     evaluate.add_argument("--binarize", choices=("stochastic", "threshold"), default=None)
     evaluate.add_argument("--max-images", type=_positive_int, default=None)
-    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--seed", type=_nonnegative_int, default=0)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(func=_evaluate)
     return parser
@@ -220,6 +307,9 @@ def main(argv=None):
         return int(exc.code or 0)
     try:
         return args.func(args)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, FloatingPointError) as exc:
         print(f"capsnp {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"capsnp {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -317,7 +317,7 @@ def _download(name, filename, expected, cache):
 
 
 def _check_split(split):
-    if split not in _SPLIT_FILES:
+    if not isinstance(split, str) or split not in _SPLIT_FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     return split
 
@@ -410,6 +410,9 @@ def load_dataset(name, split="train", *, data_home=None, download=True, return_l
     ``data_home`` and ``download`` are ignored for "embedded". See :func:`load_mnist` for the
     parameters and return values.
     """
+    if not isinstance(name, str):
+        raise TypeError(f"dataset name must be a string ('mnist', 'fashion-mnist' or "
+                        f"'embedded'), got {type(name).__name__}")
     key = name.lower().replace("_", "-")
     if key == "embedded":
         return load_embedded(split, return_labels=return_labels)
@@ -423,6 +426,18 @@ def load_dataset(name, split="train", *, data_home=None, download=True, return_l
 # Preprocessing
 
 
+def _grey_levels(X):
+    """``np.asarray(X)`` for the preprocessing functions; TypeError for sparse or non-numeric."""
+    if hasattr(X, "toarray") and hasattr(X, "nnz"):  # a scipy.sparse matrix or array
+        raise TypeError(f"expected a dense array of grey levels, got a sparse "
+                        f"{type(X).__name__}; convert it with X.toarray()")
+    X = np.asarray(X)
+    if X.dtype.kind not in "buif":
+        raise TypeError(f"expected integer grey levels 0..255 or float grey levels in [0, 1], "
+                        f"got dtype {X.dtype}")
+    return X
+
+
 def to_unit_interval(X, dtype=np.float64):
     """Grey levels as floats in [0, 1].
 
@@ -430,24 +445,36 @@ def to_unit_interval(X, dtype=np.float64):
     ----------
     X : ndarray of any shape, e.g. (n, 784)
         Integer grey levels 0..255 (divided by 255), booleans, or floats already in [0, 1]
-        (returned as a copy).
+        (returned as a copy). Not modified.
     dtype : floating dtype of the result
 
     Returns
     -------
     ndarray of the same shape as X, values in [0, 1].
+
+    Raises
+    ------
+    TypeError
+        For sparse input, a non-numeric X (complex, strings, objects) or a non-float ``dtype``.
+    ValueError
+        For integers outside 0..255, or floats outside [0, 1] (NaN and infinity included).
     """
-    X = np.asarray(X)
+    X = _grey_levels(X)
+    if np.dtype(dtype).kind != "f":
+        raise TypeError(f"dtype must be a floating dtype such as np.float32 or np.float64, "
+                        f"got {dtype!r}")
     if X.dtype.kind in "ui":
         if X.size and (X.min() < 0 or X.max() > 255):
-            raise ValueError("integer grey levels must lie in 0..255")
+            raise ValueError(f"integer grey levels must lie in 0..255, got values in "
+                             f"[{X.min()}, {X.max()}]")
         return X.astype(dtype) / 255
-    if X.dtype.kind in "bf":
-        out = X.astype(dtype)  # always a copy
-        if out.size and not (np.all(out >= 0) and np.all(out <= 1)):
-            raise ValueError("float grey levels must lie in [0, 1] (and not be NaN)")
-        return out
-    raise TypeError(f"expected integer or float grey levels, got dtype {X.dtype}")
+    out = X.astype(dtype)  # always a copy
+    if out.size and not (np.all(out >= 0) and np.all(out <= 1)):
+        problem = ("NaN" if np.isnan(out).any() else
+                   f"values in [{np.nanmin(out):g}, {np.nanmax(out):g}]")
+        raise ValueError(f"float grey levels must lie in [0, 1], got {problem}; integer grey "
+                         f"levels must have an integer dtype (e.g. uint8)")
+    return out
 
 
 def binarize(X, method="stochastic", random_state=0, dtype=np.float64):
@@ -473,13 +500,18 @@ def binarize(X, method="stochastic", random_state=0, dtype=np.float64):
     Returns
     -------
     ndarray of the same shape as X, values 0 and 1.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`to_unit_interval` for bad grey levels; ValueError for an unknown method.
     """
+    if method not in ("stochastic", "threshold"):
+        raise ValueError(f"method must be 'stochastic' or 'threshold', got {method!r}")
     p = to_unit_interval(X)  # probabilities g/255 in float64
     if method == "stochastic":
         rng = np.random.default_rng(random_state)
         bits = rng.random(p.shape) < p
-    elif method == "threshold":
-        bits = p > 0.5
     else:
-        raise ValueError(f"method must be 'stochastic' or 'threshold', got {method!r}")
+        bits = p > 0.5
     return bits.astype(dtype)

@@ -13,7 +13,10 @@ code.
 Writes are atomic: the bytes go to a temporary file in the target's directory, which is
 flushed, ``fsync``-ed and then renamed over the target with ``os.replace``. A reader therefore
 sees either the old file or the complete new one, never a half-written file, and a failed
-write leaves the old file untouched and no temporary file behind.
+write leaves the old file untouched and no temporary file behind. A process killed outright
+(SIGKILL, power loss) in the middle of a write cannot clean up: the target is still the old
+complete file, and the partial temporary file ``.<name>.<random>.tmp`` beside it is ignored by
+readers and later writers; :func:`remove_temporary_files` deletes such leftovers.
 """
 
 import io
@@ -26,10 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FORMAT_VERSION", "METADATA_KEY", "atomic_write_bytes", "save_model", "load_model"]
+__all__ = ["FORMAT_VERSION", "METADATA_KEY", "atomic_write_bytes", "remove_temporary_files",
+           "save_model", "load_model"]
 
 FORMAT_VERSION = 1
 METADATA_KEY = "__metadata__"
+_TMP_TAG_LENGTH = 12  # hex digits of the random part of a temporary file's name
 
 
 def atomic_write_bytes(path, data):
@@ -49,7 +54,7 @@ def atomic_write_bytes(path, data):
         The complete new contents.
     """
     path = Path(path)
-    tmp_path = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    tmp_path = path.with_name(f".{path.name}.{uuid.uuid4().hex[:_TMP_TAG_LENGTH]}.tmp")
     # os.open with mode 0o666 lets the user's umask decide the permissions, as for open().
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     fd = os.open(tmp_path, flags, 0o666)
@@ -63,6 +68,46 @@ def atomic_write_bytes(path, data):
         tmp_path.unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+
+
+def _is_temporary_of(candidate, target):
+    """True if ``candidate`` (a file name) is a temporary file of :func:`atomic_write_bytes`
+    for the target file name ``target``: ``.<target>.<12 hex digits>.tmp``."""
+    prefix, suffix = f".{target}.", ".tmp"
+    if not (candidate.startswith(prefix) and candidate.endswith(suffix)):
+        return False
+    tag = candidate[len(prefix):-len(suffix)]
+    return len(tag) == _TMP_TAG_LENGTH and all(c in "0123456789abcdef" for c in tag)
+
+
+def remove_temporary_files(path):
+    """Delete temporary files that interrupted writes of ``path`` left in its directory.
+
+    Only names of the exact form ``.<name>.<12 hex digits>.tmp`` are touched. Call it when no
+    other process is writing ``path`` (e.g. when a training run starts); a write in progress
+    elsewhere would lose its temporary file and fail.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The target file (it need not exist).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files removed.
+    """
+    path = Path(path)
+    removed = []
+    try:
+        entries = list(path.parent.iterdir())
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if _is_temporary_of(entry.name, path.name) and entry.is_file():
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
 
 
 def _fsync_directory(directory):

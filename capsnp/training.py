@@ -12,8 +12,16 @@ An estimator describes its model by a :class:`Objective`, four small pure functi
 
 :func:`run_epochs` is the loop itself: shuffle, split into minibatches, step, update with
 momentum and weight decay, check for non-finite numbers, time and monitor each epoch. All the
-bookkeeping that must survive between calls (parameters, velocities, chains, epoch count) sits
-in a :class:`TrainingState`, so ``partial_fit`` simply calls the loop again.
+bookkeeping that must survive between calls (parameters, velocities, chains, epoch count, and
+the position inside an unfinished epoch) sits in a :class:`TrainingState`, so ``partial_fit``
+simply calls the loop again and a checkpoint is the state plus the random generators' states.
+
+Interruptions. The loop changes the state only at consistent points: after a minibatch whose
+gradient and new parameters are finite, and at the end of an epoch. If anything interrupts it
+(``KeyboardInterrupt`` from Ctrl-C, ``FloatingPointError`` from a diverging update, any other
+exception) the state and both generators are put back to the last consistent point before the
+exception propagates. Resuming from there (the same state, the same generator states, the same
+data) continues the run exactly as if it had not been interrupted.
 
 Update rule, for every parameter ``theta`` with ascent direction ``g`` (weight decay only on
 the weights ``W``, as in Hinton's practical guide, section 10)::
@@ -25,7 +33,7 @@ the weights ``W``, as in Hinton's practical guide, section 10)::
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Callable
 
 import numpy as np
@@ -38,6 +46,7 @@ __all__ = [
     "momentum_at",
     "sgd_update",
     "check_finite",
+    "check_finite_statistics",
     "minibatches",
     "run_epochs",
 ]
@@ -73,6 +82,13 @@ class TrainingState:
         Number of completed epochs.
     history : list of dict
         One record per completed epoch.
+    order : ndarray of shape (n,) or None
+        Row permutation of the unfinished epoch (None between epochs).
+    batches_done : int
+        Minibatches of the unfinished epoch already applied.
+    partial : dict
+        Running sums of the unfinished epoch: ``{"seconds": float, "sums": {...},
+        "counts": {...}}`` (empty between epochs). Replaced, never modified in place.
     """
 
     params: tuple
@@ -80,6 +96,18 @@ class TrainingState:
     chains: object = None
     epoch: int = 0
     history: list = field(default_factory=list)
+    order: object = None
+    batches_done: int = 0
+    partial: dict = field(default_factory=dict)
+
+    @property
+    def in_epoch(self):
+        """True while an epoch is unfinished (e.g. after an interrupted run)."""
+        return self.order is not None
+
+    def end_epoch(self):
+        """Forget the position inside an unfinished epoch (the parameters are kept)."""
+        self.order, self.batches_done, self.partial = None, 0, {}
 
 
 def initial_state(objective, X, rng, persistent=True):
@@ -164,6 +192,13 @@ def sgd_update(params, velocity, grad, learning_rate, momentum, weight_decay=0.0
     return params, velocity
 
 
+def _divergence_message(where, epoch, learning_rate):
+    return (f"non-finite values in the {where} during epoch {epoch} (learning rate "
+            f"{learning_rate:g}); training diverged, most likely because the learning rate is "
+            f"too high: try a lower learning_rate (e.g. {learning_rate / 10:g}) or a smaller "
+            f"init_scale")
+
+
 def check_finite(arrays, what, epoch, learning_rate):
     """Raise ``FloatingPointError`` if any array of the container holds NaN or infinity.
 
@@ -176,11 +211,15 @@ def check_finite(arrays, what, epoch, learning_rate):
     """
     for name, a in zip(arrays._fields, arrays):
         if not np.all(np.isfinite(a)):
-            raise FloatingPointError(
-                f"non-finite values in the {what} of {name} during epoch {epoch} "
-                f"(learning rate {learning_rate:g}); training diverged: try a lower "
-                f"learning_rate (e.g. {learning_rate / 10:g}) or a smaller init_scale"
-            )
+            raise FloatingPointError(_divergence_message(f"{what} of {name}", epoch, learning_rate))
+
+
+def check_finite_statistics(stats, epoch, learning_rate):
+    """Raise ``FloatingPointError`` if a minibatch statistic (e.g. acceptance) is not finite."""
+    for key, value in stats.items():
+        if not math.isfinite(float(value)):
+            raise FloatingPointError(_divergence_message(f"training statistic {key!r}", epoch,
+                                                         learning_rate))
 
 
 def minibatches(n, batch_size, rng):
@@ -215,17 +254,53 @@ def _format_record(record):
     return ", ".join(parts)
 
 
+def _snapshot(state, rng, monitor_rng):
+    """A consistent point to return to: a shallow copy of the state and both generator states.
+
+    Shallow is enough because the loop replaces arrays and dicts instead of modifying them; the
+    history is only appended to, so its length is recorded.
+    """
+    return (replace(state), len(state.history), rng.bit_generator.state,
+            monitor_rng.bit_generator.state)
+
+
+def _restore(state, snapshot, rng, monitor_rng):
+    """Put ``state`` and the generators back to a :func:`_snapshot`."""
+    saved, n_history, rng_state, monitor_state = snapshot
+    for f in fields(state):
+        if f.name != "history":
+            setattr(state, f.name, getattr(saved, f.name))
+    del state.history[n_history:]
+    rng.bit_generator.state = rng_state
+    monitor_rng.bit_generator.state = monitor_state
+
+
+def _accumulate(partial, stats, n_rows, seconds):
+    """The running sums of an epoch after one more minibatch, as a new dict."""
+    sums, counts = dict(partial.get("sums", {})), dict(partial.get("counts", {}))
+    for key, value in stats.items():
+        sums[key] = sums.get(key, 0.0) + float(value) * n_rows
+        counts[key] = counts.get(key, 0) + n_rows
+    return {"seconds": partial.get("seconds", 0.0) + seconds, "sums": sums, "counts": counts}
+
+
 def run_epochs(state, objective, X, *, n_epochs, batch_size, rng, monitor_rng, X_monitor,
                learning_rate, schedule_epochs, lr_schedule="constant", lr_final_ratio=1.0,
-               momentum=0.0, weight_decay=0.0, verbose=0, name="model"):
+               momentum=0.0, weight_decay=0.0, verbose=0, name="model", on_epoch_end=None):
     """Train for ``n_epochs`` passes over ``X``, updating ``state`` in place.
 
-    For each epoch: one ``rng.permutation`` (:func:`minibatches`), then for each minibatch
-    ``objective.step`` (which draws from ``rng``), a finiteness check of the gradient, the
-    momentum update (:func:`sgd_update`) and a finiteness check of the parameters. After the
-    epoch, ``objective.monitor`` on ``X_monitor`` with ``monitor_rng`` (a separate stream, so
-    that monitoring never changes the fitted model) and one record appended to
-    ``state.history``.
+    For each epoch: one ``rng.permutation(n)`` split into ``ceil(n / batch_size)`` near-equal
+    minibatches (as :func:`minibatches`), then for each minibatch ``objective.step`` (which
+    draws from ``rng``), finiteness checks of the gradient and the statistics, the momentum
+    update (:func:`sgd_update`) and a finiteness check of the new parameters. After the epoch,
+    ``objective.monitor`` on ``X_monitor`` with ``monitor_rng`` (a separate stream, so that
+    monitoring never changes the fitted model), one record appended to ``state.history``, and
+    ``on_epoch_end(state)``.
+
+    A ``batch_size`` larger than ``n`` gives one minibatch of all ``n`` rows per epoch.
+
+    An unfinished epoch in ``state`` (``state.in_epoch``, left by an interrupted run) is
+    completed first, with its stored row order, and counts as one of the ``n_epochs``.
 
     Parameters
     ----------
@@ -250,6 +325,9 @@ def run_epochs(state, objective, X, *, n_epochs, batch_size, rng, monitor_rng, X
         > 0 prints one line per epoch (stdout) and shows a progress bar over minibatches when
         stderr is a terminal.
     name : str, shown in the progress bar and the printed lines
+    on_epoch_end : callable or None
+        ``on_epoch_end(state)`` after every completed epoch, at a consistent point (e.g. to
+        write a checkpoint together with the generators' states).
 
     Returns
     -------
@@ -258,39 +336,76 @@ def run_epochs(state, objective, X, *, n_epochs, batch_size, rng, monitor_rng, X
     Raises
     ------
     FloatingPointError
-        If a gradient or the parameters become non-finite; the message names the epoch.
+        If a gradient, a statistic or the parameters become non-finite; the message names the
+        epoch. ``state`` then holds the parameters after the last finite minibatch.
+    ValueError
+        If the unfinished epoch in ``state`` was for a different number of rows.
+
+    Any exception (``KeyboardInterrupt`` included) leaves ``state``, ``rng`` and
+    ``monitor_rng`` at the last consistent point: after the last applied minibatch, or the
+    last completed epoch.
     """
     n = X.shape[0]
-    for _ in range(int(n_epochs)):
-        epoch = state.epoch
-        lr = learning_rate_at(epoch, learning_rate, schedule_epochs, lr_schedule, lr_final_ratio)
-        mom = momentum_at(epoch, momentum)
-        batches = minibatches(n, batch_size, rng)
-        bar = _progress_bar(len(batches), f"{name} epoch {epoch + 1}", verbose)
-        sums, counts = {}, {}
-        start = time.perf_counter()
-        for index in batches:
-            grad, state.chains, stats = objective.step(state.params, X[index], state.chains, rng)
-            check_finite(grad, "gradient", epoch + 1, lr)
-            state.params, state.velocity = sgd_update(state.params, state.velocity, grad, lr, mom,
-                                                      weight_decay)
-            check_finite(state.params, "parameters", epoch + 1, lr)
-            for key, value in stats.items():
-                sums[key] = sums.get(key, 0.0) + float(value) * len(index)
-                counts[key] = counts.get(key, 0) + len(index)
-            if bar is not None:
-                bar.update(1)
-        seconds = time.perf_counter() - start
-        if bar is not None:
-            bar.close()
-        record = {"epoch": epoch + 1, "seconds": seconds, "images_per_second": n / max(seconds, 1e-12),
-                  "learning_rate": lr, "momentum": mom}
-        record.update({key: sums[key] / counts[key] for key in sums})
-        if X_monitor is not None and len(X_monitor):
-            record.update({key: float(value) for key, value in
-                           objective.monitor(state.params, X_monitor, monitor_rng).items()})
-        state.history.append(record)
-        state.epoch += 1
-        if verbose:
-            print(f"[{name}] epoch {epoch + 1}: {_format_record(record)}", flush=True)
+    if state.in_epoch and len(state.order) != n:
+        raise ValueError(f"the unfinished epoch of this training state covers "
+                         f"{len(state.order)} rows but X has {n}; continue it with the same data")
+    n_batches = max(1, math.ceil(n / batch_size))
+    snapshot = _snapshot(state, rng, monitor_rng)
+    try:
+        for _ in range(int(n_epochs)):
+            epoch = state.epoch
+            lr = learning_rate_at(epoch, learning_rate, schedule_epochs, lr_schedule,
+                                  lr_final_ratio)
+            mom = momentum_at(epoch, momentum)
+            if not state.in_epoch:
+                state.order = rng.permutation(n)
+            bar = _progress_bar(n_batches, f"{name} epoch {epoch + 1}", verbose)
+            try:
+                if bar is not None:
+                    bar.update(state.batches_done)
+                for index in np.array_split(state.order, n_batches)[state.batches_done:]:
+                    snapshot = _snapshot(state, rng, monitor_rng)
+                    start = time.perf_counter()
+                    grad, chains, stats = objective.step(state.params, X[index], state.chains, rng)
+                    check_finite(grad, "gradient", epoch + 1, lr)
+                    check_finite_statistics(stats, epoch + 1, lr)
+                    with np.errstate(over="ignore", invalid="ignore"):  # checked right below
+                        params, velocity = sgd_update(state.params, state.velocity, grad, lr,
+                                                      mom, weight_decay)
+                    check_finite(params, "parameters", epoch + 1, lr)
+                    partial = _accumulate(state.partial, stats, len(index),
+                                          time.perf_counter() - start)
+                    state.params, state.velocity, state.chains = params, velocity, chains
+                    state.batches_done, state.partial = state.batches_done + 1, partial
+                    if bar is not None:
+                        bar.update(1)
+            finally:
+                if bar is not None:
+                    bar.close()
+            snapshot = _snapshot(state, rng, monitor_rng)
+            record = _epoch_record(state.partial, epoch, n, lr, mom)
+            if X_monitor is not None and len(X_monitor):
+                record.update({key: float(value) for key, value in
+                               objective.monitor(state.params, X_monitor, monitor_rng).items()})
+            state.history.append(record)
+            state.epoch += 1
+            state.end_epoch()
+            snapshot = _snapshot(state, rng, monitor_rng)
+            if verbose:
+                print(f"[{name}] epoch {epoch + 1}: {_format_record(record)}", flush=True)
+            if on_epoch_end is not None:
+                on_epoch_end(state)
+    except BaseException:
+        _restore(state, snapshot, rng, monitor_rng)
+        raise
     return state
+
+
+def _epoch_record(partial, epoch, n, lr, mom):
+    """The history record of a finished epoch from its running sums (metrics added later)."""
+    seconds = partial.get("seconds", 0.0)
+    record = {"epoch": epoch + 1, "seconds": seconds,
+              "images_per_second": n / max(seconds, 1e-12), "learning_rate": lr, "momentum": mom}
+    sums, counts = partial.get("sums", {}), partial.get("counts", {})
+    record.update({key: sums[key] / counts[key] for key in sums})
+    return record

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random models in float64, several seeds."""
+"""Shared fixtures: tiny random models in float64, several seeds (``CAPSNP_TEST_SEEDS``)."""
 
 import os
 import sys
@@ -12,7 +12,33 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 from capsnp.params import PParams  # noqa: E402
 
-SEEDS = [0, 1, 2]
+
+
+def seeds_from_environment(default="0,1,2"):
+    """Seeds of the statistical tests: ``CAPSNP_TEST_SEEDS`` ("0,1,2", "0-19", ...) or ``default``.
+
+    Comma-separated integers and inclusive ranges ``a-b``; CI can sweep many seeds with
+    ``CAPSNP_TEST_SEEDS=0-99 pytest``.
+    """
+    text = os.environ.get("CAPSNP_TEST_SEEDS", "").strip() or default
+    seeds = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if "-" in part[1:]:
+                low, high = part.split("-", 1)
+                seeds.extend(range(int(low), int(high) + 1))
+            else:
+                seeds.append(int(part))
+        except ValueError:
+            raise ValueError(f"CAPSNP_TEST_SEEDS={text!r}: expected comma-separated "
+                             f"non-negative integers or ranges like 0-9, got {part!r}") from None
+    if not seeds or min(seeds) < 0:
+        raise ValueError(f"CAPSNP_TEST_SEEDS={text!r}: expected at least one non-negative seed")
+    return seeds
+
+
+SEEDS = seeds_from_environment()
 
 
 def random_pparams(rng, I=3, d_v=2, J=2, d_h=3, scale=1.0, dtype=np.float64):

@@ -11,7 +11,7 @@ from capsnp.capsules import predictions
 from capsnp.exact import enumerate_assignments, enumerate_binary, stationary_distance
 from capsnp.params import RParams
 
-SEEDS = [0, 1, 2]
+from conftest import SEEDS  # noqa: E402  (CAPSNP_TEST_SEEDS)
 SHAPE = (2, 2, 2, 2)  # I, J, d_h, d_v: 16 visible x 16 hidden x 4 routing states
 
 

@@ -9,7 +9,7 @@ from capsnp import rbm
 from capsnp.exact import enumerate_binary, stationary_distance
 from capsnp.params import RBMParams
 
-SEEDS = [0, 1, 2]
+from conftest import SEEDS  # noqa: E402  (CAPSNP_TEST_SEEDS)
 
 
 def make_params(seed, D=4, H=3, scale=1.0, dtype=np.float64):
