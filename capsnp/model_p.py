@@ -22,7 +22,7 @@ import numpy as np
 
 from .capsules import predictions, predictions_vjp_W
 from .exact import enumerate_binary
-from .ops import log_sigmoid, sigmoid, softplus, squared_norm
+from .ops import capsule_length, log_sigmoid, sigmoid, softplus, squared_norm
 from .params import PParams
 from .routing import dynamic_routing_trace, dynamic_routing_vjp
 
@@ -68,7 +68,8 @@ def firing_logit(rho, s):
     ndarray of shape (B, J); ``-inf`` where ``s_j = 0`` (the capsule never fires).
     """
     with np.errstate(divide="ignore"):
-        return rho + np.log(squared_norm(s))  # (B, J)
+        # 2 log |s| rather than log |s|^2: |s|^2 would overflow for |s| > 1e154
+        return rho + 2.0 * np.log(capsule_length(s))  # (B, J)
 
 
 def _expert_log_gain(rho, s):

@@ -114,10 +114,11 @@ def _length_factor(n):
 def squash(s, axis=-1):
     """Squash nonlinearity (1.1): ``squash(s) = s |s| / (1 + |s|^2)``.
 
-    Computed in that form it is exact at ``s = 0`` with no epsilon. Its length is
-    ``|s|^2 / (1 + |s|^2) = sigmoid(log |s|^2)`` (1.2), always in [0, 1).
-    For huge ``|s|`` the length factor is formed as ``1 / (n + 1/n)``, so the result
-    stays finite with no overflow warning.
+    It is exact at ``s = 0`` with no epsilon. Its length is
+    ``|s|^2 / (1 + |s|^2) = sigmoid(log |s|^2)`` (1.2), always in [0, 1) (it rounds to 1 for
+    ``|s|`` beyond about 1e8). It is formed as ``unit(s) * length`` with the unit vector taken
+    from ``s / max|s_k|``, so that even a length that overflows keeps its direction, with no
+    overflow warning.
 
     Parameters
     ----------
@@ -130,9 +131,15 @@ def squash(s, axis=-1):
     v : ndarray of shape (..., d), same dtype as ``s``.
     """
     s = np.asarray(s)
-    n = capsule_length(s, axis=axis, keepdims=True)  # (..., 1)
-    f, _, _ = _length_factor(n)  # (..., 1)
-    return s * f.astype(s.dtype, copy=False)
+    m = np.max(np.abs(s), axis=axis, keepdims=True)  # (..., 1)
+    u = s / np.where(m > 0, m, 1.0).astype(s.dtype, copy=False)  # (..., d), entries in [-1, 1]
+    nu = np.sqrt(np.sum(u * u, axis=axis, keepdims=True))  # (..., 1), in [1, sqrt(d)] or 0
+    unit = u / np.where(nu > 0, nu, 1.0)  # (..., d), zero where s = 0
+    with np.errstate(over="ignore"):
+        n = m * nu  # (..., 1), |s|; may be inf
+    f, big, inv_n = _length_factor(n)
+    length = np.where(big, 1.0 / (1.0 + inv_n * inv_n), n * f)  # |s|^2 / (1 + |s|^2)
+    return (unit * length).astype(s.dtype, copy=False)
 
 
 def squash_vjp(s, g, axis=-1):

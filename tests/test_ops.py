@@ -78,3 +78,10 @@ def test_softmax_vjp_matches_central_differences(seed):
 def test_capsule_length_equals_norm(shape):
     x = np.random.default_rng(0).normal(size=shape)
     np.testing.assert_allclose(capsule_length(x), np.linalg.norm(x, axis=-1), rtol=1e-14)
+
+
+def test_squash_keeps_direction_when_the_length_overflows():
+    s = np.array([[1e308, 1e308, 0.0], [-1.7e308, 0.0, 1.7e308]])
+    with np.errstate(over="raise", invalid="raise"):
+        v = squash(s)
+    np.testing.assert_allclose(v, s / np.abs(s).max(axis=1, keepdims=True) / np.sqrt(2), rtol=1e-12)
