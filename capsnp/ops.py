@@ -138,7 +138,7 @@ def squash(s, axis=-1):
     with np.errstate(over="ignore"):
         n = m * nu  # (..., 1), |s|; may be inf
     f, big, inv_n = _length_factor(n)
-    length = np.where(big, 1.0 / (1.0 + inv_n * inv_n), n * f)  # |s|^2 / (1 + |s|^2)
+    length = np.where(big, 1.0 / (1.0 + inv_n * inv_n), np.where(big, 0.0, n) * f)  # |s|^2 / (1 + |s|^2)
     return (unit * length).astype(s.dtype, copy=False)
 
 
