@@ -37,6 +37,7 @@ Equation labels refer to MODEL.md: (2.0) predictions, (2.1) routing, (2.2) its V
 (3.x) Model P, (4.x) Model R, (5.x) RBM.
 """
 
+import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -975,30 +976,231 @@ r_statistics = _jit(r_statistics)
 # ============================================================================================
 
 
-def rbm_gibbs_sweep(W, a, b, v, u_h, u_v, h_out, v_out):
-    """(5.5) one block Gibbs sweep: ``h = [u_h < sigmoid(b + v W)]``, ``v' = [u_v < sigmoid(a + h W^T)]``.
+def nonzero_rows(start, stop, X, idx, cnt):
+    """Row-wise nonzeros of X (N, K) for rows n in [start, stop): ``idx[n, :cnt[n]]``, ascending."""
+    for n in range(start, stop):
+        cnt[n] = _nonzero_index(X[n], idx[n])
 
-    The products go to BLAS through ``np.dot`` (which uses BLAS's own threads); bias,
-    sigmoid and the Bernoulli draw are fused in one pass per layer.
+
+nonzero_rows = _jit(nonzero_rows)
+
+
+def nonzero_columns(start, stop, X, idx, cnt):
+    """Column-wise nonzeros of X (N, K) for columns k in [start, stop): the rows n with
+    ``X[n, k] != 0`` in ``idx[k, :cnt[k]]``, ascending (branch-free, as :func:`_nonzero_index`).
 
     Parameters
     ----------
-    W (D, H), a (D,), b (H,), v (B, D) C-contiguous; u_h (B, H), u_v (B, D) uniforms
-    h_out (B, H), v_out (B, D) : out
+    X : (N, K); idx : (K, N) int64 out; cnt : (K,) int64 out
     """
-    B, D = v.shape
-    H = W.shape[1]
-    x = np.dot(v, W)  # (B, H)
-    for n in range(B):
-        for k in range(H):
-            h_out[n, k] = 1.0 if u_h[n, k] < _sigmoid(b[k] + x[n, k]) else 0.0
-    y = np.dot(h_out, W.T)  # (B, D)
-    for n in range(B):
-        for d in range(D):
-            v_out[n, d] = 1.0 if u_v[n, d] < _sigmoid(a[d] + y[n, d]) else 0.0
+    N = X.shape[0]
+    for k in range(start, stop):
+        cnt[k] = 0
+    for n in range(N):
+        for k in range(start, stop):
+            idx[k, cnt[k]] = n
+            cnt[k] += X[n, k] != 0
 
 
-rbm_gibbs_sweep = _jit(rbm_gibbs_sweep)
+nonzero_columns = _jit(nonzero_columns)
+
+
+LOGITS, PROBABILITIES, DRAWS, SOFTPLUS = 0, 1, 2, 3  # what a layer kernel returns (``mode``)
+
+
+def _logistic_epilogue(t, u, mode):
+    """In place on t (n, c): nothing (``LOGITS``), ``p = 1 / (1 + e^{-t})`` in t's dtype
+    (``PROBABILITIES``), the unit ``u < p`` as 1 or 0 (``DRAWS``), or ``softplus(t) =
+    max(t, 0) + log1p(e^{-|t|})`` (``SOFTPLUS``, the free energy's terms (5.4)).
+
+    Branch-free: for very negative t, ``e^{-t}`` overflows to inf and p is exactly 0, its limit.
+    The comparison ``u < p`` is made in float64 (u is float64), as in the reference.
+    """
+    if mode == LOGITS:
+        return
+    one = t.dtype.type(1)
+    zero = t.dtype.type(0)
+    for n in range(t.shape[0]):
+        for c in range(t.shape[1]):
+            if mode == SOFTPLUS:
+                x = t[n, c]
+                t[n, c] = max(x, zero) + np.log1p(np.exp(-abs(x)))
+                continue
+            p = one / (one + np.exp(-t[n, c]))
+            if mode == DRAWS:
+                t[n, c] = one if u[n, c] < p else 0
+            else:
+                t[n, c] = p
+
+
+_logistic_epilogue = _jit(_logistic_epilogue)
+
+
+def rbm_sparse_layer(start, stop, X, idx, cnt, M, bias, u, mode, out):
+    """(5.2) a layer from sparse inputs, rows n in [start, stop):
+    ``t_nc = bias_c + sum_k X_nk M_kc`` over the nonzero ``X_nk`` only (``idx``, ``cnt`` from
+    :func:`nonzero_rows`), then (``mode``) ``out = t``, ``sigmoid(t)`` or the Bernoulli draw
+    ``u < sigmoid(t)``.
+
+    Binary data and chain states are mostly zeros (13% ones on MNIST), so this adds
+    ``nnz(X) C`` terms instead of the dense product's ``N K C``; a skipped term would add exactly
+    zero for finite M. Each output row is accumulated in one buffer of C values (L1-sized for
+    C up to a few thousand) while the rows of M it needs stream past.
+
+    Parameters
+    ----------
+    start, stop : int, range of rows n
+    X (N, K); idx (N, K) int64, cnt (N,) int64; M (K, C); bias (C,)
+    u : (N, C) uniforms (float64) for ``DRAWS``, any 2-D float64 array otherwise
+    mode : int, ``LOGITS``, ``PROBABILITIES``, ``DRAWS`` or ``SOFTPLUS``
+    out : (N, C) out
+    """
+    C = M.shape[1]
+    for n in range(start, stop):
+        t = out[n:n + 1]  # (1, C), accumulated in place
+        a = t[0]
+        for c in range(C):
+            a[c] = bias[c]
+        for m in range(cnt[n]):
+            k = idx[n, m]
+            x = X[n, k]
+            Mk = M[k]
+            for c in range(C):
+                a[c] += x * Mk[c]
+        _logistic_epilogue(t, u[n:n + 1], mode)
+
+
+rbm_sparse_layer = _jit(rbm_sparse_layer)
+
+
+def rbm_dense_layer_t(start, stop, X, M, bias, u, mode, out):
+    """(5.3) a layer through the transposed weights, rows n in [start, stop):
+    ``t_nd = bias_d + sum_k X_nk M_dk`` (dense), then (``mode``) ``out = t``, ``sigmoid(t)`` or
+    ``u < sigmoid(t)``.
+
+    For the visible layer ``X = h`` (N, H) and ``M = W`` (D, H): hidden samples are about half
+    ones, too dense for skipping zeros to pay, so every term is added. Row d of W is contiguous,
+    so each dot product runs over contiguous memory; tiles of 2 output columns x 4 rows reuse
+    each load of W four times and each load of X twice, and the rows [start, stop) of X stay in
+    cache while W streams past. The sum over k is the only reordered one (``reassoc``, as
+    :func:`_dot`). No BLAS call: BLAS's own threads, still spinning after a call, would compete
+    with the kernels' threads.
+
+    Parameters
+    ----------
+    start, stop : int, range of rows n
+    X (N, K); M (C, K); bias (C,); u (N, C) float64 uniforms (for ``DRAWS``); mode; out (N, C) out
+    """
+    K = X.shape[1]
+    C = M.shape[0]
+    n4 = start + (stop - start) // 4 * 4
+    zero = out.dtype.type(0)
+    for d in range(0, C, 2):
+        d1 = d + 1 if d + 1 < C else d  # a lone last column is computed twice
+        M0 = M[d]
+        M1 = M[d1]
+        for n in range(start, n4, 4):
+            x0, x1, x2, x3 = X[n], X[n + 1], X[n + 2], X[n + 3]
+            a0 = zero
+            a1 = zero
+            a2 = zero
+            a3 = zero
+            b0 = zero
+            b1 = zero
+            b2 = zero
+            b3 = zero
+            for k in range(K):
+                w0 = M0[k]
+                w1 = M1[k]
+                a0 += w0 * x0[k]
+                a1 += w0 * x1[k]
+                a2 += w0 * x2[k]
+                a3 += w0 * x3[k]
+                b0 += w1 * x0[k]
+                b1 += w1 * x1[k]
+                b2 += w1 * x2[k]
+                b3 += w1 * x3[k]
+            out[n, d] = a0
+            out[n + 1, d] = a1
+            out[n + 2, d] = a2
+            out[n + 3, d] = a3
+            out[n, d1] = b0
+            out[n + 1, d1] = b1
+            out[n + 2, d1] = b2
+            out[n + 3, d1] = b3
+        for n in range(n4, stop):
+            a = zero
+            b = zero
+            for k in range(K):
+                a += M0[k] * X[n, k]
+                b += M1[k] * X[n, k]
+            out[n, d] = a
+            out[n, d1] = b
+    for n in range(start, stop):
+        t = out[n:n + 1]  # (1, C)
+        for c in range(C):
+            t[0, c] += bias[c]
+        _logistic_epilogue(t, u[n:n + 1], mode)
+
+
+rbm_dense_layer_t = _jit(rbm_dense_layer_t, fastmath={"reassoc"})
+
+
+def _accumulate_rows(X, rows, n_rows, k, P, acc):
+    """``acc = sum_m X[rows[m], k] P[rows[m]]`` over m < n_rows: acc (C,) out.
+
+    Four rows at a time, ``acc += (x0 p0 + x1 p1) + (x2 p2 + x3 p3)``, so the accumulator is
+    loaded and stored once per four rows; the order is fixed by ``rows``.
+    """
+    C = acc.shape[0]
+    for c in range(C):
+        acc[c] = 0
+    m = 0
+    while m + 3 < n_rows:
+        n0, n1, n2, n3 = rows[m], rows[m + 1], rows[m + 2], rows[m + 3]
+        x0, x1, x2, x3 = X[n0, k], X[n1, k], X[n2, k], X[n3, k]
+        p0, p1, p2, p3 = P[n0], P[n1], P[n2], P[n3]
+        for c in range(C):
+            acc[c] += (x0 * p0[c] + x1 * p1[c]) + (x2 * p2[c] + x3 * p3[c])
+        m += 4
+    while m < n_rows:
+        n0 = rows[m]
+        x0 = X[n0, k]
+        p0 = P[n0]
+        for c in range(C):
+            acc[c] += x0 * p0[c]
+        m += 1
+
+
+_accumulate_rows = _jit(_accumulate_rows)
+
+
+def rbm_weight_statistic(start, stop, Xd, idx_d, cnt_d, Pd, Xm, idx_m, cnt_m, Pm, wd, wm, out):
+    """(5.6) ``out[k] = wd sum_n Xd_nk Pd_n - wm sum_n Xm_nk Pm_n`` for rows k in [start, stop).
+
+    The W part of the CD gradient, ``<v p(h|v)^T>_data - <v p(h|v)^T>_model`` with weights
+    ``wd = 1 / B_data``, ``wm = 1 / B_model``. Only the nonzero ``X_nk`` are visited (``idx``,
+    ``cnt`` from :func:`nonzero_columns`, rows n ascending, so each entry sums over the batch
+    in order whatever the split into ranges); row k of the result is accumulated in place.
+
+    Parameters
+    ----------
+    start, stop : int, range of rows k (visible units)
+    Xd (Nd, K), Pd (Nd, C), Xm (Nm, K), Pm (Nm, C); idx_* (K, N*), cnt_* (K,) int64
+    wd, wm : float; out : (K, C) out
+    """
+    C = Pd.shape[1]
+    acc_d = np.empty(C, dtype=out.dtype)
+    acc_m = np.empty(C, dtype=out.dtype)
+    for k in range(start, stop):
+        _accumulate_rows(Xd, idx_d[k], cnt_d[k], k, Pd, acc_d)
+        _accumulate_rows(Xm, idx_m[k], cnt_m[k], k, Pm, acc_m)
+        o = out[k]
+        for c in range(C):
+            o[c] = wd * acc_d[c] - wm * acc_m[c]
+
+
+rbm_weight_statistic = _jit(rbm_weight_statistic)
 
 
 # ============================================================================================
@@ -1030,9 +1232,15 @@ def run_chunks(kernel, n, *args, min_items=2):
 
     With one thread, or fewer than ``2 * min_items`` items, the kernel runs once on the whole
     range in the calling thread. Otherwise the range is cut into up to
-    ``CHUNKS_PER_THREAD * num_threads()`` pieces of at least ``min_items`` items, run on a pool of
-    ``num_threads()`` threads. Kernels write disjoint parts of their outputs, so the result
-    does not depend on the split.
+    ``CHUNKS_PER_THREAD * num_threads()`` pieces of at least ``min_items`` items, which the
+    calling thread and ``num_threads() - 1`` pool threads take one at a time until none is left.
+    Kernels write disjoint parts of their outputs, so the result does not depend on the split
+    or on which thread runs which piece.
+
+    The caller works too and does not wait for a helper that has not started (its task is
+    cancelled): on a machine whose other cores are busy, a helper that the operating system
+    does not schedule in time costs nothing, where a fixed split (or BLAS's spinning threads)
+    would wait for it.
     """
     threads = num_threads()
     if threads <= 1 or n < 2 * min_items:
@@ -1040,9 +1248,22 @@ def run_chunks(kernel, n, *args, min_items=2):
         return
     chunks = min(CHUNKS_PER_THREAD * threads, n // min_items)
     bounds = [n * c // chunks for c in range(chunks + 1)]
-    futures = [_pool(threads).submit(kernel, bounds[c], bounds[c + 1], *args) for c in range(chunks)]
-    for f in futures:
-        f.result()
+    claims = itertools.count()  # next() on it is atomic under the GIL
+
+    def work():
+        while True:
+            c = next(claims)
+            if c >= chunks:
+                return
+            kernel(bounds[c], bounds[c + 1], *args)
+
+    helpers = [_pool(threads - 1).submit(work) for _ in range(threads - 1)]
+    try:
+        work()
+    finally:
+        for f in helpers:
+            if not f.cancel():
+                f.result()
 
 
 _KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))

@@ -6,6 +6,10 @@ Same names, signatures and results as the NumPy reference:
 * (3.6, 3.7) :func:`free_energy_grad`, ``full`` (routing VJP fused per image) and ``frozen``
 * (3.9) :func:`mh_sweep`, exact Metropolis-Hastings with incremental updates of u_hat
 * (3.10) :func:`reconstruct_step`
+* (3.2) :func:`firing_probability` and (3.11) :func:`pseudo_log_likelihood`, the reference's
+  compositions run on the compiled routing and free energy
+
+Any other name of :mod:`capsnp.model_p` (e.g. ``firing_logit``) resolves to the reference.
 
 The batch is split over ``numba.get_num_threads()`` threads; every image is handled by one
 thread and batch sums are taken in a fixed order afterwards, so results do not depend on the
@@ -19,10 +23,19 @@ import numpy as np
 
 from . import _kernels_jit as _jit
 from . import model_p as _ref
-from .ops import softmax
+from ._kernels_routing import dynamic_routing
+from .ops import log_sigmoid, sigmoid, softmax
 from .params import PParams
 
-__all__ = ["free_energy", "free_energy_grad", "mh_sweep", "reconstruct_step"]
+__all__ = ["free_energy", "free_energy_grad", "mh_sweep", "reconstruct_step",
+           "firing_probability", "pseudo_log_likelihood"]
+
+
+def __getattr__(name):
+    """Names without a compiled twin are the NumPy reference's (``capsnp.model_p``)."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    return getattr(_ref, name)
 
 
 def _prepared(params, v):
@@ -176,3 +189,59 @@ def reconstruct_step(params, v, rng, n_iter=3):
     _jit.run_chunks(_jit.p_reconstruct_step, B, W, alpha, rho, beta, c0, u, r, u_z, u_v, v_new, z)
     out_dt = np.asarray(v).dtype
     return v_new.astype(out_dt, copy=False), z.astype(out_dt, copy=False)
+
+
+def firing_probability(params, v, n_iter=3):
+    """Firing probabilities (3.2) ``p(z_j = 1 | v) = sigmoid(rho_j + log |s_j(v)|^2)``.
+
+    Parameters
+    ----------
+    params : PParams
+    v : ndarray of shape (B, I, d_v)
+    n_iter : int, routing passes
+
+    Returns
+    -------
+    p : ndarray of shape (B, J)
+    """
+    prep = _prepared(params, v)
+    if prep is None:
+        return _ref.firing_probability(params, v, n_iter)
+    dt, W, alpha, rho, beta, c0, v, u = prep
+    _, s, _ = dynamic_routing(u, n_iter, beta)  # s: (B, J, d_h)
+    return sigmoid(_ref.firing_logit(rho, s))  # (B, J)
+
+
+def pseudo_log_likelihood(params, v, rng=None, n_iter=3):
+    """Pseudo-log-likelihood (3.11) ``sum_k log sigmoid(F(v with k flipped) - F(v))``.
+
+    The reference's composition on the compiled :func:`free_energy`, with the same draws: with
+    ``rng``, one ``rng.integers(0, D, size=B)`` call and the one-flip estimate
+    ``D log sigmoid(F(v~) - F(v))``; without it, the exact sum over all D pixels.
+
+    Parameters
+    ----------
+    params : PParams
+    v : ndarray of shape (B, I, d_v), binary
+    rng : np.random.Generator or None
+    n_iter : int
+
+    Returns
+    -------
+    ndarray of shape (B,)
+    """
+    B, I, d_v = v.shape
+    D = I * d_v
+    F0 = free_energy(params, v, n_iter)  # (B,)
+    rows = np.arange(B)
+    if rng is not None:
+        k = rng.integers(0, D, size=B)  # (B,)
+        vf = v.reshape(B, D).copy()  # (B, D)
+        vf[rows, k] = 1.0 - vf[rows, k]
+        return D * log_sigmoid(free_energy(params, vf.reshape(B, I, d_v), n_iter) - F0)
+    total = np.zeros(B, dtype=F0.dtype)
+    for k in range(D):
+        vf = v.reshape(B, D).copy()  # (B, D)
+        vf[:, k] = 1.0 - vf[:, k]
+        total += log_sigmoid(free_energy(params, vf.reshape(B, I, d_v), n_iter) - F0)
+    return total

@@ -23,6 +23,13 @@ from .params import RParams
 __all__ = ["mean_field", "gibbs_sweep", "data_statistics", "model_statistics"]
 
 
+def __getattr__(name):
+    """Names without a compiled twin are the NumPy reference's (``capsnp.model_r``)."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    return getattr(_ref, name)
+
+
 def mean_field(params, v, tol=1e-3, max_iter=30, damping=0.0):
     """Mean-field routing (4.6) with per-image stopping; twin of :func:`capsnp.model_r.mean_field`.
 

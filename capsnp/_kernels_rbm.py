@@ -1,18 +1,205 @@
-"""Numba twin of the Bernoulli RBM's Gibbs sweep (MODEL.md sec. 5), as ``capsnp.kernels.rbm``.
+"""Numba twins of the Bernoulli RBM (MODEL.md sec. 5), as ``capsnp.kernels.rbm``.
 
-* (5.5) :func:`gibbs_sweep`, the CD/PCD step: the two matrix products go to BLAS (``np.dot``
-  inside the compiled function, threaded by BLAS); bias, sigmoid and Bernoulli draw are fused
-  in one pass per layer, with the uniforms drawn beforehand in the reference's order.
+* (5.2, 5.3) :func:`hidden_probability`, :func:`visible_probability`, :func:`sample_hidden`,
+  :func:`sample_visible`; (5.4) :func:`free_energy`; (5.7) :func:`pseudo_log_likelihood`
 
-Without Numba (or for dtypes other than float32/float64) it calls :func:`capsnp.rbm.gibbs_sweep`.
+* (5.5) :func:`gibbs_sweep`, the CD/PCD sampler: ``h ~ p(h | v)`` from the sparse binary v
+  (only the nonzero pixels are visited), then ``v_new ~ p(v | h)`` through the rows of W, with
+  bias, sigmoid and the Bernoulli draw fused into each layer's pass; the uniforms are drawn
+  beforehand in the reference's order.
+* (5.6) :func:`cd_gradient`, the CD/PCD gradient: both batches' hidden probabilities from their
+  nonzero pixels, and the W statistic ``<v p(h|v)^T>_data - <v p(h|v)^T>_model`` summed over the
+  nonzero pixels of each visible unit.
+
+No BLAS call: every product is a compiled loop (over the nonzero entries of the binary data or
+chain state where there is one), split over batch rows (or rows of the gradient) on
+``numba.get_num_threads()`` threads, each entry computed by one thread in a fixed order, so
+results do not depend on the number of threads. Mixing BLAS calls in would cost more than they
+save: OpenBLAS's threads keep spinning for a while after each call and take the cores from the
+kernels' threads (measured: a PCD step 1.6x slower with two threads than with one). Without Numba (or for dtypes other
+than float32/float64, or weighted statistics) the functions call :mod:`capsnp.rbm`; any other
+name of that module (``energy``, the exact tools, ...) resolves to the reference.
 """
 
 import numpy as np
 
 from . import _kernels_jit as _jit
 from . import rbm as _ref
+from .ops import log_sigmoid
+from .params import RBMParams
 
-__all__ = ["gibbs_sweep"]
+__all__ = ["hidden_probability", "visible_probability", "sample_hidden", "sample_visible",
+           "free_energy", "gibbs_sweep", "cd_gradient", "pseudo_log_likelihood"]
+
+
+_MIN_UNITS = 16  # visible units (gradient rows) per range, at least
+_NO_UNIFORMS = np.empty((0, 0))  # the uniforms argument of a layer kernel that draws nothing
+
+
+def __getattr__(name):
+    """Names without a compiled twin are the NumPy reference's (``capsnp.rbm``)."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    return getattr(_ref, name)
+
+
+def _nonzero_rows(X):
+    """(idx (N, K), cnt (N,)): the nonzero positions of each row of X."""
+    idx = np.empty(X.shape, dtype=np.int64)
+    cnt = np.empty(X.shape[0], dtype=np.int64)
+    _jit.nonzero_rows(0, X.shape[0], X, idx, cnt)
+    return idx, cnt
+
+
+def _nonzero_columns(X):
+    """(idx (K, N), cnt (K,)): the rows with a nonzero entry, for each column of X."""
+    idx = np.empty(X.shape[::-1], dtype=np.int64)
+    cnt = np.empty(X.shape[1], dtype=np.int64)
+    _jit.run_chunks(_jit.nonzero_columns, X.shape[1], X, idx, cnt, min_items=64)
+    return idx, cnt
+
+
+def _min_rows(n_rows):
+    """Rows per range of the layer kernels: about two ranges per thread (each range streams all
+    of W once, so fewer, larger ranges read less)."""
+    return max(1, n_rows // (2 * _jit.num_threads()))
+
+
+def _hidden_layer(W, b, v, mode, u=_NO_UNIFORMS):
+    """``b + v W`` (5.2), its sigmoid, or the draw ``u < sigmoid(b + v W)``: (N, D) -> (N, H)."""
+    idx, cnt = _nonzero_rows(v)
+    N = v.shape[0]
+    out = np.empty((N, W.shape[1]), dtype=W.dtype)
+    _jit.run_chunks(_jit.rbm_sparse_layer, N, v, idx, cnt, W, b, u, mode, out,
+                    min_items=_min_rows(N))
+    return out
+
+
+def _visible_layer(W, a, h, mode, u=_NO_UNIFORMS):
+    """``sigmoid(a + h W^T)`` (5.3) or the draw ``u < sigmoid(a + h W^T)``: (N, H) -> (N, D)."""
+    N = h.shape[0]
+    out = np.empty((N, W.shape[0]), dtype=W.dtype)
+    _jit.run_chunks(_jit.rbm_dense_layer_t, N, h, W, a, u, mode, out, min_items=_min_rows(N))
+    return out
+
+
+def _prepared(params, x):
+    """(W, a, b, x) as C-contiguous arrays of the kernel dtype, or None for the reference."""
+    dt = _jit.kernel_dtype(params.W, x)
+    if dt is None or np.ndim(x) != 2:
+        return None
+    return tuple(_jit.as_c(y, dt) for y in (params.W, params.a, params.b, x))
+
+
+def hidden_probability(params, v):
+    """Hidden conditional (5.2): ``p(h_k = 1 | v) = sigmoid(b_k + sum_i v_i W_ik)``.
+
+    Parameters
+    ----------
+    params : RBMParams
+    v : ndarray of shape (B, D)
+
+    Returns
+    -------
+    ndarray of shape (B, H)
+    """
+    prep = _prepared(params, v)
+    if prep is None:
+        return _ref.hidden_probability(params, v)
+    W, _, b, v = prep
+    return _hidden_layer(W, b, v, _jit.PROBABILITIES)  # (B, H)
+
+
+def visible_probability(params, h):
+    """Visible conditional (5.3): ``p(v_i = 1 | h) = sigmoid(a_i + sum_k W_ik h_k)``.
+
+    Parameters
+    ----------
+    params : RBMParams
+    h : ndarray of shape (B, H)
+
+    Returns
+    -------
+    ndarray of shape (B, D)
+    """
+    prep = _prepared(params, h)
+    if prep is None:
+        return _ref.visible_probability(params, h)
+    W, a, _, h = prep
+    return _visible_layer(W, a, h, _jit.PROBABILITIES)  # (B, D)
+
+
+def sample_hidden(params, v, rng):
+    """Draw ``h ~ p(h | v)`` (5.2): ``h = (u < p)`` with ``u = rng.random((B, H))``.
+
+    Returns
+    -------
+    h : ndarray of shape (B, H), binary, floating dtype
+    """
+    prep = _prepared(params, v)
+    if prep is None:
+        return _ref.sample_hidden(params, v, rng)
+    W, _, b, v = prep
+    u = rng.random((v.shape[0], W.shape[1]))  # (B, H)
+    return _hidden_layer(W, b, v, _jit.DRAWS, u)
+
+
+def sample_visible(params, h, rng):
+    """Draw ``v ~ p(v | h)`` (5.3): ``v = (u < p)`` with ``u = rng.random((B, D))``.
+
+    Returns
+    -------
+    v : ndarray of shape (B, D), binary, floating dtype
+    """
+    prep = _prepared(params, h)
+    if prep is None:
+        return _ref.sample_visible(params, h, rng)
+    W, a, _, h = prep
+    u = rng.random((h.shape[0], W.shape[0]))  # (B, D)
+    return _visible_layer(W, a, h, _jit.DRAWS, u)
+
+
+def free_energy(params, v):
+    """Free energy (5.4): ``F(v) = -v.a - sum_k softplus(b_k + (v W)_k)``.
+
+    Parameters
+    ----------
+    params : RBMParams
+    v : ndarray of shape (B, D)
+
+    Returns
+    -------
+    ndarray of shape (B,)
+    """
+    prep = _prepared(params, v)
+    if prep is None:
+        return _ref.free_energy(params, v)
+    W, a, b, v = prep
+    terms = _hidden_layer(W, b, v, _jit.SOFTPLUS)  # (B, H), softplus(b + v W)
+    return -np.sum(v * a, axis=1) - np.sum(terms, axis=1)  # (B,)
+
+
+def pseudo_log_likelihood(params, v, rng):
+    """Stochastic pseudo-log-likelihood (5.7), scikit-learn's one-flip estimate.
+
+    The reference's composition on the compiled :func:`free_energy`, with the same draw: one bit
+    ``i ~ Uniform{0..D-1}`` per image (``rng.integers(0, D, size=B)``), and
+    ``D log sigmoid(F(v^{(i)}) - F(v))``.
+
+    Returns
+    -------
+    ndarray of shape (B,)
+    """
+    prep = _prepared(params, v)
+    if prep is None:
+        return _ref.pseudo_log_likelihood(params, v, rng)
+    v = prep[3]
+    B, D = v.shape
+    index = rng.integers(0, D, size=B)  # (B,)
+    v_flip = v.copy()  # (B, D)
+    rows = np.arange(B)
+    v_flip[rows, index] = 1 - v_flip[rows, index]
+    return D * log_sigmoid(free_energy(params, v_flip) - free_energy(params, v))  # (B,)
 
 
 def gibbs_sweep(params, v, rng):
@@ -40,7 +227,40 @@ def gibbs_sweep(params, v, rng):
     H = W.shape[1]
     u_h = rng.random((B, H))  # (B, H)
     u_v = rng.random((B, D))  # (B, D)
-    h = np.empty((B, H), dtype=dt)
-    v_new = np.empty((B, D), dtype=dt)
-    _jit.rbm_gibbs_sweep(W, a, b, v, u_h, u_v, h, v_new)
+    h = _hidden_layer(W, b, v, _jit.DRAWS, u_h)  # (B, H)
+    v_new = _visible_layer(W, a, h, _jit.DRAWS, u_v)  # (B, D)
     return v_new, h
+
+
+def cd_gradient(params, v_data, v_model, data_weights=None, model_weights=None):
+    """Contrastive-divergence estimate of the mean log-likelihood gradient (5.6), ascent direction.
+
+    ``W: <v p(h=1|v)^T>_data - <v p(h=1|v)^T>_model``, ``a: <v>_data - <v>_model``,
+    ``b: <p(h=1|v)>_data - <p(h=1|v)>_model``, each a mean over its batch. Twin of
+    :func:`capsnp.rbm.cd_gradient` (which it calls for weighted statistics).
+
+    Parameters
+    ----------
+    params : RBMParams
+    v_data : ndarray of shape (B, D)
+    v_model : ndarray of shape (B', D), chain states
+    data_weights, model_weights : ndarray of shape (B,) and (B',), optional
+
+    Returns
+    -------
+    RBMParams, same shapes as ``params``.
+    """
+    dt = _jit.kernel_dtype(params.W, v_data, v_model)
+    if dt is None or data_weights is not None or model_weights is not None:
+        return _ref.cd_gradient(params, v_data, v_model, data_weights, model_weights)
+    W, b, v_d, v_m = (_jit.as_c(x, dt) for x in (params.W, params.b, v_data, v_model))
+    ph_d = _hidden_layer(W, b, v_d, _jit.PROBABILITIES)  # (B, H)
+    ph_m = _hidden_layer(W, b, v_m, _jit.PROBABILITIES)  # (B', H)
+    idx_d, cnt_d = _nonzero_columns(v_d)
+    idx_m, cnt_m = _nonzero_columns(v_m)
+    d_W = np.empty_like(W)  # (D, H)
+    _jit.run_chunks(_jit.rbm_weight_statistic, W.shape[0], v_d, idx_d, cnt_d, ph_d, v_m, idx_m,
+                    cnt_m, ph_m, dt.type(1.0 / v_d.shape[0]), dt.type(1.0 / v_m.shape[0]), d_W,
+                    min_items=max(_MIN_UNITS, W.shape[0] // (2 * _jit.num_threads())))
+    return RBMParams(W=d_W, a=v_d.mean(axis=0) - v_m.mean(axis=0),
+                     b=ph_d.mean(axis=0) - ph_m.mean(axis=0))

@@ -18,6 +18,13 @@ from .ops import softmax
 __all__ = ["dynamic_routing", "routing_forward_vjp"]
 
 
+def __getattr__(name):
+    """Names without a compiled twin are the NumPy reference's (``capsnp.routing``)."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    return getattr(_ref, name)
+
+
 def _prior_3d(prior_logits, B, I, J, dtype):
     """Prior logits as a (1, I, J) or (B, I, J) C-contiguous array (zeros when omitted)."""
     if prior_logits is None:
@@ -61,13 +68,6 @@ def dynamic_routing(u_hat, n_iter=3, prior_logits=None):
     return c, s, v
 
 
-def _routing_forward_vjp_numpy(u_hat, n_iter, prior_logits, g_s, g_v, g_c, prior_shape):
-    """The NumPy composition that :func:`routing_forward_vjp` fuses."""
-    tr = _ref.dynamic_routing_trace(u_hat, n_iter, prior_logits)
-    g_u, g_beta = _ref.dynamic_routing_vjp(u_hat, tr, g_s=g_s, g_v=g_v, g_c=g_c, prior_shape=prior_shape)
-    return tr.c[-1], tr.s[-1], tr.v[-1], g_u, g_beta
-
-
 def routing_forward_vjp(u_hat, n_iter=3, prior_logits=None, g_s=None, g_v=None, g_c=None,
                         prior_shape=None):
     """Routing (2.1) and its vector-Jacobian product (2.2) in one pass per image.
@@ -99,7 +99,7 @@ def routing_forward_vjp(u_hat, n_iter=3, prior_logits=None, g_s=None, g_v=None, 
     u_hat = np.asarray(u_hat)
     dt = _jit.kernel_dtype(u_hat)
     if dt is None or u_hat.dtype != dt or u_hat.ndim != 4:
-        return _routing_forward_vjp_numpy(u_hat, n_iter, prior_logits, g_s, g_v, g_c, prior_shape)
+        return _ref.routing_forward_vjp(u_hat, n_iter, prior_logits, g_s, g_v, g_c, prior_shape)
     r = _jit.check_n_iter(n_iter)
     B, I, J, d_h = u_hat.shape
     beta = _prior_3d(prior_logits, B, I, J, dt)  # (1 or B, I, J)

@@ -12,6 +12,9 @@ Equation labels:
 * (6.4) ``log Z_1 ~ log Z_0 + log mean(w)``, its standard error by the delta method
   ``std(w) / (sqrt(n) mean(w))``, and a bootstrap interval
 
+The transitions and the free energies run on the backend chosen by ``ais_log_partition``'s
+``backend`` (the compiled kernels of :mod:`capsnp.kernels` by default, or the NumPy reference).
+
 Transitions: block Gibbs for the RBM, the exact MH sweep for Model P, the 3-block Gibbs sweep on
 (v, a) for Model R (its sweep starts with h | v, a, so the state it carries is (v, a) and
 ``f_beta(v, a)`` has h summed out in closed form).
@@ -22,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.special import logsumexp
 
-from . import model_p, model_r, rbm
+from . import kernels
 from .ops import sigmoid, softplus
 from .params import PParams, RBMParams, RParams
 
@@ -136,7 +139,7 @@ def _interpolate(base, target, beta):
     return type(target)(*((1.0 - beta) * b + beta * t for b, t in zip(base, target)))
 
 
-def _ais_rbm(params, alpha0, betas, n_runs, rng):
+def _ais_rbm(params, alpha0, betas, n_runs, rng, rbm):
     base = RBMParams(np.zeros_like(params.W), alpha0, params.b)
     log_z_base = float(softplus(alpha0).sum() + softplus(params.b).sum())
 
@@ -152,7 +155,7 @@ def _ais_rbm(params, alpha0, betas, n_runs, rng):
     return ais(log_f, sample_base, transition, log_z_base, betas, n_runs, rng)
 
 
-def _ais_p(params, alpha0, betas, n_runs, rng, n_iter):
+def _ais_p(params, alpha0, betas, n_runs, rng, n_iter, model_p):
     base = PParams(np.zeros_like(params.W), alpha0, params.rho, params.beta)
     log_z_base = float(softplus(alpha0).sum())  # W = 0: s = 0, every expert contributes log 1
 
@@ -168,7 +171,7 @@ def _ais_p(params, alpha0, betas, n_runs, rng, n_iter):
     return ais(log_f, sample_base, transition, log_z_base, betas, n_runs, rng)
 
 
-def _ais_r(params, alpha0, betas, n_runs, rng):
+def _ais_r(params, alpha0, betas, n_runs, rng, model_r):
     base = RParams(np.zeros_like(params.W), alpha0, params.gamma, params.beta)
     # W = 0: v, h and a are independent; the sum over a gives logsumexp_j beta_ij per child.
     log_z_base = float(softplus(alpha0).sum() + softplus(params.gamma).sum() + logsumexp(params.beta, axis=1).sum())
@@ -210,7 +213,8 @@ def _as_params(model):
     return params, getattr(model, "n_routing", 3)
 
 
-def ais_log_partition(model, n_runs=100, betas=None, random_state=None, base_rate=None):
+def ais_log_partition(model, n_runs=100, betas=None, random_state=None, base_rate=None,
+                      backend="numba"):
     """AIS estimate of log Z for a fitted model (6.2-6.4).
 
     Parameters
@@ -222,19 +226,23 @@ def ais_log_partition(model, n_runs=100, betas=None, random_state=None, base_rat
     base_rate : ndarray, optional
         Mean of the training data per pixel, shape (D,) or (I, d_v), for the base-rate model;
         default: the model's own visible biases with W = 0 (also exact, less efficient).
+    backend : {"numba", "numpy"}, default="numba"
+        Where the transitions and free energies run: the compiled kernels (NumPy where Numba
+        is missing, with a warning) or the NumPy reference. Same equations and random draws.
 
     Returns
     -------
     AISResult
     """
     params, n_iter = _as_params(model)
+    modules = kernels.get_backend(kernels.resolve_backend(backend))
     rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
     betas = default_betas() if betas is None else betas
     shape = params.a.shape if isinstance(params, RBMParams) else params.alpha.shape
     alpha0 = (base_log_odds(base_rate).reshape(shape) if base_rate is not None
               else np.array(params.a if isinstance(params, RBMParams) else params.alpha, dtype=np.float64))
     if isinstance(params, RBMParams):
-        return _ais_rbm(params, alpha0, betas, n_runs, rng)
+        return _ais_rbm(params, alpha0, betas, n_runs, rng, modules.rbm)
     if isinstance(params, PParams):
-        return _ais_p(params, alpha0, betas, n_runs, rng, n_iter)
-    return _ais_r(params, alpha0, betas, n_runs, rng)
+        return _ais_p(params, alpha0, betas, n_runs, rng, n_iter, modules.model_p)
+    return _ais_r(params, alpha0, betas, n_runs, rng, modules.model_r)

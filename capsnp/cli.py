@@ -1,4 +1,4 @@
-"""Command line: ``python -m capsnp {train,sample,evaluate} ...``.
+"""Command line: ``python -m capsnp {train,sample,evaluate,experiment,bench} ...``.
 
 * ``train``: fit a model (``--model rbm|p|r``) on a data set and write, in ``--out``,
   ``model.npz`` (see :meth:`capsnp.estimators.CapsulePoE.save`), ``samples.png`` (persistent
@@ -42,7 +42,9 @@ CHECKPOINT_NAME = "checkpoint.npz"
 TRAIN_ARGS_NAME = "train_args.json"
 # The train arguments that define a run; --resume takes them from train_args.json.
 RUN_ARGUMENTS = ("model", "dataset", "epochs", "capsules", "capsule_dim", "hidden", "patch", "lr",
-                 "batch_size", "chains", "binarize", "seed", "dtype", "max_images")
+                 "batch_size", "chains", "binarize", "seed", "dtype", "max_images", "backend")
+# Run arguments added later, with the value that runs recorded before them used.
+LATER_RUN_ARGUMENTS = {"backend": "numpy"}
 EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT (128 + 2)
 
 
@@ -58,7 +60,8 @@ def _build_estimator(args, checkpoint_path=None):
     dtype = np.dtype(args.dtype).type
     common = dict(n_iter=args.epochs, batch_size=args.batch_size, random_state=args.seed,
                   dtype=dtype, verbose=1, checkpoint_path=checkpoint_path,
-                  checkpoint_every=args.checkpoint_every, resume=bool(args.resume))
+                  checkpoint_every=args.checkpoint_every, resume=bool(args.resume),
+                  backend=args.backend)
     if args.lr is not None:
         common["learning_rate"] = args.lr
     if args.model == "rbm":
@@ -84,6 +87,8 @@ def _resumed_arguments(args, out):
         stored = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if isinstance(stored, dict):
+        stored = {**LATER_RUN_ARGUMENTS, **stored}
     missing = [key for key in RUN_ARGUMENTS if not isinstance(stored, dict) or key not in stored]
     if missing:
         raise ValueError(f"{path}: missing run arguments {missing}")
@@ -238,6 +243,8 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("experiment", help="likelihood table: train, AIS, test log-likelihood "
                    "(see python -m capsnp experiment --help)")
+    sub.add_parser("bench", help="benchmark: GEMM ceiling, routing, RBM against scikit-learn, "
+                   "throughput, scaling, memory, JIT (see python -m capsnp bench --help)")
 
     train = sub.add_parser("train", help="fit a model and write model.npz and figures")
     train.add_argument("--model", choices=sorted(MODELS), default="r",
@@ -261,6 +268,9 @@ def build_parser():
                        help="use only the first N training images")
     train.add_argument("--sample-steps", type=_nonnegative_int, default=None,
                        help="sweeps of the fresh chains in samples.png (default: 1000, P: 100)")
+    train.add_argument("--backend", choices=("numba", "numpy"), default="numba",
+                       help="run the model on the compiled kernels (default) or on the NumPy "
+                            "reference")
     train.add_argument("--out", default=None, help="output directory (default: runs/<model>)")
     train.add_argument("--checkpoint-every", type=_positive_int, default=1, metavar="N",
                        help=f"write <out>/{CHECKPOINT_NAME} every N epochs (also after the "
@@ -300,6 +310,10 @@ def main(argv=None):
         from .experiment import main as experiment_main
 
         return experiment_main(argv[1:])
+    if argv[:1] == ["bench"]:  # its own parser: bench/run.py
+        from .bench import main as bench_main
+
+        return bench_main(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -28,6 +28,13 @@ continues that stream, so the same ``random_state`` gives the same model. The pe
 use a second, independent stream spawned from it, so monitoring never changes the fitted model.
 No global random state is used.
 
+Backends: ``backend="numba"`` (the default) runs every model computation (training steps,
+samplers, monitoring, ``transform``, ``free_energy``, ``score_samples``, ``sample``) on the
+compiled kernels of :mod:`capsnp.kernels`; ``backend="numpy"`` runs the NumPy reference
+modules. Both compute the same equations and draw the same random numbers in the same order, so
+a fit gives the same model on either, up to rounding (about 1e-15 relative per operation in
+float64). Without Numba, ``"numba"`` falls back to the reference with a one-time warning.
+
 Checkpoints and resuming (``checkpoint_path``, ``checkpoint_every``, ``resume``; see
 :meth:`CapsulePoE.fit`): a checkpoint is a model file (:mod:`capsnp.io`, no pickle) that also
 records the position inside an unfinished epoch, the held-out rows and a SHA-256 of the
@@ -50,12 +57,11 @@ import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from . import model_p, model_r, rbm
+from . import kernels
 from .capsules import capsule_layout, from_capsules, predictions, to_capsules
 from .io import load_model, remove_temporary_files, save_model
 from .ops import sigmoid, softplus
 from .params import PParams, RBMParams, RParams
-from .routing import dynamic_routing
 from .training import Objective, TrainingState, initial_state, run_epochs
 
 try:  # scikit-learn >= 1.6
@@ -72,7 +78,11 @@ _CHUNK = 500
 # With no held-out slice, metrics are computed on at most this many training rows.
 _MAX_IN_SAMPLE_MONITOR = 1000
 # Hyper-parameters that may differ between a checkpointed run and its resumption.
+# ``backend`` is not among them: the two backends may differ in the last bits, so a resumed run
+# must use the backend of the checkpoint to continue it exactly.
 _RESUME_FREE_PARAMETERS = frozenset({"verbose", "checkpoint_path", "checkpoint_every", "resume"})
+# Checkpoints written before the ``backend`` hyper-parameter existed ran the NumPy reference.
+_BACKEND_OF_OLD_FILES = "numpy"
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -346,6 +356,7 @@ class _EnergyEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                              f"{self.checkpoint_path!r}")
         _check_number("checkpoint_every", self.checkpoint_every, 1, integer=True)
         _check_bool("resume", self.resume)
+        _check_choice("backend", self.backend, kernels.BACKENDS)
         if self.resume and self.checkpoint_path is None:
             raise ValueError("resume=True continues from the file at checkpoint_path, which is "
                              "None; pass the checkpoint file as checkpoint_path")
@@ -353,6 +364,15 @@ class _EnergyEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
     def _n_chains_param(self):
         return getattr(self, "n_chains", None)
+
+    def _kernels(self, model):
+        """The module of ``model`` ("model_p", "model_r", "rbm" or "routing") on ``backend``.
+
+        ``kernels.get_backend(backend, model)``: the compiled namespace for "numba" (the NumPy
+        reference where Numba is missing, with a one-time warning), the reference module for
+        "numpy". Both have the same functions, names and signatures.
+        """
+        return kernels.get_backend(kernels.resolve_backend(self.backend), model)
 
     def _n_chains(self):
         n = self._n_chains_param()
@@ -839,6 +859,7 @@ def _changed_hyperparameters(current, stored):
     """Hyper-parameters (JSON forms) that differ from a checkpoint's, as readable text."""
     if not isinstance(stored, dict):
         return "the checkpoint records none"
+    stored = {"backend": _BACKEND_OF_OLD_FILES, **stored}
     keys = sorted((set(current) | set(stored)) - _RESUME_FREE_PARAMETERS)
     return ", ".join(f"{key}={current.get(key)!r} here, {stored.get(key)!r} in the checkpoint"
                      for key in keys if current.get(key) != stored.get(key))
@@ -999,6 +1020,10 @@ class CapsulePoE(_CapsuleEstimator):
     resume : bool, default=False
         Make :meth:`fit` continue from the checkpoint at ``checkpoint_path`` (which must
         exist) instead of starting over.
+    backend : {"numba", "numpy"}, default="numba"
+        Run the model computations on the compiled kernels (:mod:`capsnp.kernels`) or on the
+        NumPy reference; the same equations and random draws, so the fitted models agree to
+        rounding. "numba" falls back to NumPy, with a warning, where Numba is missing.
 
     Attributes
     ----------
@@ -1029,7 +1054,7 @@ class CapsulePoE(_CapsuleEstimator):
                  lr_final_ratio=0.04, momentum=0.9, weight_decay=1e-4, batch_size=100,
                  n_iter=10, init_scale=0.1, rho_init="auto", learn_prior=False,
                  dtype=np.float64, random_state=None, verbose=0, monitor_fraction=0.05,
-                 checkpoint_path=None, checkpoint_every=1, resume=False):
+                 checkpoint_path=None, checkpoint_every=1, resume=False, backend="numba"):
         self.n_capsules = n_capsules
         self.capsule_dim = capsule_dim
         self.image_shape = image_shape
@@ -1058,6 +1083,7 @@ class CapsulePoE(_CapsuleEstimator):
         self.checkpoint_path = checkpoint_path
         self.checkpoint_every = checkpoint_every
         self.resume = resume
+        self.backend = backend
 
     # ------------------------------------------------------------------ setup and parameters
 
@@ -1080,7 +1106,8 @@ class CapsulePoE(_CapsuleEstimator):
         beta = np.zeros(W.shape[:2], dtype=dt)  # (I, J)
         if isinstance(self.rho_init, str):
             u_hat = predictions(W, X[:500])  # (n, I, J, d_h)
-            _, s, _ = dynamic_routing(u_hat, int(self.n_routing), beta)  # s: (n, J, d_h)
+            routing = self._kernels("routing")
+            _, s, _ = routing.dynamic_routing(u_hat, int(self.n_routing), beta)  # s: (n, J, d_h)
             with np.errstate(divide="ignore"):
                 log_s2 = np.log(np.sum(s.astype(np.float64) ** 2, axis=-1))  # (n, J)
             median = np.median(log_s2, axis=0)  # (J,)
@@ -1102,6 +1129,7 @@ class CapsulePoE(_CapsuleEstimator):
 
     def _sweep(self, params, v, rng):
         """One sweep of the chosen sampler: (B, I, d_v) -> (B, I, d_v), stats."""
+        model_p = self._kernels("model_p")
         if self.sampler == "mh":
             v, acceptance = model_p.mh_sweep(params, v, rng, int(self.n_routing))
             return v, {"acceptance": float(np.mean(acceptance))}
@@ -1111,6 +1139,7 @@ class CapsulePoE(_CapsuleEstimator):
     def _step(self, params, batch, chains, rng):
         """Ascent direction ``-<dF/dtheta>_data + <dF/dtheta>_chains`` (MODEL.md sec. 3)."""
         r, mode = int(self.n_routing), self.grad
+        model_p = self._kernels("model_p")
         _, grad_data = model_p.free_energy_grad(params, batch, r, mode)
         v = batch if chains is None else chains
         acceptance = []
@@ -1126,6 +1155,7 @@ class CapsulePoE(_CapsuleEstimator):
 
     def _monitor(self, params, X, rng):
         r = int(self.n_routing)
+        model_p = self._kernels("model_p")
         return {
             "free_energy": float(np.mean(_chunked(lambda x: model_p.free_energy(params, x, r), X))),
             "pseudo_log_likelihood": float(np.mean(_chunked(
@@ -1144,8 +1174,9 @@ class CapsulePoE(_CapsuleEstimator):
         -------
         ndarray of shape (B, I, d_v)
         """
-        c, s, _ = dynamic_routing(predictions(params.W, v), int(self.n_routing), params.beta)
-        p = sigmoid(model_p.firing_logit(params.rho, s))  # (B, J)
+        routing = self._kernels("routing")
+        c, s, _ = routing.dynamic_routing(predictions(params.W, v), int(self.n_routing), params.beta)
+        p = sigmoid(self._kernels("model_p").firing_logit(params.rho, s))  # (B, J)
         norm = np.sqrt(np.sum(s * s, axis=-1, keepdims=True))  # (B, J, 1)
         s_unit = s / np.where(norm > 0, norm, 1.0)  # (B, J, d_h)
         field = params.alpha + np.einsum("bij,bj,ijhd,bjh->bid", c, p, params.W, s_unit,
@@ -1166,7 +1197,7 @@ class CapsulePoE(_CapsuleEstimator):
         ndarray of shape (n_samples, n_capsules)
         """
         V = self._checked(X)
-        params, r = self._params(), int(self.n_routing)
+        params, r, model_p = self._params(), int(self.n_routing), self._kernels("model_p")
         return _chunked(lambda x: model_p.firing_probability(params, x, r), V)  # (n, J)
 
     def free_energy(self, X):
@@ -1177,7 +1208,7 @@ class CapsulePoE(_CapsuleEstimator):
         ndarray of shape (n_samples,)
         """
         V = self._checked(X)
-        params, r = self._params(), int(self.n_routing)
+        params, r, model_p = self._params(), int(self.n_routing), self._kernels("model_p")
         return _chunked(lambda x: model_p.free_energy(params, x, r), V)
 
     def score_samples(self, X):
@@ -1192,7 +1223,7 @@ class CapsulePoE(_CapsuleEstimator):
         ndarray of shape (n_samples,)
         """
         V = self._checked(X)
-        params, r = self._params(), int(self.n_routing)
+        params, r, model_p = self._params(), int(self.n_routing), self._kernels("model_p")
         rng = np.random.default_rng(self.random_state)
         return _chunked(lambda x: model_p.pseudo_log_likelihood(params, x, rng, r), V)
 
@@ -1306,6 +1337,10 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
     resume : bool, default=False
         Make :meth:`fit` continue from the checkpoint at ``checkpoint_path`` (which must
         exist) instead of starting over.
+    backend : {"numba", "numpy"}, default="numba"
+        Run the model computations on the compiled kernels (:mod:`capsnp.kernels`) or on the
+        NumPy reference; the same equations and random draws, so the fitted models agree to
+        rounding. "numba" falls back to NumPy, with a warning, where Numba is missing.
 
     Attributes
     ----------
@@ -1332,7 +1367,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
                  lr_final_ratio=0.04, momentum=0.9, weight_decay=1e-4, batch_size=100,
                  n_iter=10, init_scale=0.01, learn_prior=False, dtype=np.float64,
                  random_state=None, verbose=0, monitor_fraction=0.05, checkpoint_path=None,
-                 checkpoint_every=1, resume=False):
+                 checkpoint_every=1, resume=False, backend="numba"):
         self.n_capsules = n_capsules
         self.capsule_dim = capsule_dim
         self.image_shape = image_shape
@@ -1359,6 +1394,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         self.checkpoint_path = checkpoint_path
         self.checkpoint_every = checkpoint_every
         self.resume = resume
+        self.backend = backend
 
     def _setup(self, n_features):
         super()._setup(n_features)
@@ -1379,15 +1415,16 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         self.W_, self.alpha_, self.gamma_, self.beta_ = p
 
     def _mean_field(self, params, v):
-        return model_r.mean_field(params, v, tol=float(self.routing_tol),
-                                  max_iter=int(self.max_routing))
+        return self._kernels("model_r").mean_field(params, v, tol=float(self.routing_tol),
+                                                   max_iter=int(self.max_routing))
 
     # ------------------------------------------------------------------ chains: (v, a)
 
     def _start_chains(self, params, v, rng):
         """Chain state (v, a) with ``a_i ~ c_i``, the mean-field routing of v (one rng.random)."""
         c, _, _ = self._mean_field(params, v)  # (B, I, J)
-        return v, model_r._categorical_draw(c, rng.random(c.shape[:2]))  # (B, I, d_v), (B, I)
+        draw = self._kernels("model_r")._categorical_draw
+        return v, draw(c, rng.random(c.shape[:2]))  # (B, I, d_v), (B, I)
 
     def _chain_visible(self, chains):
         return chains[0]
@@ -1409,18 +1446,20 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         return v, a
 
     def _sweep(self, params, chains, rng):
-        v_new, _, a_new, _ = model_r.gibbs_sweep(params, chains[0], chains[1], rng)
+        v_new, _, a_new, _ = self._kernels("model_r").gibbs_sweep(params, chains[0], chains[1], rng)
         return (v_new, a_new), {}
 
     def _visible_mean(self, params, chains, rng):
         """``p(v | h, a)`` (4.5) with ``h ~ p(h | v, a)`` (4.4): (B, I, d_v)."""
         v, a = chains
+        model_r = self._kernels("model_r")
         ph = model_r.hidden_probability(params, v, a)  # (B, J, d_h)
         h = (rng.random(ph.shape) < ph).astype(ph.dtype)
         return model_r.visible_probability(params, h, a)  # (B, I, d_v)
 
     def _step(self, params, batch, chains, rng):
         """PCD gradient (4.8): mean-field data statistics minus Rao-Blackwellised chain ones."""
+        model_r = self._kernels("model_r")
         c, mu, n_mf = self._mean_field(params, batch)  # (B, I, J), (B, J, d_h), (B,)
         positive = model_r.data_statistics(params, batch, c, mu)
         if chains is None:  # CD-k: start at the batch, routes drawn from its mean field
@@ -1559,6 +1598,10 @@ class BernoulliRBM(_EnergyEstimator):
     resume : bool, default=False
         Make :meth:`fit` continue from the checkpoint at ``checkpoint_path`` (which must
         exist) instead of starting over.
+    backend : {"numba", "numpy"}, default="numba"
+        Run the model computations on the compiled kernels (:mod:`capsnp.kernels`) or on the
+        NumPy reference; the same equations and random draws, so the fitted models agree to
+        rounding. "numba" falls back to NumPy, with a warning, where Numba is missing.
 
     Attributes
     ----------
@@ -1580,7 +1623,7 @@ class BernoulliRBM(_EnergyEstimator):
     def __init__(self, n_components=256, *, learning_rate=0.1, batch_size=10, n_iter=10,
                  verbose=0, random_state=None, cd_k=1, persistent=True, momentum=0.0,
                  weight_decay=0.0, dtype=np.float64, chain_init="noise", checkpoint_path=None,
-                 checkpoint_every=1, resume=False):
+                 checkpoint_every=1, resume=False, backend="numba"):
         self.n_components = n_components
         self.learning_rate = learning_rate
         self.batch_size = batch_size
@@ -1596,6 +1639,7 @@ class BernoulliRBM(_EnergyEstimator):
         self.checkpoint_path = checkpoint_path
         self.checkpoint_every = checkpoint_every
         self.resume = resume
+        self.backend = backend
 
     def _setup(self, n_features):
         _check_number("n_components", self.n_components, 1, integer=True)
@@ -1639,29 +1683,26 @@ class BernoulliRBM(_EnergyEstimator):
         return v
 
     def _sweep(self, params, v, rng):
-        v_new, _ = rbm.gibbs_sweep(params, v, rng)  # (B, D)
+        v_new, _ = self._kernels("rbm").gibbs_sweep(params, v, rng)  # (B, D)
         return v_new, {}
 
     def _visible_mean(self, params, v, rng):
         """``p(v | h)`` with ``h ~ p(h | v)`` (5.x): (B, D)."""
+        rbm = self._kernels("rbm")
         h = rbm.sample_hidden(params, v, rng)  # (B, H)
         return rbm.visible_probability(params, h)  # (B, D)
 
     def _step(self, params, batch, chains, rng):
         """CD/PCD gradient (5.6): ``<v p(h|v)^T>_data - <v p(h|v)^T>_chains`` and the biases."""
+        rbm = self._kernels("rbm")
         v = batch if chains is None else chains
         for _ in range(int(self.cd_k)):
-            v, _ = self._sweep(params, v, rng)
-        ph_data = rbm.hidden_probability(params, batch)  # (B, H)
-        ph_model = rbm.hidden_probability(params, v)  # (n_chains, H)
-        grad = RBMParams(
-            W=batch.T @ ph_data / batch.shape[0] - v.T @ ph_model / v.shape[0],  # (D, H)
-            a=batch.mean(axis=0) - v.mean(axis=0),  # (D,)
-            b=ph_data.mean(axis=0) - ph_model.mean(axis=0),  # (H,)
-        )
+            v, _ = rbm.gibbs_sweep(params, v, rng)  # (n_chains, D)
+        grad = rbm.cd_gradient(params, batch, v)  # W (D, H), a (D,), b (H,)
         return grad, (v if self.persistent else None), {}
 
     def _monitor(self, params, X, rng):
+        rbm = self._kernels("rbm")
         recon = rbm.visible_probability(params, rbm.hidden_probability(params, X))  # (n, D)
         return {"free_energy": float(np.mean(rbm.free_energy(params, X))),
                 "pseudo_log_likelihood": float(np.mean(rbm.pseudo_log_likelihood(params, X, rng))),
@@ -1675,7 +1716,7 @@ class BernoulliRBM(_EnergyEstimator):
         ndarray of shape (n_samples, n_components)
         """
         V = self._checked(X)
-        return rbm.hidden_probability(self._params(), V)  # (n, H)
+        return self._kernels("rbm").hidden_probability(self._params(), V)  # (n, H)
 
     def free_energy(self, X):
         """Free energy (5.4) ``F(v) = -v.a - sum_k softplus(b_k + (v W)_k)``.
@@ -1685,7 +1726,7 @@ class BernoulliRBM(_EnergyEstimator):
         ndarray of shape (n_samples,)
         """
         V = self._checked(X)
-        return rbm.free_energy(self._params(), V)
+        return self._kernels("rbm").free_energy(self._params(), V)
 
     def score_samples(self, X):
         """Pseudo-log-likelihood, scikit-learn's stochastic one-flip estimate (5.7).
@@ -1698,7 +1739,8 @@ class BernoulliRBM(_EnergyEstimator):
         ndarray of shape (n_samples,)
         """
         V = self._checked(X)
-        return rbm.pseudo_log_likelihood(self._params(), V, np.random.default_rng(self.random_state))
+        rng = np.random.default_rng(self.random_state)
+        return self._kernels("rbm").pseudo_log_likelihood(self._params(), V, rng)
 
     def gibbs(self, v):
         """One block Gibbs sweep from v (as scikit-learn's ``gibbs``), drawing from a generator

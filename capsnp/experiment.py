@@ -70,8 +70,11 @@ def test_log_likelihood(est, X_test, log_z, rng, n_is=100, chunk=500):
 
 
 def run(dataset, models, epochs, out_dir, n_ais_runs=100, fast_ais=False, n_train=None, n_test=None,
-        sample_steps=1000, seed=0):
-    """Train, evaluate and record every model of ``models``; returns the list of result dicts."""
+        sample_steps=1000, seed=0, backend="numba"):
+    """Train, evaluate and record every model of ``models``; returns the list of result dicts.
+
+    ``backend`` ("numba" or "numpy") is passed to the estimators and to the AIS runs.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     X_train, _ = load_dataset(dataset, "train")
@@ -83,13 +86,14 @@ def run(dataset, models, epochs, out_dir, n_ais_runs=100, fast_ais=False, n_trai
     betas = default_betas(fast=fast_ais)
     results = []
     for name in models:
-        est = make_estimator(name, epochs, random_state=seed)
+        est = make_estimator(name, epochs, random_state=seed, backend=backend)
         t0 = time.perf_counter()
         est.fit(V_train)
         train_seconds = time.perf_counter() - t0
         base = base_rate if isinstance(est, BernoulliRBM) else to_capsules(base_rate[None], est.image_shape_, est.patch_)[0]
         t0 = time.perf_counter()
-        res = ais_log_partition(est, n_runs=n_ais_runs, betas=betas, random_state=seed, base_rate=base)
+        res = ais_log_partition(est, n_runs=n_ais_runs, betas=betas, random_state=seed, base_rate=base,
+                                backend=backend)
         ais_seconds = time.perf_counter() - t0
         ll, is_se = test_log_likelihood(est, V_test, res.log_z, np.random.default_rng(seed))
         persistent = None if est.persistent_chains_ is None else est.persistent_chains_[:100]
@@ -103,7 +107,7 @@ def run(dataset, models, epochs, out_dir, n_ais_runs=100, fast_ais=False, n_trai
         image_grids(panels, (28, 28), 10, out / f"{name}_samples.png")
         est.save(out / f"{name}_model.npz")
         r = {
-            "model": name, "class": type(est).__name__, "params": {k: repr(v) for k, v in est.get_params().items()},
+            "model": name, "class": type(est).__name__, "backend": backend, "params": {k: repr(v) for k, v in est.get_params().items()},
             "dataset": dataset, "n_train": len(V_train), "n_test": len(V_test), "epochs": epochs,
             "n_weights": _n_weights(est), "train_seconds": round(train_seconds, 1),
             "ais_seconds": round(ais_seconds, 1), "ais_runs": n_ais_runs, "ais_temperatures": len(betas),
@@ -141,10 +145,12 @@ def main(argv=None):
     ap.add_argument("--n-test", type=int, default=None)
     ap.add_argument("--sample-steps", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--backend", choices=("numba", "numpy"), default="numba",
+                    help="compiled kernels (default) or the NumPy reference")
     ap.add_argument("--out", default=None, help="output directory (default: docs/results/<dataset>)")
     a = ap.parse_args(argv)
     run(a.dataset, a.models.split(","), a.epochs, a.out or f"docs/results/{a.dataset}", a.ais_runs, a.fast_ais,
-        a.n_train, a.n_test, a.sample_steps, a.seed)
+        a.n_train, a.n_test, a.sample_steps, a.seed, a.backend)
     return 0
 
 

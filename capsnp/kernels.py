@@ -5,13 +5,18 @@ in a namespace named after the reference module:
 
 ========================  ==========================================================
 ``kernels.routing``       ``dynamic_routing``, ``routing_forward_vjp`` (fused 2.1 + 2.2)
-``kernels.model_p``       ``free_energy``, ``free_energy_grad``, ``mh_sweep``, ``reconstruct_step``
+``kernels.model_p``       ``free_energy``, ``free_energy_grad``, ``mh_sweep``, ``reconstruct_step``,
+                          ``firing_probability``, ``pseudo_log_likelihood``
 ``kernels.model_r``       ``mean_field``, ``gibbs_sweep``, ``data_statistics``, ``model_statistics``
-``kernels.rbm``           ``gibbs_sweep``
+``kernels.rbm``           ``gibbs_sweep``, ``cd_gradient``
 ========================  ==========================================================
 
 (``free_energy`` and ``gibbs_sweep`` exist for several models, hence the namespaces.) The
-routing functions are also exported here. :func:`get_backend` returns either these namespaces
+routing functions are also exported here. A name of the reference module that has no compiled
+twin (e.g. ``kernels.model_r.hidden_probability``) resolves to the reference function itself,
+so each namespace offers the whole API of its reference module; functions built on a compiled
+twin (``kernels.model_p.pseudo_log_likelihood`` on the compiled ``free_energy``) are defined
+in the namespace. :func:`get_backend` returns either these namespaces
 or the reference modules, so code written as ``get_backend(backend).model_p.mh_sweep(...)``
 runs on either backend.
 
@@ -29,6 +34,7 @@ False and every wrapper calls the NumPy reference.
 """
 
 import sys
+import warnings
 
 from . import _kernels_jit as _jit
 from . import _kernels_p as model_p
@@ -37,7 +43,7 @@ from . import _kernels_rbm as rbm
 from . import _kernels_routing as routing
 from ._kernels_routing import dynamic_routing, routing_forward_vjp
 
-__all__ = ["available", "get_backend", "routing", "model_p", "model_r", "rbm",
+__all__ = ["available", "get_backend", "resolve_backend", "routing", "model_p", "model_r", "rbm",
            "dynamic_routing", "routing_forward_vjp", "BACKENDS", "MODELS"]
 
 BACKENDS = ("numba", "numpy")
@@ -47,6 +53,39 @@ MODELS = ("routing", "model_p", "model_r", "rbm")
 def available():
     """True when Numba imported, i.e. the kernels are compiled rather than falling back to NumPy."""
     return _jit.NUMBA_AVAILABLE
+
+
+_warned_fallback = False
+
+
+def resolve_backend(name):
+    """The backend that will actually run: ``name`` checked, "numba" -> "numpy" without Numba.
+
+    Parameters
+    ----------
+    name : {"numba", "numpy", "auto"}
+
+    Returns
+    -------
+    str, "numba" or "numpy". Asking for "numba" where Numba cannot be imported gives "numpy"
+    and a ``RuntimeWarning`` (once per process).
+
+    Raises
+    ------
+    ValueError
+        For any other name.
+    """
+    global _warned_fallback
+    if name not in BACKENDS + ("auto",):
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {name!r}")
+    if name == "numpy" or available():
+        return "numpy" if name == "numpy" else "numba"
+    if name == "numba" and not _warned_fallback:
+        _warned_fallback = True
+        warnings.warn("backend='numba' but numba cannot be imported; running the NumPy "
+                      "reference instead (install numba for the compiled kernels)",
+                      RuntimeWarning, stacklevel=3)
+    return "numpy"
 
 
 def get_backend(name="numba", model=None):

@@ -21,7 +21,8 @@ import numpy as np
 
 from .ops import softmax, softmax_vjp, squash, squash_vjp
 
-__all__ = ["RoutingTrace", "dynamic_routing", "dynamic_routing_trace", "dynamic_routing_vjp"]
+__all__ = ["RoutingTrace", "dynamic_routing", "dynamic_routing_trace", "dynamic_routing_vjp",
+           "routing_forward_vjp"]
 
 
 class RoutingTrace(NamedTuple):
@@ -159,3 +160,31 @@ def dynamic_routing_vjp(u_hat, trace, g_s=None, g_v=None, g_c=None, prior_shape=
     if prior_shape is not None:
         g_beta = g_beta.reshape((-1,) + tuple(prior_shape)).sum(axis=0)  # (I, J)
     return g_u, g_beta
+
+
+def routing_forward_vjp(u_hat, n_iter=3, prior_logits=None, g_s=None, g_v=None, g_c=None,
+                        prior_shape=None):
+    """Routing (2.1) and its vector-Jacobian product (2.2): the trace, then the VJP.
+
+    ``tr = dynamic_routing_trace(u_hat, n_iter, prior_logits)`` followed by
+    ``dynamic_routing_vjp(u_hat, tr, g_s, g_v, g_c, prior_shape)``; the compiled twin
+    ``capsnp.kernels.routing.routing_forward_vjp`` fuses both per image.
+
+    Parameters
+    ----------
+    u_hat : ndarray of shape (B, I, J, d_h)
+    n_iter : int, number of passes r
+    prior_logits : ndarray of shape (I, J) or (B, I, J), optional
+    g_s, g_v : ndarray of shape (B, J, d_h), optional; g_c : ndarray of shape (B, I, J), optional
+    prior_shape : tuple, optional
+
+    Returns
+    -------
+    c : ndarray of shape (B, I, J)
+    s, v : ndarrays of shape (B, J, d_h)
+    g_u_hat : ndarray of shape (B, I, J, d_h)
+    g_beta : ndarray of shape (B, I, J), or ``prior_shape``
+    """
+    tr = dynamic_routing_trace(u_hat, n_iter, prior_logits)
+    g_u, g_beta = dynamic_routing_vjp(u_hat, tr, g_s=g_s, g_v=g_v, g_c=g_c, prior_shape=prior_shape)
+    return tr.c[-1], tr.s[-1], tr.v[-1], g_u, g_beta
