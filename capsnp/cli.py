@@ -247,9 +247,9 @@ def build_parser():
                    "throughput, scaling, memory, JIT (see python -m capsnp bench --help)")
 
     train = sub.add_parser("train", help="fit a model and write model.npz and figures")
-    train.add_argument("--model", choices=sorted(MODELS), default="r",
+    train.add_argument("--model", choices=sorted(MODELS), default="rbm",
                        help="rbm: Bernoulli RBM; p: capsule product of experts; r: routed "
-                            "capsule RBM (default: r)")
+                            "capsule RBM (default: rbm, the model that generates recognisable digits in a few minutes)")
     train.add_argument("--dataset", choices=DATASETS, default="embedded")
     train.add_argument("--epochs", type=_nonnegative_int, default=10)
     train.add_argument("--capsules", type=_positive_int, default=16, help="hidden capsules J")
