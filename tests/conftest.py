@@ -65,6 +65,35 @@ def central_difference(f, x, eps=1e-6):
     return g
 
 
+def params_central_difference(f, params, eps=1e-5):
+    """Central differences of a scalar function of a parameter container, one entry at a time;
+    returns a container of the same type."""
+    grads = []
+    for name, x in params._asdict().items():
+        g = np.zeros_like(x)
+        for idx in np.ndindex(x.shape):
+            up, down = x.copy(), x.copy()
+            up[idx] += eps
+            down[idx] -= eps
+            g[idx] = (f(params._replace(**{name: up})) - f(params._replace(**{name: down}))) / (2 * eps)
+        grads.append(g)
+    return type(params)(*grads)
+
+
+def chi_square_pvalue(counts, probs, min_expected=5.0):
+    """Chi-square goodness of fit, bins with small expected counts pooled into one."""
+    from scipy import stats
+
+    expected = counts.sum() * probs
+    big = expected >= min_expected
+    obs = np.append(counts[big], counts[~big].sum())
+    exp = np.append(expected[big], expected[~big].sum())
+    if exp[-1] == 0:
+        obs, exp = obs[:-1], exp[:-1]
+    exp = exp * obs.sum() / exp.sum()
+    return stats.chisquare(obs, exp).pvalue
+
+
 def rel_error(a, b):
     """max |a - b| / max(|b|, tiny): the relative error used by every gradient check."""
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))

@@ -2,14 +2,14 @@
 
 import numpy as np
 import pytest
-from scipy import stats
 from scipy.special import logsumexp
 
 from capsnp import rbm
 from capsnp.exact import enumerate_binary, stationary_distance
 from capsnp.params import RBMParams
 
-from conftest import SEEDS  # noqa: E402  (CAPSNP_TEST_SEEDS)
+from conftest import SEEDS, chi_square_pvalue  # noqa: E402  (CAPSNP_TEST_SEEDS)
+from conftest import params_central_difference as finite_difference_gradient  # noqa: E402
 
 
 def make_params(seed, D=4, H=3, scale=1.0, dtype=np.float64):
@@ -34,31 +34,8 @@ def bernoulli_table(states, p):
     return np.prod(np.where(states[None] > 0.5, p[:, None], 1 - p[:, None]), axis=-1)
 
 
-def chi_square_pvalue(counts, probs, min_expected=5.0):
-    """Chi-square goodness of fit, bins with small expected counts pooled into one."""
-    n = counts.sum()
-    expected = n * probs
-    big = expected >= min_expected
-    obs = np.append(counts[big], counts[~big].sum())
-    exp = np.append(expected[big], expected[~big].sum())
-    if exp[-1] == 0:
-        obs, exp = obs[:-1], exp[:-1]
-    exp = exp * obs.sum() / exp.sum()
-    return stats.chisquare(obs, exp).pvalue
 
 
-def finite_difference_gradient(f, params, eps=1e-5):
-    """Central differences of a scalar function of an RBMParams, one entry at a time."""
-    grads = []
-    for name, x in params._asdict().items():
-        g = np.zeros_like(x)
-        for idx in np.ndindex(x.shape):
-            up, down = x.copy(), x.copy()
-            up[idx] += eps
-            down[idx] -= eps
-            g[idx] = (f(params._replace(**{name: up})) - f(params._replace(**{name: down}))) / (2 * eps)
-        grads.append(g)
-    return RBMParams(*grads)
 
 
 # ------------------------------------------------------------------------------ (5.1)-(5.4)
