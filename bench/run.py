@@ -316,6 +316,7 @@ def bench_scaling(quick, out_dir):
     from bench import workloads as w
 
     from capsnp import kernels
+    from capsnp.capsules import predictions
 
     base = dict(B=50, I=49, J=16, d_h=8) if not quick else dict(B=4, I=4, J=2, d_h=2)
     d_v, r = (16, 3) if not quick else (4, 3)
@@ -328,9 +329,11 @@ def bench_scaling(quick, out_dir):
             s[doubled] *= 2
         p = w.random_p_params(rng, s["I"], s["J"], s["d_h"], d_v, np.float64)
         v = w.binary_capsules(rng, s["B"], s["I"], d_v, np.float64)
+        u = predictions(p.W, v)  # (B, I, J, d_h): routing alone, the cost of one MH proposal
         cases.append((doubled or "base", s, {
             "grad": lambda p=p, v=v: kernels.model_p.free_energy_grad(p, v, r, "full"),
-            "mh": lambda p=p, v=v: kernels.model_p.mh_sweep(p, v, np.random.default_rng(1), r)}))
+            "mh": lambda p=p, v=v: kernels.model_p.mh_sweep(p, v, np.random.default_rng(1), r),
+            "route": lambda p=p, u=u: kernels.routing.dynamic_routing(u, r, p.beta)}))
     times = {(name, op): [] for name, _, ops in cases for op in ops}
     for rep in range(repeats + 1):  # round robin, so that a change of load hits every case
         for name, _, ops in cases:
@@ -350,10 +353,13 @@ def bench_scaling(quick, out_dir):
         for op in ("grad", "mh"):
             row[f"{op}_ratio"] = row[f"{op}_median_s"] / rows[0][f"{op}_median_s"]
             row[f"{op}_ratio_of_min"] = row[f"{op}_min_s"] / rows[0][f"{op}_min_s"]
+        # target: an MH sweep (I proposals) within 2x of I routings of the batch
+        row["mh_vs_routing"] = row["mh_median_s"] / (row["I"] * row["route_median_s"])
     plot = _plot_scaling(rows, out_dir / "scaling.png")
     return {"rows": rows, "backend": "numba", "dtype": "float64", "plot": plot, "repeats": repeats,
             "method": "cases timed round robin; ratio = median / median at base "
-                      "(ratio_of_min: fastest / fastest, less sensitive to load)",
+                      "(ratio_of_min: fastest / fastest, less sensitive to load); "
+                      "mh_vs_routing = MH sweep / (I x routing forward of the batch)",
             "expected": "gradient linear in B, I, J, d_h; MH sweep linear in B, J, d_h and "
                         "quadratic in I (I proposals, each routing all I capsules)"}
 
@@ -488,13 +494,13 @@ def table(results):
         lines += ["5. scaling, Model P per batch (Numba, float64): median ms, time / time at base "
                   "(median ratio; fastest-run ratio in brackets)",
                   f"{'doubled':8s} {'B':>4s} {'I':>5s} {'J':>4s} {'d_h':>4s} {'grad ms':>9s} "
-                  f"{'ratio':>13s} {'MH ms':>9s} {'ratio':>13s}"]
+                  f"{'ratio':>13s} {'MH ms':>9s} {'ratio':>13s} {'MH/(I route)':>13s}"]
         for row in s["rows"]:
             lines.append(f"{row['doubled']:8s} {row['B']:4d} {row['I']:5d} {row['J']:4d} "
                          f"{row['d_h']:4d} {row['grad_median_s'] * 1e3:9.2f} "
                          f"{row['grad_ratio']:6.2f} ({row['grad_ratio_of_min']:4.2f}) "
                          f"{row['mh_median_s'] * 1e3:9.1f} {row['mh_ratio']:6.2f} "
-                         f"({row['mh_ratio_of_min']:4.2f})")
+                         f"({row['mh_ratio_of_min']:4.2f}) {row.get('mh_vs_routing', float('nan')):13.2f}")
         lines.append("")
     mem = results.get("memory")
     if mem:

@@ -448,14 +448,39 @@ routing_forward_vjp = _jit(routing_forward_vjp)
 # ============================================================================================
 
 
-def _p_expert_terms(rho, s, log_gain, prob):
+def _log_cosh(x):
+    """``log cosh x = |x| + log1p(e^{-2|x|}) - log 2``, overflow-free."""
+    a = abs(x)
+    return a + np.log1p(np.exp(-2.0 * a)) - np.log(2.0)
+
+
+_log_cosh = _jit(_log_cosh)
+
+# expert codes of the Model P kernels: P's squash (3.2), G's Gaussian pose (G.2), S's spin pose (S.2)
+SQUASH, GAUSSIAN, SPIN = 0, 1, 2
+
+
+def _p_expert_terms(rho, m, s, expert, log_gain, prob):
     """Per capsule j: ``log(1 + e^rho |s|^2)`` (3.3) and ``sigmoid(rho + log |s|^2)`` (3.2).
 
-    Both are zero where ``s_j = 0`` (firing logit ``-inf``). s (J, d_h); log_gain, prob (J,) out.
+    Both are zero where ``s_j = 0`` (firing logit ``-inf``). For ``expert`` GAUSSIAN (Model G)
+    the logit is ``x = rho + m . s + |s|^2 / 2`` (G.2), for SPIN (Model S)
+    ``x = rho + sum_k [log cosh(s_k + m_k) - log cosh(m_k)]`` (S.2); then ``softplus(x)`` and
+    ``sigmoid(x)``. m (J, d_h) (read by G and S only), s (J, d_h); log_gain, prob (J,) out.
     """
     for j in range(s.shape[0]):
         n2 = _dot(s[j], s[j])
-        if n2 == 0:
+        if expert == SPIN:
+            x = rho[j]
+            for k in range(s.shape[1]):
+                x += _log_cosh(s[j, k] + m[j, k]) - _log_cosh(m[j, k])
+            log_gain[j] = _softplus(x)
+            prob[j] = _sigmoid(x)
+        elif expert == GAUSSIAN:
+            x = rho[j] + _dot(m[j], s[j]) + 0.5 * n2
+            log_gain[j] = _softplus(x)
+            prob[j] = _sigmoid(x)
+        elif n2 == 0:
             log_gain[j] = 0.0
             prob[j] = 0.0
         else:
@@ -482,10 +507,22 @@ def _p_free_energy_image(alpha, v, log_gain):
 _p_free_energy_image = _jit(_p_free_energy_image)
 
 
-def _p_field_factor(rho, s, g):
-    """(3.5) ``g_j = -dF/ds_j = 2 s_j / (e^{-rho_j} + |s_j|^2)``: s (J, d_h) -> g (J, d_h)."""
+def _p_field_factor(rho, m, s, expert, prob, g):
+    """(3.5) ``g_j = -dF/ds_j = 2 s_j / (e^{-rho_j} + |s_j|^2)``: s (J, d_h) -> g (J, d_h).
+
+    GAUSSIAN (G.4): ``g_j = p_j (s_j + m_j)``; SPIN (S.4): ``g_j = p_j tanh(s_j + m_j)``; prob (J,)
+    the firing probabilities, m (J, d_h).
+    """
     J, d_h = s.shape
     for j in range(J):
+        if expert == SPIN:
+            for k in range(d_h):
+                g[j, k] = prob[j] * np.tanh(s[j, k] + m[j, k])
+            continue
+        if expert == GAUSSIAN:
+            for k in range(d_h):
+                g[j, k] = prob[j] * (s[j, k] + m[j, k])
+            continue
         den = np.exp(-rho[j]) + _dot(s[j], s[j])
         for k in range(d_h):
             g[j, k] = -(-2.0 * s[j, k] / den)
@@ -523,14 +560,15 @@ def _bernoulli_log_prob(x, logit):
 _bernoulli_log_prob = _jit(_bernoulli_log_prob)
 
 
-def p_free_energy(start, stop, alpha, rho, beta, c0, v, u, n_iter, F_out):
-    """(3.3) free energies of images b in [start, stop).
+def p_free_energy(start, stop, alpha, rho, m, beta, c0, v, u, n_iter, expert, F_out):
+    """(3.3) free energies of images b in [start, stop); (G.3, S.3) by ``expert``.
 
     Parameters
     ----------
     start, stop : int, range of images
-    alpha (I, d_v), rho (J,), beta (I, J), c0 = softmax(beta) (I, J), v (B, I, d_v),
-    u (B, I, J, d_h) predictions, n_iter; F_out (B,) out
+    alpha (I, d_v), rho (J,), m (J, d_h) (Model G's pose means), beta (I, J),
+    c0 = softmax(beta) (I, J), v (B, I, d_v), u (B, I, J, d_h) predictions, n_iter,
+    expert (0 squash, 1 Gaussian, 2 spin); F_out (B,) out
     """
     B, I, J, d_h = u.shape
     dt = u.dtype
@@ -542,28 +580,29 @@ def p_free_energy(start, stop, alpha, rho, beta, c0, v, u, n_iter, F_out):
     prob = np.empty(J, dtype=dt)
     for b in range(start, stop):
         _route_image(u[b], beta, c0, cs, ss, vs, logits)
-        _p_expert_terms(rho, ss[n_iter - 1], log_gain, prob)
+        _p_expert_terms(rho, m, ss[n_iter - 1], expert, log_gain, prob)
         F_out[b] = _p_free_energy_image(alpha, v[b], log_gain)
 
 
 p_free_energy = _jit(p_free_energy)
 
 
-def p_free_energy_grad(start, stop, alpha, rho, beta, c0, v, n_iter, full, F_out, prob_out, g_u, gb_out):
+def p_free_energy_grad(start, stop, alpha, rho, m, beta, c0, v, n_iter, full, expert, F_out,
+                       prob_out, s_out, g_u, gb_out):
     """(3.6, 3.7) per-image part of the gradient of the batch-mean free energy, images [start, stop).
 
     For each image: routing with its own trace, F (3.3), firing probabilities (3.2),
-    ``g_s = dF/ds / B`` (3.5) and, in ``full`` mode, the routing VJP (2.2), whose adjoint of the
-    predictions overwrites the predictions in ``g_u[b]``. In ``frozen`` mode
+    ``g_s = dF/ds / B`` (3.5; G.4, S.4 by ``expert``) and, in ``full`` mode, the routing VJP
+    (2.2), whose adjoint of the predictions overwrites the predictions in ``g_u[b]``. In ``frozen`` mode
     ``g_u = c_ij g_s_j`` and the beta adjoint is zero. The batch sum
     ``dW_ij = sum_b g_u_bij v_bi^T`` is :func:`outer_sum`.
 
     Parameters
     ----------
     start, stop : int, range of images
-    alpha (I, d_v), rho (J,), beta (I, J), c0 = softmax(beta) (I, J), v (B, I, d_v), n_iter,
-    full (bool)
-    F_out (B,), prob_out (B, J), gb_out (B, I, J) : out
+    alpha (I, d_v), rho (J,), m (J, d_h), beta (I, J), c0 = softmax(beta) (I, J), v (B, I, d_v),
+    n_iter, full (bool), expert (0 squash, 1 Gaussian, 2 spin)
+    F_out (B,), prob_out (B, J), s_out (B, J, d_h) final routed inputs, gb_out (B, I, J) : out
     g_u : (B, I, J, d_h), the predictions on entry, their adjoint on exit
     """
     B, I, J, d_h = g_u.shape
@@ -583,12 +622,13 @@ def p_free_energy_grad(start, stop, alpha, rho, beta, c0, v, n_iter, full, F_out
             _copy_2d(g_u[b, i], u[i])
         _route_image(u, beta, c0, cs, ss, vs, logits)
         s = ss[n_iter - 1]  # (J, d_h)
-        _p_expert_terms(rho, s, log_gain, prob_out[b])
+        _copy_2d(s, s_out[b])
+        _p_expert_terms(rho, m, s, expert, log_gain, prob_out[b])
         F_out[b] = _p_free_energy_image(alpha, v[b], log_gain)
-        for j in range(J):  # g_s = dF/ds / B = -2 s / (e^{-rho} + |s|^2) / B  (3.5)
-            den = np.exp(-rho[j]) + _dot(s[j], s[j])
+        _p_field_factor(rho, m, s, expert, prob_out[b], gs_last)  # -dF/ds (3.5, G.4)
+        for j in range(J):  # g_s = dF/ds / B
             for k in range(d_h):
-                gs_last[j, k] = (-2.0 * s[j, k] / den) / B
+                gs_last[j, k] = -gs_last[j, k] / B
         if full:
             _route_image_vjp(u, cs, ss, vs, gs_last, gv, gc, False, False,
                              g_u[b], gb_out[b], gv, gs, gc)
@@ -642,21 +682,23 @@ def outer_sum(start, stop, g, v, out):
 outer_sum = _jit(outer_sum)
 
 
-def _p_route_state(alpha, rho, beta, c0, v, u, cs, ss, vs, logits, log_gain, prob, c, s, g):
+def _p_route_state(alpha, rho, m, beta, c0, v, u, expert, cs, ss, vs, logits, log_gain, prob, c, s,
+                   g):
     """Route one chain's state and fill its final c (I, J), s (J, d_h), field factor g; return F."""
     n_iter = cs.shape[0]
     _route_image(u, beta, c0, cs, ss, vs, logits)
     _copy_2d(cs[n_iter - 1], c)
     _copy_2d(ss[n_iter - 1], s)
-    _p_expert_terms(rho, s, log_gain, prob)
-    _p_field_factor(rho, s, g)
+    _p_expert_terms(rho, m, s, expert, log_gain, prob)
+    _p_field_factor(rho, m, s, expert, prob, g)
     return _p_free_energy_image(alpha, v, log_gain)
 
 
 _p_route_state = _jit(_p_route_state)
 
 
-def p_mh_sweep(start, stop, W, alpha, rho, beta, c0, v, u, n_iter, u_prop, u_acc, n_accept):
+def p_mh_sweep(start, stop, W, alpha, rho, m, beta, c0, v, u, n_iter, expert, u_prop, u_acc,
+               n_accept):
     """(3.9) one systematic Metropolis-Hastings sweep of chains b in [start, stop), in place.
 
     Each chain keeps its predictions u[b] (I, J, d_h); a proposal for capsule i rewrites row i
@@ -666,10 +708,12 @@ def p_mh_sweep(start, stop, W, alpha, rho, beta, c0, v, u, n_iter, u_prop, u_acc
     Parameters
     ----------
     start, stop : int, range of chains
-    W, alpha, rho, beta : Model P parameters; c0 = softmax(beta) (I, J)
+    W, alpha, rho, beta : Model P parameters; m (J, d_h): Model G's pose means;
+    c0 = softmax(beta) (I, J)
     v : (B, I, d_v) chain states, updated in place
     u : (B, I, J, d_h) their predictions, updated in place
     n_iter : int, routing passes
+    expert : int, 0 Model P's squash expert, 1 Model G's (G.2-G.4), 2 Model S's (S.2-S.4)
     u_prop : (I, B, d_v) proposal uniforms (``v_i' = u < sigmoid(t_i)``)
     u_acc : (I, B) acceptance uniforms
     n_accept : (B,) int64 out, accepted proposals per chain
@@ -696,7 +740,8 @@ def p_mh_sweep(start, stop, W, alpha, rho, beta, c0, v, u, n_iter, u_prop, u_acc
     for b in range(start, stop):
         vb = v[b]  # (I, d_v)
         ub = u[b]  # (I, J, d_h)
-        F = _p_route_state(alpha, rho, beta, c0, vb, ub, cs, ss, vs, logits, log_gain, prob, c, s, g)
+        F = _p_route_state(alpha, rho, m, beta, c0, vb, ub, expert, cs, ss, vs, logits, log_gain, prob,
+                           c, s, g)
         count = 0
         for i in range(I):
             _p_local_field(W, alpha, c, g, i, t_fwd)
@@ -710,8 +755,8 @@ def p_mh_sweep(start, stop, W, alpha, rho, beta, c0, v, u, n_iter, u_prop, u_acc
             for j in range(J):
                 for k in range(d_h):
                     ub[i, j, k] = _dot(W[i, j, k], prop)
-            F_p = _p_route_state(alpha, rho, beta, c0, vb, ub, cs, ss, vs, logits, log_gain, prob,
-                                 c_p, s_p, g_p)
+            F_p = _p_route_state(alpha, rho, m, beta, c0, vb, ub, expert, cs, ss, vs, logits, log_gain,
+                                 prob, c_p, s_p, g_p)
             _p_local_field(W, alpha, c_p, g_p, i, t_rev)
             log_a = F - F_p + _bernoulli_log_prob(old_v, t_rev) - _bernoulli_log_prob(prop, t_fwd)
             if np.log(u_acc[i, b]) < log_a:
@@ -757,7 +802,7 @@ def p_reconstruct_step(start, stop, W, alpha, rho, beta, c0, u, n_iter, u_z, u_v
         _route_image(u[b], beta, c0, cs, ss, vs, logits)
         c = cs[n_iter - 1]
         s = ss[n_iter - 1]
-        _p_expert_terms(rho, s, log_gain, prob)
+        _p_expert_terms(rho, s, s, SQUASH, log_gain, prob)  # squash expert: m unused
         for j in range(J):
             z = 1.0 if u_z[b, j] < prob[j] else 0.0
             z_out[b, j] = z

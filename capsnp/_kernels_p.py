@@ -11,6 +11,9 @@ Same names, signatures and results as the NumPy reference:
 
 Any other name of :mod:`capsnp.model_p` (e.g. ``firing_logit``) resolves to the reference.
 
+Every function also serves Models G and S (docs/MODEL_G.md): given GParams or SParams, the
+kernels use that expert (G.2-G.4, S.2-S.4) through one integer switch.
+
 The batch is split over ``numba.get_num_threads()`` threads; every image is handled by one
 thread and batch sums are taken in a fixed order afterwards, so results do not depend on the
 number of threads.
@@ -25,7 +28,7 @@ from . import _kernels_jit as _jit
 from . import model_p as _ref
 from ._kernels_routing import dynamic_routing
 from .ops import log_sigmoid, sigmoid, softmax
-from .params import PParams
+
 
 __all__ = ["free_energy", "free_energy_grad", "mh_sweep", "reconstruct_step",
            "firing_probability", "pseudo_log_likelihood"]
@@ -36,6 +39,18 @@ def __getattr__(name):
     if name.startswith("__"):
         raise AttributeError(name)
     return getattr(_ref, name)
+
+
+def _expert(params):
+    """The kernels' expert code from the container's type: 0 P (squash), 1 G, 2 S."""
+    return {"squash": _jit.SQUASH, "gaussian": _jit.GAUSSIAN, "spin": _jit.SPIN}[_ref.expert_of(params)]
+
+
+def _pose_mean(params, dt):
+    """Models G and S: m (J, d_h) in the kernel dtype; zeros (unused) for Model P."""
+    if _expert(params) != _jit.SQUASH:
+        return _jit.as_c(params.m, dt)
+    return np.zeros(params.W.shape[1:3], dtype=dt)
 
 
 def _prepared(params, v):
@@ -59,7 +74,7 @@ def free_energy(params, v, n_iter=3):
 
     Parameters
     ----------
-    params : PParams
+    params : PParams or GParams
     v : ndarray of shape (B, I, d_v)
     n_iter : int, routing passes
 
@@ -73,7 +88,8 @@ def free_energy(params, v, n_iter=3):
     r = _jit.check_n_iter(n_iter)
     dt, W, alpha, rho, beta, c0, v, u = prep
     F = np.empty(v.shape[0], dtype=dt)
-    _jit.run_chunks(_jit.p_free_energy, v.shape[0], alpha, rho, beta, c0, v, u, r, F)
+    _jit.run_chunks(_jit.p_free_energy, v.shape[0], alpha, rho, _pose_mean(params, dt), beta, c0, v, u,
+                    r, _expert(params), F)
     return F
 
 
@@ -86,7 +102,7 @@ def free_energy_grad(params, v, n_iter=3, mode="full"):
 
     Parameters
     ----------
-    params : PParams
+    params : PParams or GParams
     v : ndarray of shape (B, I, d_v)
     n_iter : int
     mode : {"full", "frozen"}
@@ -94,7 +110,7 @@ def free_energy_grad(params, v, n_iter=3, mode="full"):
     Returns
     -------
     F : ndarray of shape (B,)
-    grad : PParams
+    grad : PParams or GParams (the type of params)
         ``d mean_b F(v_b) / d theta``: W (I, J, d_h, d_v), alpha (I, d_v), rho (J,), beta (I, J);
         beta's gradient is zero in ``frozen`` mode.
     """
@@ -109,15 +125,22 @@ def free_energy_grad(params, v, n_iter=3, mode="full"):
     J = W.shape[1]
     F = np.empty(B, dtype=dt)
     prob = np.empty((B, J), dtype=dt)
+    s = np.empty((B, J, W.shape[2]), dtype=dt)
     g_b = np.empty((B, I, J), dtype=dt)
     d_W = np.empty_like(W)  # (I, J, d_h, d_v)
-    _jit.run_chunks(_jit.p_free_energy_grad, B, alpha, rho, beta, c0, v, r, mode == "full",
-                    F, prob, g_u, g_b)
+    _jit.run_chunks(_jit.p_free_energy_grad, B, alpha, rho, _pose_mean(params, dt), beta, c0, v, r,
+                    mode == "full", _expert(params), F, prob, s, g_u, g_b)
     _jit.run_chunks(_jit.outer_sum, I, g_u, v, d_W)  # dW_ij = sum_b g_bij v_bi^T, b in order
     d_alpha = -v.mean(axis=0)  # (I, d_v)
     d_rho = -prob.mean(axis=0)  # (J,)
     d_beta = g_b.sum(axis=0) if mode == "full" else np.zeros_like(beta)  # (I, J)
-    return F, PParams(d_W, d_alpha, d_rho, d_beta)
+    expert = _expert(params)
+    if expert == _jit.GAUSSIAN:  # dF/dm = -mean_b p_j s_j (G.4)
+        return F, type(params)(d_W, d_alpha, d_rho, d_beta, -np.mean(prob[..., None] * s, axis=0))
+    if expert == _jit.SPIN:  # dF/dm = -mean_b p_j (tanh(s_j + m_j) - tanh(m_j)) (S.4)
+        dm = np.tanh(s + params.m) - np.tanh(params.m)  # (B, J, d_h)
+        return F, type(params)(d_W, d_alpha, d_rho, d_beta, -np.mean(prob[..., None] * dm, axis=0))
+    return F, type(params)(d_W, d_alpha, d_rho, d_beta)
 
 
 def mh_sweep(params, v, rng, n_iter=3):
@@ -131,7 +154,7 @@ def mh_sweep(params, v, rng, n_iter=3):
 
     Parameters
     ----------
-    params : PParams
+    params : PParams or GParams
     v : ndarray of shape (B, I, d_v), binary chain states (not modified)
     rng : np.random.Generator
     n_iter : int, routing passes
@@ -154,7 +177,8 @@ def mh_sweep(params, v, rng, n_iter=3):
         u_acc[i] = rng.random(B)
     v_new = v_k.copy()  # updated in place by the kernel
     n_accept = np.zeros(B, dtype=np.int64)
-    _jit.run_chunks(_jit.p_mh_sweep, B, W, alpha, rho, beta, c0, v_new, u, r, u_prop, u_acc, n_accept)
+    _jit.run_chunks(_jit.p_mh_sweep, B, W, alpha, rho, _pose_mean(params, dt), beta, c0, v_new, u, r,
+                    _expert(params), u_prop, u_acc, n_accept)
     return v_new.astype(np.asarray(v).dtype, copy=False), n_accept / I
 
 
@@ -165,7 +189,7 @@ def reconstruct_step(params, v, rng, n_iter=3):
 
     Parameters
     ----------
-    params : PParams
+    params : PParams or GParams
     v : ndarray of shape (B, I, d_v)
     rng : np.random.Generator
     n_iter : int
@@ -175,6 +199,7 @@ def reconstruct_step(params, v, rng, n_iter=3):
     v_new : ndarray of shape (B, I, d_v)
     z : ndarray of shape (B, J)
     """
+    _ref._require_squash(params, "reconstruct")
     prep = _prepared(params, v)
     if prep is None:
         return _ref.reconstruct_step(params, v, rng, n_iter)
@@ -196,7 +221,7 @@ def firing_probability(params, v, n_iter=3):
 
     Parameters
     ----------
-    params : PParams
+    params : PParams or GParams
     v : ndarray of shape (B, I, d_v)
     n_iter : int, routing passes
 
@@ -209,7 +234,7 @@ def firing_probability(params, v, n_iter=3):
         return _ref.firing_probability(params, v, n_iter)
     dt, W, alpha, rho, beta, c0, v, u = prep
     _, s, _ = dynamic_routing(u, n_iter, beta)  # s: (B, J, d_h)
-    return sigmoid(_ref.firing_logit(rho, s))  # (B, J)
+    return sigmoid(_ref._logit(params._replace(rho=rho), s))  # (B, J)
 
 
 def pseudo_log_likelihood(params, v, rng=None, n_iter=3):
@@ -221,7 +246,7 @@ def pseudo_log_likelihood(params, v, rng=None, n_iter=3):
 
     Parameters
     ----------
-    params : PParams
+    params : PParams or GParams
     v : ndarray of shape (B, I, d_v), binary
     rng : np.random.Generator or None
     n_iter : int

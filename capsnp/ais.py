@@ -26,8 +26,9 @@ import numpy as np
 from scipy.special import logsumexp
 
 from . import kernels
+from . import model_p as _model_p_ref
 from .ops import sigmoid, softplus
-from .params import PParams, RBMParams, RParams
+from .params import GParams, PParams, RBMParams, RParams, SParams
 
 __all__ = ["AISResult", "default_betas", "ais", "ais_log_partition", "base_log_odds"]
 
@@ -156,8 +157,12 @@ def _ais_rbm(params, alpha0, betas, n_runs, rng, rbm):
 
 
 def _ais_p(params, alpha0, betas, n_runs, rng, n_iter, model_p):
-    base = PParams(np.zeros_like(params.W), alpha0, params.rho, params.beta)
-    log_z_base = float(softplus(alpha0).sum())  # W = 0: s = 0, every expert contributes log 1
+    base = params._replace(W=np.zeros_like(params.W), alpha=alpha0)
+    # W = 0: s = 0, so every expert contributes a constant, softplus(firing logit at s = 0):
+    # log 1 = 0 for Model P (3.3), softplus(rho_j) for Models G and S (G.3, S.3)
+    s0 = np.zeros((1,) + params.rho.shape + params.W.shape[2:3])  # (1, J, d_h)
+    expert_sum = float(_model_p_ref._expert_log_gain(params, s0).sum())
+    log_z_base = float(softplus(alpha0).sum()) + expert_sum
 
     def log_f(beta, v):
         return -model_p.free_energy(_interpolate(base, params, beta), v, n_iter)
@@ -197,19 +202,20 @@ def _ais_r(params, alpha0, betas, n_runs, rng, model_r):
 
 def _as_params(model):
     """(params, kind, n_iter) from a params container or a fitted estimator."""
-    if isinstance(model, (PParams, RParams, RBMParams)):
+    if isinstance(model, (PParams, GParams, SParams, RParams, RBMParams)):
         params = model
     elif hasattr(model, "components_"):
         params = RBMParams(np.asarray(model.components_, np.float64).T,
                            np.asarray(model.intercept_visible_, np.float64),
                            np.asarray(model.intercept_hidden_, np.float64))
     elif hasattr(model, "rho_"):
-        params = PParams(*(np.asarray(getattr(model, k + "_"), np.float64) for k in PParams._fields))
+        kind = {"gaussian": GParams, "spin": SParams}.get(getattr(model, "expert", "squash"), PParams)
+        params = kind(*(np.asarray(getattr(model, k + "_"), np.float64) for k in kind._fields))
     elif hasattr(model, "gamma_"):
         params = RParams(*(np.asarray(getattr(model, k + "_"), np.float64) for k in RParams._fields))
     else:
         raise TypeError(f"cannot evaluate an object of type {type(model).__name__}: expected a fitted "
-                        "capsnp estimator or a PParams/RParams/RBMParams container")
+                        "capsnp estimator or a PParams/GParams/SParams/RParams/RBMParams container")
     return params, getattr(model, "n_routing", 3)
 
 
@@ -243,6 +249,6 @@ def ais_log_partition(model, n_runs=100, betas=None, random_state=None, base_rat
               else np.array(params.a if isinstance(params, RBMParams) else params.alpha, dtype=np.float64))
     if isinstance(params, RBMParams):
         return _ais_rbm(params, alpha0, betas, n_runs, rng, modules.rbm)
-    if isinstance(params, PParams):
+    if isinstance(params, (PParams, GParams, SParams)):
         return _ais_p(params, alpha0, betas, n_runs, rng, n_iter, modules.model_p)
     return _ais_r(params, alpha0, betas, n_runs, rng, modules.model_r)

@@ -9,7 +9,9 @@
   arguments, and ends with the same model as an uninterrupted run;
 * ``sample``: draw images from a saved model into a PNG grid;
 * ``evaluate``: reconstruction error and the model's likelihood proxy (pseudo-likelihood for P
-  and the RBM, the mean-field bound for R) on a data split.
+  and the RBM, the mean-field bound for R) on a data split; with ``--ais`` (annealed importance
+  sampling) or ``--exact`` (enumeration, tiny models only) also log Z and the mean
+  log-likelihood of the split in nats per image (MODEL.md sec. 6).
 
 :func:`main` takes the argument list and returns the exit code: 0 on success, 1 when the work
 failed (e.g. a data set or model file that cannot be read, or training diverged), 2 for bad
@@ -25,15 +27,21 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .ais import ais_log_partition, default_betas
+from .capsules import to_capsules
 from .datasets import binarize, load_dataset
 from .estimators import BernoulliRBM, CapsulePoE, RoutedCapsuleRBM, load_estimator
 from .io import atomic_write_bytes
+from .likelihood import exact_log_partition
 from .plots import image_grid, image_grids, plot_filters, plot_history
 
 __all__ = ["main", "build_parser", "load_estimator"]
 
 MODELS = {"rbm": BernoulliRBM, "p": CapsulePoE, "r": RoutedCapsuleRBM}
 DATASETS = ("embedded", "mnist", "fashion-mnist")
+# evaluate --ais / --exact: AIS runs and importance samples per image (Model R) by default.
+DEFAULT_AIS_RUNS = 100
+DEFAULT_IS_SAMPLES = 100
 # Fresh chains from noise: sweeps before the samples are drawn. Model P's exact MH sweep costs
 # one routing per visible capsule, so it gets fewer by default.
 DEFAULT_SAMPLE_STEPS = {"rbm": 1000, "p": 100, "r": 1000}
@@ -180,6 +188,11 @@ def _sample(args):
 
 
 def _evaluate(args):
+    if (args.ais_runs is not None or args.fast_ais) and not args.ais:
+        raise ValueError("--ais-runs and --fast-ais set up --ais, which was not given")
+    if args.is_samples is not None and not (args.ais or args.exact):
+        raise ValueError("--is-samples sets up the log-likelihood of --ais or --exact, neither "
+                         "of which was given")
     estimator = load_estimator(args.model_file)
     from .io import load_model
 
@@ -189,8 +202,11 @@ def _evaluate(args):
     X, _ = _load_binary(dataset, args.split, method, args.seed, args.max_images,
                         np.dtype(estimator.dtype))
     metrics = estimator.evaluate(X, random_state=args.seed)
+    likelihood, lines = {}, []
+    if args.ais or args.exact:
+        likelihood, lines = _likelihood(estimator, X, dataset, method, args)
     report = {"model": type(estimator).__name__, "dataset": dataset, "split": args.split,
-              "n_images": int(X.shape[0]), **metrics}
+              "n_images": int(X.shape[0]), **metrics, **likelihood}
     if args.json:
         print(json.dumps(report, sort_keys=True))
     else:
@@ -201,7 +217,70 @@ def _evaluate(args):
         if isinstance(estimator, RoutedCapsuleRBM):
             print("  (elbo is a mean-field lower bound on the UNNORMALISED log-probability; "
                   "Model R has no closed-form free energy or pseudo-likelihood)")
+        for line in lines:
+            print(line)
     return 0
+
+
+def _likelihood(estimator, X, dataset, method, args):
+    """log Z (``--exact``, ``--ais``) and the log-likelihood of X (MODEL.md sec. 6).
+
+    The AIS base-rate model takes its visible biases from the pixel means of the whole
+    binarised training split of ``dataset`` (same binarisation and seed as X, not limited by
+    ``--max-images``), whichever split is evaluated. With both flags, the log-likelihood uses
+    the exact log Z.
+
+    Returns
+    -------
+    (dict of report entries, list of lines to print)
+    """
+    out, lines = {}, []
+    if args.exact:  # first: it refuses large models at once, before a long AIS run
+        start = time.perf_counter()
+        out["exact_log_z"] = exact_log_partition(estimator)
+        out["exact_seconds"] = time.perf_counter() - start
+        lines.append(f"  log Z (exact enumeration): {out['exact_log_z']:.4f}")
+    if args.ais:
+        X_train, _ = _load_binary(dataset, "train", method, args.seed, None, np.dtype(np.float32))
+        mean = X_train.mean(axis=0, dtype=np.float64)  # (D,)
+        base_rate = (mean if isinstance(estimator, BernoulliRBM)
+                     else to_capsules(mean[None], estimator.image_shape_, estimator.patch_)[0])
+        betas = default_betas(fast=args.fast_ais)
+        runs = DEFAULT_AIS_RUNS if args.ais_runs is None else args.ais_runs
+        start = time.perf_counter()
+        res = ais_log_partition(estimator, n_runs=runs, betas=betas, random_state=args.seed,
+                                base_rate=base_rate, backend=estimator.backend)
+        out.update(ais_log_z=res.log_z, ais_log_z_std_error=res.std_error,
+                   ais_log_z_interval=list(res.interval), ais_runs=runs,
+                   ais_temperatures=len(betas),
+                   ais_effective_sample_size=res.effective_sample_size,
+                   ais_seconds=time.perf_counter() - start,
+                   ais_base_rate=f"pixel means of the {X_train.shape[0]} binarised {dataset} "
+                                 f"training images")
+        lo, hi = res.interval
+        lines.append(f"  log Z (AIS, {runs} runs, {len(betas):,} temperatures, "
+                     f"{out['ais_seconds']:.1f} s): {res.log_z:.4f} +- {res.std_error:.4f} "
+                     f"(standard error; bootstrap 95% interval {lo:.4f} to {hi:.4f})")
+    source = "exact" if args.exact else "ais"
+    log_z = out[f"{source}_log_z"]
+    if isinstance(estimator, RoutedCapsuleRBM):
+        n_is = DEFAULT_IS_SAMPLES if args.is_samples is None else args.is_samples
+        ll, is_se = estimator.log_likelihood(X, log_z, n_samples=n_is, random_state=args.seed,
+                                             return_std=True)
+        out.update(importance_samples=n_is, importance_sampling_mean_se=float(np.mean(is_se)))
+    else:
+        ll = estimator.log_likelihood(X, log_z)  # (n,)
+    out.update(log_z=log_z, log_z_source=source, log_likelihood=float(np.mean(ll)),
+               log_likelihood_sem=float(np.std(ll) / np.sqrt(len(ll))))
+    lines.append(f"  log-likelihood (nats per image, {source} log Z): {out['log_likelihood']:.4f} "
+                 f"+- {out['log_likelihood_sem']:.4f} (standard error of the mean over "
+                 f"{len(ll)} images" + (", plus the log Z error" if source == "ais" else "") + ")")
+    if isinstance(estimator, RoutedCapsuleRBM):
+        lines.append(f"  (Model R: log p~(v) by importance sampling over routings, {n_is} samples "
+                     f"per image, mean standard error {out['importance_sampling_mean_se']:.4f}; "
+                     f"biased low, and with an AIS log Z neither a lower nor an upper bound: "
+                     f"MODEL.md sec. 4)")
+    return out, lines
 
 
 def _positive_int(text):
@@ -299,6 +378,21 @@ def build_parser():
     evaluate.add_argument("--max-images", type=_positive_int, default=None)
     evaluate.add_argument("--seed", type=_nonnegative_int, default=0)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--ais", action="store_true",
+                          help="estimate log Z by annealed importance sampling (base rate: the "
+                               "training split's pixel means) and report the mean "
+                               "log-likelihood of the split in nats per image")
+    evaluate.add_argument("--ais-runs", type=_positive_int, default=None,
+                          help=f"AIS runs (default: {DEFAULT_AIS_RUNS})")
+    evaluate.add_argument("--fast-ais", action="store_true",
+                          help="1,450 temperatures instead of 14,500 (quick looks, not for "
+                               "reported numbers)")
+    evaluate.add_argument("--exact", action="store_true",
+                          help="exact log Z by enumeration (tiny models only: at most 2**24 "
+                               "states) and the log-likelihood of the split with it")
+    evaluate.add_argument("--is-samples", type=_positive_int, default=None,
+                          help=f"Model R: importance samples per image for log p(v) "
+                               f"(default: {DEFAULT_IS_SAMPLES})")
     evaluate.set_defaults(func=_evaluate)
     return parser
 

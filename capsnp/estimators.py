@@ -61,7 +61,7 @@ from . import kernels
 from .capsules import capsule_layout, from_capsules, predictions, to_capsules
 from .io import load_model, remove_temporary_files, save_model
 from .ops import sigmoid, softplus
-from .params import PParams, RBMParams, RParams
+from .params import GParams, PParams, RBMParams, RParams, SParams
 from .training import Objective, TrainingState, initial_state, run_epochs
 
 try:  # scikit-learn >= 1.6
@@ -255,6 +255,14 @@ def _check_pair(name, value):
 def _check_bool(name, value):
     if not isinstance(value, (bool, np.bool_)):
         raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def _check_log_z(log_z):
+    """``log_z`` as a Python float; ValueError unless it is a finite real number."""
+    if not isinstance(log_z, numbers.Real) or not math.isfinite(log_z):
+        raise ValueError(f"log_z must be a finite number, e.g. capsnp.exact_log_partition(model) "
+                         f"or capsnp.ais_log_partition(model).log_z; got {log_z!r}")
+    return float(log_z)
 
 
 def _jsonable(obj):
@@ -811,7 +819,7 @@ class _EnergyEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         self._setup(n_features)
         for name, shape in self._attribute_shapes().items():
             _check_stored_array(arrays, name, shape, dtype, source)
-        params = self._params_type(*(arrays[name] for name in self._param_attributes))
+        params = self._params_kind()(*(arrays[name] for name in self._param_attributes))
         params = self._container_from_attributes(params)
         for field_name, p in zip(params._fields, params):
             _check_stored_array(arrays, f"velocity_{field_name}", p.shape, dtype, source)
@@ -844,6 +852,10 @@ class _EnergyEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
     def _container_from_attributes(self, params):
         return params
+
+    def _params_kind(self):
+        """The parameter container's type (a subclass may choose it from hyper-parameters)."""
+        return self._params_type
 
     def _chain_arrays(self, chains):
         return {"chains_v": chains}
@@ -920,7 +932,7 @@ class _CapsuleEstimator(_EnergyEstimator):
         """Shapes of the fitted parameter attributes for the current layout."""
         (I, d_v), J, d_h = self._layout_shape(), int(self.n_capsules), int(self.capsule_dim)
         shapes = {"W_": (I, J, d_h, d_v), "alpha_": (I, d_v), "beta_": (I, J), "rho_": (J,),
-                  "gamma_": (J, d_h)}
+                  "gamma_": (J, d_h), "m_": (J, d_h)}
         return {name: shapes[name] for name in self._param_attributes}
 
     def _to_layout(self, X):
@@ -951,6 +963,12 @@ class CapsulePoE(_CapsuleEstimator):
 
     .. math:: F(v) = -\\alpha \\cdot v - \\sum_j \\log(1 + e^{\\rho_j} |s_j(v)|^2).
 
+    With ``expert="gaussian"`` it is Model G (docs/MODEL_G.md): a Gaussian pose under each
+    capsule gives the firing probability ``sigmoid(rho_j + m_j . s_j + |s_j|^2 / 2)`` and the
+    free energy ``F(v) = -alpha . v - sum_j softplus(rho_j + m_j . s_j + |s_j|^2 / 2)``. With
+    ``expert="spin"`` it is Model S: a pose of d_h binary (+1/-1) units gives the firing logit
+    ``rho_j + sum_k [log cosh(s_jk + m_jk) - log cosh(m_jk)]``.
+
     Parameters
     ----------
     n_capsules : int, default=16
@@ -963,9 +981,13 @@ class CapsulePoE(_CapsuleEstimator):
         Visible capsule size; must tile the image.
     n_routing : int, default=3
         Routing passes r.
+    expert : {"squash", "gaussian", "spin"}, default="squash"
+        ``"squash"``: the paper's model P, firing logit ``rho_j + log |s_j|^2`` (3.2);
+        ``"gaussian"``: Model G (G.2); ``"spin"``: Model S (S.2).
     sampler : {"mh", "reconstruct"}, default="mh"
         ``"mh"``: the exact Metropolis-Hastings sweep over visible capsules; ``"reconstruct"``:
-        the fast paper-literal step, which leaves no stated distribution invariant.
+        the fast paper-literal step, which leaves no stated distribution invariant (Model P
+        only).
     grad : {"full", "frozen"}, default="full"
         Back-propagate through routing (exact) or hold the coupling coefficients fixed.
     cd_k : int, default=1
@@ -995,7 +1017,8 @@ class CapsulePoE(_CapsuleEstimator):
     rho_init : "auto" or float, default="auto"
         Initial log-gains. ``"auto"`` sets ``rho_j = -median log |s_j|^2`` over (up to 500)
         training images at the initial W, so that each capsule's firing probability starts with
-        median 0.5 (MODEL.md sec. 3: with rho = 0 the experts start nearly silent).
+        median 0.5 (MODEL.md sec. 3: with rho = 0 the experts start nearly silent); for Models
+        G and S, minus the median of the logit's other terms, to the same end.
     learn_prior : bool, default=False
         Learn the prior routing logits beta (only possible with ``grad="full"``).
     dtype : float64 or float32, default=np.float64
@@ -1032,6 +1055,8 @@ class CapsulePoE(_CapsuleEstimator):
         Visible biases, initialised to the data's log-odds.
     rho_ : ndarray of shape (J,)
     beta_ : ndarray of shape (I, J)
+    m_ : ndarray of shape (J, d_h)
+        Models G and S only: the means (G) or biases (S) of the capsule poses' prior.
     n_features_in_ : int
     image_shape_, patch_ : (int, int)
     n_visible_capsules_, visible_capsule_dim_ : int
@@ -1045,11 +1070,10 @@ class CapsulePoE(_CapsuleEstimator):
         Epochs completed.
     """
 
-    _param_attributes = ("W_", "alpha_", "rho_", "beta_")
     _params_type = PParams
 
     def __init__(self, n_capsules=16, capsule_dim=8, *, image_shape=None, patch=4, n_routing=3,
-                 sampler="mh", grad="full", cd_k=1, persistent=True, n_chains=None,
+                 expert="squash", sampler="mh", grad="full", cd_k=1, persistent=True, n_chains=None,
                  chain_init="data", learning_rate=0.05, lr_schedule="constant",
                  lr_final_ratio=0.04, momentum=0.9, weight_decay=1e-4, batch_size=100,
                  n_iter=10, init_scale=0.1, rho_init="auto", learn_prior=False,
@@ -1060,6 +1084,7 @@ class CapsulePoE(_CapsuleEstimator):
         self.image_shape = image_shape
         self.patch = patch
         self.n_routing = n_routing
+        self.expert = expert
         self.sampler = sampler
         self.grad = grad
         self.cd_k = cd_k
@@ -1090,7 +1115,11 @@ class CapsulePoE(_CapsuleEstimator):
     def _setup(self, n_features):
         super()._setup(n_features)
         _check_number("n_routing", self.n_routing, 1, integer=True)
+        _check_choice("expert", self.expert, ("squash", "gaussian", "spin"))
         _check_choice("sampler", self.sampler, ("mh", "reconstruct"))
+        if self.expert != "squash" and self.sampler != "mh":
+            raise ValueError("sampler='reconstruct' is the paper's heuristic for the squash expert; "
+                             f"expert={self.expert!r} is sampled with sampler='mh'")
         _check_choice("grad", self.grad, ("full", "frozen"))
         if self.learn_prior and self.grad != "full":
             raise ValueError("learn_prior=True needs grad='full': with frozen routing the prior "
@@ -1102,25 +1131,40 @@ class CapsulePoE(_CapsuleEstimator):
         """W ~ N(0, init_scale^2); alpha = data log-odds; beta = 0; rho = rho_init or "auto"."""
         dt = X.dtype
         W = self._init_weights(X, rng)  # (I, J, d_h, d_v)
-        J = W.shape[1]
+        J, d_h = W.shape[1], W.shape[2]
         beta = np.zeros(W.shape[:2], dtype=dt)  # (I, J)
+        # Models G and S: pose means/biases m ~ N(0, 1), so that the expert starts with a linear
+        # term like an RBM hidden unit's input (docs/MODEL_G.md, G.6)
+        m = rng.normal(0.0, 1.0, (J, d_h)).astype(dt) if self.expert != "squash" else None
         if isinstance(self.rho_init, str):
             u_hat = predictions(W, X[:500])  # (n, I, J, d_h)
             routing = self._kernels("routing")
             _, s, _ = routing.dynamic_routing(u_hat, int(self.n_routing), beta)  # s: (n, J, d_h)
-            with np.errstate(divide="ignore"):
-                log_s2 = np.log(np.sum(s.astype(np.float64) ** 2, axis=-1))  # (n, J)
-            median = np.median(log_s2, axis=0)  # (J,)
+            logit = self._kernels("model_p").firing_logit(np.zeros(J), s.astype(np.float64), self.expert,
+                                                          m)  # (n, J)
+            median = np.median(logit, axis=0)  # (J,)
             rho = np.where(np.isfinite(median), -median, 0.0).astype(dt)  # (J,)
         else:
             rho = np.full(J, float(self.rho_init), dtype=dt)
-        return PParams(W=W, alpha=_data_logits(X, dt), rho=rho, beta=beta)
+        extra = () if m is None else (m,)
+        return self._params_kind()(W, _data_logits(X, dt), rho, beta, *extra)
+
+    def _params_kind(self):
+        """PParams (P), GParams (G) or SParams (S): the container's type selects the expert."""
+        return {"gaussian": GParams, "spin": SParams}.get(self.expert, PParams)
+
+    @property
+    def _param_attributes(self):
+        """Fitted parameter attributes: Models G and S add the pose parameters ``m_``."""
+        base = ("W_", "alpha_", "rho_", "beta_")
+        return base + ("m_",) if self.expert != "squash" else base
 
     def _params(self):
-        return PParams(self.W_, self.alpha_, self.rho_, self.beta_)
+        return self._params_kind()(*(getattr(self, name) for name in self._param_attributes))
 
     def _set_params(self, p):
-        self.W_, self.alpha_, self.rho_, self.beta_ = p
+        for name, value in zip(self._param_attributes, p):
+            setattr(self, name, value)
 
     # ------------------------------------------------------------------ sampling and training
 
@@ -1148,7 +1192,7 @@ class CapsulePoE(_CapsuleEstimator):
             acceptance.append(stats.get("acceptance", np.nan))
         stats = {"acceptance": float(np.mean(acceptance))} if self.sampler == "mh" else {}
         _, grad_model = model_p.free_energy_grad(params, v, r, mode)
-        grad = PParams(*(gm - gd for gd, gm in zip(grad_data, grad_model)))
+        grad = type(params)(*(gm - gd for gd, gm in zip(grad_data, grad_model)))
         if not self.learn_prior:
             grad = grad._replace(beta=np.zeros_like(params.beta))
         return grad, (v if self.persistent else None), stats
@@ -1168,7 +1212,8 @@ class CapsulePoE(_CapsuleEstimator):
         """Mean reconstruction: ``sigmoid(alpha_i + sum_j c_ij p_j W_ij^T s_j / |s_j|)``.
 
         The visible logits of the paper-literal step (3.10) with the firing indicators z_j
-        replaced by their probabilities p_j; deterministic.
+        replaced by their probabilities p_j; deterministic. For Model G, the mean of the MH
+        proposal: ``sigmoid`` of the local field (3.8) with G.4's or S.4's ``g_j``.
 
         Returns
         -------
@@ -1176,7 +1221,10 @@ class CapsulePoE(_CapsuleEstimator):
         """
         routing = self._kernels("routing")
         c, s, _ = routing.dynamic_routing(predictions(params.W, v), int(self.n_routing), params.beta)
-        p = sigmoid(self._kernels("model_p").firing_logit(params.rho, s))  # (B, J)
+        model_p = self._kernels("model_p")
+        if self.expert != "squash":
+            return sigmoid(model_p.local_field(params, c, s))  # (B, I, d_v)
+        p = sigmoid(model_p.firing_logit(params.rho, s))  # (B, J)
         norm = np.sqrt(np.sum(s * s, axis=-1, keepdims=True))  # (B, J, 1)
         s_unit = s / np.where(norm > 0, norm, 1.0)  # (B, J, d_h)
         field = params.alpha + np.einsum("bij,bj,ijhd,bjh->bid", c, p, params.W, s_unit,
@@ -1226,6 +1274,26 @@ class CapsulePoE(_CapsuleEstimator):
         params, r, model_p = self._params(), int(self.n_routing), self._kernels("model_p")
         rng = np.random.default_rng(self.random_state)
         return _chunked(lambda x: model_p.pseudo_log_likelihood(params, x, rng, r), V)
+
+    def log_likelihood(self, X, log_z):
+        """Normalised log-likelihood ``log p(v) = -F(v) - log Z`` in nats per image (MODEL.md sec. 6).
+
+        Exact given ``log Z``: F is in closed form (3.3). With an AIS estimate of log Z the
+        values inherit its error (AIS is biased low, so they are then biased high).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        log_z : float
+            ``capsnp.exact_log_partition(self)`` (tiny models) or
+            ``capsnp.ais_log_partition(self).log_z``.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
+        log_z = _check_log_z(log_z)
+        return -self.free_energy(X) - log_z  # (n,)
 
 
 # ----------------------------------------------------------------------------- Model R
@@ -1525,8 +1593,8 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         bound of :func:`mean_field_elbo` at the mean-field routing of each image: deterministic,
         cheap, and ``log p(v) >= L(v) - log Z`` with the unknown constant ``log Z``. Compare
         scores of images under one fitted model; across models they are not comparable (each
-        has its own Z). For log-likelihoods use importance sampling (``model_r.log_marginal_is``)
-        with an AIS estimate of log Z.
+        has its own Z). For log-likelihoods use :meth:`log_likelihood` (importance sampling,
+        ``model_r.log_marginal_is``) with an AIS estimate of log Z.
 
         Returns
         -------
@@ -1546,6 +1614,58 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         ndarray of shape (n_samples,)
         """
         return -self.score_samples(X)
+
+    def log_likelihood(self, X, log_z, n_samples=100, random_state=None, return_std=False):
+        """Importance-sampling estimate of ``log p(v) = log p~(v) - log Z`` in nats per image.
+
+        ``log p~(v) = log sum_a p~(v, a)`` (h summed out in closed form, (4.9)) is estimated by
+        importance sampling over the J**I routing assignments with the mean-field routing of
+        each image as proposal, ``q(a) = prod_i c_{i a_i}`` (4.10,
+        :func:`capsnp.model_r.log_marginal_is`). The estimate is biased LOW, by about
+        ``se**2 / 2`` (Jensen; MODEL.md sec. 4). The AIS estimate of log Z is biased low too,
+        so with it the result is neither a lower nor an upper bound on the log-likelihood:
+        report it as such, with the spread over reruns.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        log_z : float
+            ``capsnp.exact_log_partition(self)`` (tiny models) or
+            ``capsnp.ais_log_partition(self).log_z``.
+        n_samples : int, default=100
+            Importance samples S per image.
+        random_state : int, Generator or None
+            Seed of the assignment draws; by default the estimator's ``random_state``. A
+            Generator is used (and advanced) as it is: one ``rng.random((S, B, I))`` call per
+            chunk of B <= 500 rows, in row order.
+        return_std : bool, default=False
+            Also return the per-image standard errors of the estimates (delta method,
+            ``sd(w) / (sqrt(S) mean(w))``, inf when S = 1). They are estimates too, and too
+            small where the mean-field proposal misses part of the routing posterior (zero if
+            every draw hit one assignment): on tiny fitted models with S = 1000, 1% to 4% of
+            the images were more than 4 standard errors from the exact value.
+
+        Returns
+        -------
+        log_p : ndarray of shape (n_samples,)
+        std_errors : ndarray of shape (n_samples,), only with ``return_std=True``
+        """
+        V = self._checked(X)  # (n, I, d_v)
+        log_z = _check_log_z(log_z)
+        _check_number("n_samples", n_samples, 1, integer=True)
+        _check_bool("return_std", return_std)
+        rng = np.random.default_rng(self.random_state if random_state is None else random_state)
+        params, model_r = self._params(), self._kernels("model_r")
+
+        def estimate(v):
+            c, _, _ = self._mean_field(params, v)  # (B, I, J)
+            return model_r.log_marginal_is(params, v, int(n_samples), rng, c=c, log_z=log_z)
+
+        parts = [estimate(V[s:s + _CHUNK]) for s in range(0, V.shape[0], _CHUNK)]
+        log_p = np.concatenate([p[0] for p in parts])  # (n,)
+        if return_std:
+            return log_p, np.concatenate([p[1] for p in parts])  # (n,), (n,)
+        return log_p
 
 
 # ----------------------------------------------------------------------------- Bernoulli RBM
@@ -1741,6 +1861,26 @@ class BernoulliRBM(_EnergyEstimator):
         V = self._checked(X)
         rng = np.random.default_rng(self.random_state)
         return self._kernels("rbm").pseudo_log_likelihood(self._params(), V, rng)
+
+    def log_likelihood(self, X, log_z):
+        """Normalised log-likelihood ``log p(v) = -F(v) - log Z`` in nats per image (MODEL.md sec. 6).
+
+        Exact given ``log Z``: F is in closed form (5.4). With an AIS estimate of log Z the
+        values inherit its error (AIS is biased low, so they are then biased high).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        log_z : float
+            ``capsnp.exact_log_partition(self)`` (small D or H) or
+            ``capsnp.ais_log_partition(self).log_z``.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
+        log_z = _check_log_z(log_z)
+        return -self.free_energy(X) - log_z  # (n,)
 
     def gibbs(self, v):
         """One block Gibbs sweep from v (as scikit-learn's ``gibbs``), drawing from a generator

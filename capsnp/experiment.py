@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from . import model_r
 from .ais import ais_log_partition, default_betas
 from .capsules import to_capsules
 from .datasets import binarize, load_dataset
@@ -36,12 +35,19 @@ __all__ = ["PRESETS", "make_estimator", "test_log_likelihood", "run"]
 PRESETS = {
     "rbm-cd1": (BernoulliRBM, dict(n_components=500, learning_rate=0.05, batch_size=100, cd_k=1,
                                    persistent=False, momentum=0.9, weight_decay=2e-4)),
-    "rbm-pcd": (BernoulliRBM, dict(n_components=500, learning_rate=0.02, batch_size=100, cd_k=1,
-                                   persistent=True, momentum=0.9, weight_decay=2e-4)),
+    # PCD at 0.02 with momentum 0.9 broke down when the momentum rose after epoch 5
+    # (reconstruction error 21 -> 42 bits, test log-likelihood -173.7): a smaller step
+    "rbm-pcd": (BernoulliRBM, dict(n_components=500, learning_rate=0.01, batch_size=100, cd_k=1,
+                                   persistent=True, momentum=0.8, weight_decay=2e-4)),
     "r": (RoutedCapsuleRBM, dict(n_capsules=16, capsule_dim=8, n_chains=500)),
     "r-500": (RoutedCapsuleRBM, dict(n_capsules=50, capsule_dim=10, n_chains=500)),
     "p": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, sampler="mh")),
     "p-reconstruct": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, sampler="reconstruct")),
+    # Model G (docs/MODEL_G.md): at learning rates >= 0.05 its training diverged
+    "g": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, expert="gaussian", learning_rate=0.01)),
+    # Model S (docs/MODEL_G.md): bounded expert gradients
+    "s": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, expert="spin")),
+    "s-500": (CapsulePoE, dict(n_capsules=50, capsule_dim=10, expert="spin")),
 }
 
 
@@ -55,25 +61,22 @@ def _n_weights(est):
     return int(est.components_.size if hasattr(est, "components_") else est.W_.size)
 
 
-def test_log_likelihood(est, X_test, log_z, rng, n_is=100, chunk=500):
-    """Per-image test log-likelihood in nats (6.5); returns (values (n,), IS standard errors or None)."""
-    if not isinstance(est, RoutedCapsuleRBM):
-        return -est.free_energy(X_test) - log_z, None
-    params = est._params()
-    V = to_capsules(X_test, est.image_shape_, est.patch_)  # (n, I, d_v)
-    out, se = [], []
-    for k in range(0, len(V), chunk):
-        e, s = model_r.log_marginal_is(params, V[k:k + chunk], n_is, rng, log_z=log_z)
-        out.append(e)
-        se.append(s)
-    return np.concatenate(out), np.concatenate(se)
+def test_log_likelihood(est, X_test, log_z, rng, n_is=100):
+    """Per-image test log-likelihood in nats (6.5): the estimators' ``log_likelihood``.
+
+    Returns (values (n,), importance-sampling standard errors (n,) for Model R, else None).
+    """
+    if isinstance(est, RoutedCapsuleRBM):
+        return est.log_likelihood(X_test, log_z, n_samples=n_is, random_state=rng, return_std=True)
+    return est.log_likelihood(X_test, log_z), None
 
 
 def run(dataset, models, epochs, out_dir, n_ais_runs=100, fast_ais=False, n_train=None, n_test=None,
-        sample_steps=1000, seed=0, backend="numba"):
+        sample_steps=1000, seed=0, backend="numba", verbose=0):
     """Train, evaluate and record every model of ``models``; returns the list of result dicts.
 
-    ``backend`` ("numba" or "numpy") is passed to the estimators and to the AIS runs.
+    ``backend`` ("numba" or "numpy") is passed to the estimators and to the AIS runs; ``verbose``
+    to the estimators (1 prints one line per epoch).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -86,7 +89,7 @@ def run(dataset, models, epochs, out_dir, n_ais_runs=100, fast_ais=False, n_trai
     betas = default_betas(fast=fast_ais)
     results = []
     for name in models:
-        est = make_estimator(name, epochs, random_state=seed, backend=backend)
+        est = make_estimator(name, epochs, random_state=seed, backend=backend, verbose=verbose)
         t0 = time.perf_counter()
         est.fit(V_train)
         train_seconds = time.perf_counter() - t0
@@ -122,11 +125,14 @@ def run(dataset, models, epochs, out_dir, n_ais_runs=100, fast_ais=False, n_trai
         results.append(r)
         print(f"{name}: test log-likelihood {r['test_log_likelihood']:.2f} nats "
               f"(log Z {res.log_z:.2f} +- {res.std_error:.3f}), train {train_seconds:.0f} s", flush=True)
-    _write_table(results, out / "results.md")
+    _write_table(out)
     return results
 
 
-def _write_table(results, path):
+def _write_table(out):
+    """Write ``results.md`` from every ``<name>.json`` in ``out`` (earlier runs included)."""
+    results = [json.loads(p.read_text()) for p in sorted(Path(out).glob("*.json"))]
+    path = Path(out) / "results.md"
     lines = ["| model | weights | epochs | train s | log Z (AIS, se) | test LL (nats/image) |", "|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['model']} | {r['n_weights']:,} | {r['epochs']} | {r['train_seconds']:.0f} | "
@@ -147,10 +153,11 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backend", choices=("numba", "numpy"), default="numba",
                     help="compiled kernels (default) or the NumPy reference")
+    ap.add_argument("--verbose", type=int, default=1, help="estimator verbosity (1: a line per epoch)")
     ap.add_argument("--out", default=None, help="output directory (default: docs/results/<dataset>)")
     a = ap.parse_args(argv)
     run(a.dataset, a.models.split(","), a.epochs, a.out or f"docs/results/{a.dataset}", a.ais_runs, a.fast_ais,
-        a.n_train, a.n_test, a.sample_steps, a.seed, a.backend)
+        a.n_train, a.n_test, a.sample_steps, a.seed, a.backend, a.verbose)
     return 0
 
 

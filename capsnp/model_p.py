@@ -16,6 +16,20 @@ parent j when the visible capsules v are routed (sec. 2). Equation labels:
 * (3.9) exact Metropolis-Hastings sweep over visible capsules, target ``exp(-F(v))``
 * (3.10) the paper-literal ``reconstruct`` step (no stated invariant distribution)
 * (3.11) pseudo-log-likelihood from the closed-form F
+
+Model G (docs/MODEL_G.md) is the same model with a Gaussian pose under each capsule. It changes
+only the firing logit, and with it the expert and dF/ds; every function below serves both and
+reads which one from the type of its parameter container (``PParams`` or ``GParams``):
+
+* (G.2) ``p(z_j = 1 | v) = sigmoid(rho_j + m_j . s_j + |s_j|^2 / 2)``
+* (G.3) ``F(v) = -alpha . v - sum_j softplus(rho_j + m_j . s_j + |s_j|^2 / 2)``
+* (G.4) ``dF/ds_j = -p_j (s_j + m_j)``, ``dF/dm_j = -p_j s_j``
+
+Model S (same document) puts a pose of d_h binary (+1/-1) units under each capsule (SParams):
+
+* (S.2) ``p(z_j = 1 | v) = sigmoid(rho_j + sum_k [lc(s_jk + m_jk) - lc(m_jk)])``, lc = log cosh
+* (S.3) ``F(v) = -alpha . v - sum_j softplus(S.2's logit)``
+* (S.4) ``dF/ds_j = -p_j tanh(s_j + m_j)``, ``dF/dm_j = -p_j (tanh(s_j + m_j) - tanh(m_j))``
 """
 
 import numpy as np
@@ -23,10 +37,11 @@ import numpy as np
 from .capsules import predictions, predictions_vjp_W
 from .exact import enumerate_binary
 from .ops import capsule_length, log_sigmoid, sigmoid, softplus, squared_norm
-from .params import PParams
+from .params import GParams, PParams, SParams
 from .routing import dynamic_routing_trace, dynamic_routing_vjp
 
 __all__ = [
+    "expert_of",
     "firing_logit",
     "firing_probability",
     "capsule_pose",
@@ -55,26 +70,68 @@ def _route(params, v, n_iter):
     return u_hat, trace
 
 
-def firing_logit(rho, s):
-    """Logit of a capsule's firing probability (3.2): ``rho_j + log |s_j|^2``.
+EXPERTS = ("squash", "gaussian", "spin")
+
+
+def expert_of(params):
+    """``"gaussian"`` for GParams (Model G), ``"spin"`` for SParams (Model S), ``"squash"`` for
+    PParams (Model P)."""
+    if isinstance(params, GParams):
+        return "gaussian"
+    return "spin" if isinstance(params, SParams) else "squash"
+
+
+def log_cosh(x):
+    """``log cosh x = |x| + log1p(e^{-2|x|}) - log 2``, overflow-free; same shape as x."""
+    a = np.abs(x)
+    return a + np.log1p(np.exp(-2.0 * a)) - np.log(2.0)
+
+
+def _pose_mean(params):
+    """Model G's pose prior means m (J, d_h); None for Model P."""
+    return getattr(params, "m", None)
+
+
+def _logit(params, s):
+    """The firing logit of the model that ``params`` describes, (B, J)."""
+    return firing_logit(params.rho, s, expert_of(params), _pose_mean(params))
+
+
+def firing_logit(rho, s, expert="squash", m=None):
+    """Logit of a capsule's firing probability: (3.2) ``rho_j + log |s_j|^2``; for
+    ``expert="gaussian"``, (G.2) ``rho_j + m_j . s_j + |s_j|^2 / 2``; for ``expert="spin"``,
+    (S.2) ``rho_j + sum_k [log cosh(s_jk + m_jk) - log cosh(m_jk)]`` (m = 0 when None).
 
     Parameters
     ----------
     rho : ndarray of shape (J,)
     s : ndarray of shape (B, J, d_h)
+    expert : {"squash", "gaussian", "spin"}
+    m : ndarray of shape (J, d_h) or None, pose prior means (G) or pose biases (S)
 
     Returns
     -------
-    ndarray of shape (B, J); ``-inf`` where ``s_j = 0`` (the capsule never fires).
+    ndarray of shape (B, J); for the squash expert ``-inf`` where ``s_j = 0`` (never fires).
     """
+    if expert == "spin":
+        m = np.zeros(s.shape[-2:]) if m is None else m
+        return rho + np.sum(log_cosh(s + m) - log_cosh(m), axis=-1)  # (B, J)
+    if expert == "gaussian":
+        linear = 0.0 if m is None else np.sum(m * s, axis=-1)  # (B, J)
+        return rho + linear + 0.5 * squared_norm(s)  # (B, J)
+    if expert != "squash":
+        raise ValueError(f"expert must be one of {EXPERTS}, got {expert!r}")
     with np.errstate(divide="ignore"):
         # 2 log |s| rather than log |s|^2: |s|^2 would overflow for |s| > 1e154
         return rho + 2.0 * np.log(capsule_length(s))  # (B, J)
 
 
-def _expert_log_gain(rho, s):
-    """``log(1 + e^{rho_j} |s_j|^2) = softplus(rho_j + log |s_j|^2)``, shape (B, J)."""
-    return softplus(firing_logit(rho, s))  # (B, J); softplus(-inf) = 0
+def _expert_log_gain(params, s):
+    """One expert's term of -F: ``softplus(firing logit)``, shape (B, J).
+
+    (3.3) ``log(1 + e^{rho_j} |s_j|^2)``; (G.3) ``softplus(rho_j + m_j . s_j + |s_j|^2 / 2)``.
+    """
+    return softplus(_logit(params, s))  # (B, J); softplus(-inf) = 0
 
 
 def firing_probability(params, v, n_iter=3):
@@ -82,10 +139,11 @@ def firing_probability(params, v, n_iter=3):
 
     ``p(z_j = 1 | v) = sigmoid(rho_j + log |s_j(v)|^2) = e^rho |s|^2 / (1 + e^rho |s|^2)``.
     At rho = 0 this equals ``|squash(s_j)|``: the energy is consistent with dynamic routing.
+    For GParams, (G.2) ``sigmoid(rho_j + |s_j|^2 / 2)``.
 
     Parameters
     ----------
-    params : PParams
+    params : PParams or GParams
     v : ndarray of shape (B, I, d_v)
     n_iter : int, routing passes
 
@@ -94,30 +152,42 @@ def firing_probability(params, v, n_iter=3):
     p : ndarray of shape (B, J)
     """
     _, tr = _route(params, v, n_iter)
-    return sigmoid(firing_logit(params.rho, tr.s[-1]))  # (B, J)
+    return sigmoid(_logit(params, tr.s[-1]))  # (B, J)
 
 
 def capsule_pose(params, v, n_iter=3):
-    """Capsule readout (3.4): ``squash(e^{rho_j/2} s_j)``, length ``p_j``, direction ``s_j/|s_j|``.
+    """Capsule readout (3.4): the vector of length ``p_j`` along ``s_j / |s_j|``.
+
+    For Model P this is ``squash(e^{rho_j/2} s_j)``; for Models G and S, the direction of the
+    pose's conditional mean given firing (``s_j + m_j``, G.5; ``tanh(s_j + m_j)``, S.5) scaled to
+    length p_j.
 
     Returns
     -------
     ndarray of shape (B, J, d_h)
     """
-    from .ops import squash
-
     _, tr = _route(params, v, n_iter)
-    return squash(np.exp(0.5 * params.rho)[:, None] * tr.s[-1])  # (B, J, d_h)
+    s = tr.s[-1]  # (B, J, d_h)
+    p = sigmoid(_logit(params, s))  # (B, J)
+    expert = expert_of(params)
+    if expert == "gaussian":
+        pose = s + params.m  # (B, J, d_h)
+    elif expert == "spin":
+        pose = np.tanh(s + params.m)  # (B, J, d_h)
+    else:
+        pose = s
+    n = np.sqrt(squared_norm(pose))[..., None]  # (B, J, 1)
+    return p[..., None] * pose / np.where(n > 0, n, 1.0)  # (B, J, d_h), zero where the pose is 0
 
 
 def free_energy(params, v, n_iter=3):
-    """Free energy of Model P (3.3), z summed out.
+    """Free energy of Model P (3.3), z summed out; of Model G (G.3) for GParams.
 
     .. math:: F(v) = -\\alpha \\cdot v - \\sum_j \\log(1 + e^{\\rho_j} |s_j(v)|^2)
 
     Parameters
     ----------
-    params : PParams
+    params : PParams or GParams
     v : ndarray of shape (B, I, d_v)
 
     Returns
@@ -129,24 +199,35 @@ def free_energy(params, v, n_iter=3):
 
 
 def _free_energy_from_s(params, v, s):
-    """(3.3) given the routed input s (B, J, d_h); returns (B,)."""
-    return -np.einsum("bid,id->b", v, params.alpha) - _expert_log_gain(params.rho, s).sum(axis=1)
+    """(3.3) or (G.3) given the routed input s (B, J, d_h); returns (B,)."""
+    log_gain = _expert_log_gain(params, s)  # (B, J)
+    return -np.einsum("bid,id->b", v, params.alpha) - log_gain.sum(axis=1)
 
 
-def free_energy_ds(rho, s):
+def free_energy_ds(rho, s, expert="squash", m=None):
     """``dF/ds_j`` (3.5): ``-2 e^{rho_j} s_j / (1 + e^{rho_j} |s_j|^2)``, smooth at s = 0.
 
     Written as ``-2 s_j / (e^{-rho_j} + |s_j|^2)``, which cannot overflow for large |s|.
+    ``expert="gaussian"``: (G.4) ``-p_j (s_j + m_j)``, p_j the firing probability (G.2).
+    ``expert="spin"``: (S.4) ``-p_j tanh(s_j + m_j)``.
 
     Parameters
     ----------
     rho : ndarray of shape (J,)
     s : ndarray of shape (B, J, d_h)
+    expert : {"squash", "gaussian", "spin"}
+    m : ndarray of shape (J, d_h) or None, pose prior means (G) or pose biases (S)
 
     Returns
     -------
     ndarray of shape (B, J, d_h)
     """
+    if expert == "spin":
+        p = sigmoid(firing_logit(rho, s, expert, m))  # (B, J)
+        return -p[..., None] * np.tanh(s if m is None else s + m)  # (B, J, d_h)
+    if expert == "gaussian":
+        p = sigmoid(firing_logit(rho, s, expert, m))  # (B, J)
+        return -p[..., None] * (s if m is None else s + m)  # (B, J, d_h)
     return -2.0 * s / (np.exp(-rho) + squared_norm(s))[..., None]  # (B, J, d_h)
 
 
@@ -159,7 +240,7 @@ def free_energy_grad(params, v, n_iter=3, mode="full"):
 
     Parameters
     ----------
-    params : PParams
+    params : PParams or GParams
     v : ndarray of shape (B, I, d_v)
     n_iter : int
     mode : {"full", "frozen"}
@@ -168,9 +249,9 @@ def free_energy_grad(params, v, n_iter=3, mode="full"):
     -------
     F : ndarray of shape (B,)
         Free energies of the batch.
-    grad : PParams
+    grad : PParams or GParams (the type of ``params``)
         ``d mean_b F(v_b) / d theta`` for W (I, J, d_h, d_v), alpha (I, d_v), rho (J,),
-        beta (I, J).
+        beta (I, J), and for Model G m (J, d_h).
     """
     if mode not in ("full", "frozen"):
         raise ValueError(f"mode must be 'full' or 'frozen', got {mode!r}")
@@ -178,27 +259,34 @@ def free_energy_grad(params, v, n_iter=3, mode="full"):
     u_hat, tr = _route(params, v, n_iter)
     s = tr.s[-1]  # (B, J, d_h)
     F = _free_energy_from_s(params, v, s)  # (B,)
-    g_s = free_energy_ds(params.rho, s) / B  # (B, J, d_h), d mean F / ds
+    g_s = free_energy_ds(params.rho, s, expert_of(params), _pose_mean(params)) / B  # (B, J, d_h)
     d_alpha = -v.mean(axis=0)  # (I, d_v)
-    d_rho = -sigmoid(firing_logit(params.rho, s)).mean(axis=0)  # (J,)
+    prob = sigmoid(_logit(params, s))  # (B, J)
+    d_rho = -prob.mean(axis=0)  # (J,), -p_j for both experts
     if mode == "full":
         g_u, d_beta = dynamic_routing_vjp(u_hat, tr, g_s=g_s, prior_shape=params.beta.shape)
     else:
         g_u = tr.c[-1][..., None] * g_s[:, None, :, :]  # (B, I, J, d_h)
         d_beta = np.zeros_like(params.beta)  # (I, J)
     d_W = predictions_vjp_W(g_u, v)  # (I, J, d_h, d_v)
-    return F, PParams(d_W, d_alpha.astype(v.dtype), d_rho.astype(v.dtype), d_beta.astype(v.dtype))
+    grads = [d_W, d_alpha.astype(v.dtype), d_rho.astype(v.dtype), d_beta.astype(v.dtype)]
+    if isinstance(params, GParams):
+        grads.append(-np.mean(prob[..., None] * s, axis=0).astype(v.dtype))  # dF/dm (J, d_h), G.4
+    elif isinstance(params, SParams):
+        dm = np.tanh(s + params.m) - np.tanh(params.m)  # (B, J, d_h)
+        grads.append(-np.mean(prob[..., None] * dm, axis=0).astype(v.dtype))  # dF/dm (J, d_h), S.4
+    return F, type(params)(*grads)
 
 
 def local_field(params, c, s, i=None):
     """Local field of the MH proposal (3.8): minus the gradient of F with c frozen.
 
     ``t_i(v) = alpha_i + sum_j c_ij W_ij^T g_j`` with ``g_j = 2 e^{rho_j} s_j /
-    (1 + e^{rho_j} |s_j|^2) = -dF/ds_j``.
+    (1 + e^{rho_j} |s_j|^2) = -dF/ds_j`` (Model G: ``g_j = p_j (s_j + m_j)``, G.4).
 
     Parameters
     ----------
-    params : PParams
+    params : PParams or GParams
     c : ndarray of shape (B, I, J), coupling coefficients at v
     s : ndarray of shape (B, J, d_h), routed inputs at v
     i : int, optional
@@ -208,7 +296,7 @@ def local_field(params, c, s, i=None):
     -------
     ndarray of shape (B, I, d_v), or (B, d_v) for one capsule.
     """
-    g = -free_energy_ds(params.rho, s)  # (B, J, d_h)
+    g = -free_energy_ds(params.rho, s, expert_of(params), _pose_mean(params))  # (B, J, d_h)
     if i is None:
         return params.alpha + np.einsum("bij,ijhd,bjh->bid", c, params.W, g, optimize=True)  # (B, I, d_v)
     return params.alpha[i] + np.einsum("bj,jhd,bjh->bd", c[:, i], params.W[i], g, optimize=True)  # (B, d_v)
@@ -297,11 +385,18 @@ def _reconstruct_field(params, c, s, z):
     return params.alpha + np.einsum("bij,bj,ijhd,bjh->bid", c, z, params.W, s_unit, optimize=True)  # (B, I, d_v)
 
 
+def _require_squash(params, what):
+    if expert_of(params) != "squash":
+        raise ValueError(f"the {what} heuristic is the paper's, defined for Model P (PParams) only; "
+                         "sample Model G with the exact MH sweep (sampler='mh')")
+
+
 def reconstruct_step(params, v, rng, n_iter=3):
     """The paper-literal heuristic (3.10): z ~ p(z | v), then all of v at once, always accepted.
 
     ``v_il' ~ Bernoulli(sigmoid(alpha_il + sum_j c_ij z_j (W_ij^T s_j / |s_j|)_l))``.
     Fast, but it leaves no stated distribution invariant (lesson 6 measures its bias).
+    Defined for Model P only: Model G is sampled with the exact MH sweep.
 
     Random draws: ``rng.random((B, J))`` for z, then ``rng.random((B, I, d_v))`` for v.
 
@@ -310,6 +405,7 @@ def reconstruct_step(params, v, rng, n_iter=3):
     v_new : ndarray of shape (B, I, d_v)
     z : ndarray of shape (B, J)
     """
+    _require_squash(params, "reconstruct")
     _, tr = _route(params, v, n_iter)
     c, s = tr.c[-1], tr.s[-1]
     z = (rng.random(s.shape[:2]) < sigmoid(firing_logit(params.rho, s))).astype(v.dtype)  # (B, J)
@@ -419,6 +515,7 @@ def exact_transition_matrix(params, sampler="mh", n_iter=3):
         return K
     if sampler != "reconstruct":
         raise ValueError(f"sampler must be 'mh' or 'reconstruct', got {sampler!r}")
+    _require_squash(params, "reconstruct")
     X = _all_states(params)  # (S, I, d_v)
     S = X.shape[0]
     J = params.rho.shape[0]

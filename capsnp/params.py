@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["PParams", "RParams", "RBMParams"]
+__all__ = ["PParams", "GParams", "SParams", "RParams", "RBMParams"]
 
 
 class PParams(NamedTuple):
@@ -22,6 +22,38 @@ class PParams(NamedTuple):
     alpha: np.ndarray
     rho: np.ndarray
     beta: np.ndarray
+
+
+class GParams(NamedTuple):
+    """Model G, Model P with Gaussian capsule poses (docs/MODEL_G.md).
+
+    The container's type selects the expert: every function of :mod:`capsnp.model_p` given
+    GParams uses the firing logit ``rho_j + m_j . s_j + |s_j|^2 / 2`` (G.2) in place of
+    ``rho_j + log |s_j|^2`` (3.2).
+    W : (I, J, d_h, d_v); alpha : (I, d_v); rho : (J,) firing biases; beta : (I, J);
+    m : (J, d_h) means of the capsule poses' prior.
+    """
+
+    W: np.ndarray
+    alpha: np.ndarray
+    rho: np.ndarray
+    beta: np.ndarray
+    m: np.ndarray
+
+
+class SParams(NamedTuple):
+    """Model S, Model P with a pose of d_h binary (+1/-1) units (docs/MODEL_G.md, S.1-S.5).
+
+    Firing logit ``rho_j + sum_k [log cosh(s_jk + m_jk) - log cosh(m_jk)]`` (S.2).
+    W : (I, J, d_h, d_v); alpha : (I, d_v); rho : (J,); beta : (I, J); m : (J, d_h) the pose
+    units' biases.
+    """
+
+    W: np.ndarray
+    alpha: np.ndarray
+    rho: np.ndarray
+    beta: np.ndarray
+    m: np.ndarray
 
 
 class RParams(NamedTuple):

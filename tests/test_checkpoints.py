@@ -491,7 +491,8 @@ def test_cli_sigint_in_a_real_process_saves_a_checkpoint(tmp_path):
             if "epoch 2:" in line:
                 break
         child.send_signal(signal.SIGINT)
-        _, err = child.communicate(timeout=30)
+        # generous: on a loaded machine the child can take tens of seconds to reach its handler
+        _, err = child.communicate(timeout=180)
     finally:
         if child.poll() is None:
             child.kill()
