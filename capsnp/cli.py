@@ -50,9 +50,10 @@ CHECKPOINT_NAME = "checkpoint.npz"
 TRAIN_ARGS_NAME = "train_args.json"
 # The train arguments that define a run; --resume takes them from train_args.json.
 RUN_ARGUMENTS = ("model", "dataset", "epochs", "capsules", "capsule_dim", "hidden", "patch", "lr",
-                 "batch_size", "chains", "binarize", "seed", "dtype", "max_images", "backend")
+                 "batch_size", "chains", "binarize", "seed", "dtype", "max_images", "backend",
+                 "expert")
 # Run arguments added later, with the value that runs recorded before them used.
-LATER_RUN_ARGUMENTS = {"backend": "numpy"}
+LATER_RUN_ARGUMENTS = {"backend": "numpy", "expert": "squash"}
 EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT (128 + 2)
 
 
@@ -77,6 +78,11 @@ def _build_estimator(args, checkpoint_path=None):
             raise ValueError("the RBM keeps batch_size persistent chains (as scikit-learn's); "
                              "--chains must equal --batch-size or be omitted")
         return BernoulliRBM(n_components=args.hidden, **common)
+    if args.model == "p":
+        common["expert"] = args.expert
+    elif args.expert != "squash":
+        raise ValueError(f"--expert {args.expert} selects Model P's variants (G, S); it needs "
+                         f"--model p, not --model {args.model}")
     return MODELS[args.model](n_capsules=args.capsules, capsule_dim=args.capsule_dim,
                               patch=args.patch, n_chains=args.chains, **common)
 
@@ -329,6 +335,9 @@ def build_parser():
     train.add_argument("--model", choices=sorted(MODELS), default="rbm",
                        help="rbm: Bernoulli RBM; p: capsule product of experts; r: routed "
                             "capsule RBM (default: rbm, the model that generates recognisable digits in a few minutes)")
+    train.add_argument("--expert", choices=("squash", "gaussian", "spin"), default="squash",
+                       help="with --model p: the paper's squash expert (Model P), or a Gaussian "
+                            "(Model G) or binary (Model S) capsule pose (docs/MODEL_G.md)")
     train.add_argument("--dataset", choices=DATASETS, default="embedded")
     train.add_argument("--epochs", type=_nonnegative_int, default=10)
     train.add_argument("--capsules", type=_positive_int, default=16, help="hidden capsules J")

@@ -96,3 +96,18 @@ def test_errors_give_exit_codes(tmp_path, capsys):
     assert main(["train", "--model", "p", "--patch", "3", "--epochs", "1", "--max-images", "10",
                  "--out", str(tmp_path / "x")]) == 1
     assert "patch" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("expert", ["gaussian", "spin"])
+def test_train_expert_variants_of_model_p(expert, tmp_path, capsys):
+    """--expert picks Model G or S (docs/MODEL_G.md); the saved model keeps its pose parameters."""
+    code = main(["train", "--model", "p", "--expert", expert, "--epochs", "1", "--max-images", "60",
+                 "--batch-size", "30", "--sample-steps", "1", "--capsules", "3", "--capsule-dim", "2",
+                 "--lr", "0.01", "--out", str(tmp_path)])
+    assert code == 0
+    est = load_estimator(tmp_path / "model.npz")
+    assert est.expert == expert and est.m_.shape == (3, 2)
+    assert json.loads((tmp_path / "train_args.json").read_text())["expert"] == expert
+    capsys.readouterr()
+    assert main(["train", "--model", "r", "--expert", expert, "--out", str(tmp_path / "r")]) != 0
+    assert "--model p" in capsys.readouterr().err
