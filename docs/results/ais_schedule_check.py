@@ -1,7 +1,7 @@
 """AIS schedule check for the likelihood rows whose AIS used the fast schedule (Models P and S).
 
 Reruns AIS on a saved model of ``docs/results/mnist`` with every third temperature of the
-default schedule (4,834 temperatures, three times the fast schedule's 1,451) and 50 runs,
+default schedule (4,835 temperatures, three times the fast schedule's 1,451) and 50 runs,
 and prints log Z with its standard error as one JSON line. A log Z that rises with the number
 of temperatures shows the fast schedule's downward bias (and so by how much the reported
 log-likelihood is optimistic).
