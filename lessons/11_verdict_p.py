@@ -836,7 +836,10 @@ for line in verdict:
 # **The variant.** Giving each capsule a pose restores strength (any pose measure gives convex,
 # at-least-linear log-odds), at the price of firing probabilities that only approximate the
 # squash length (the best about 0.09 to 0.16 away). With a Gaussian pose (Model G) the gradient grows with the
-# weights, and training by PCD diverged on MNIST; bounded poses are the next thing to try.
+# weights, and training by PCD diverged on MNIST. A bounded pose is the next step: Model S
+# (docs/MODEL_G.md) gives each capsule d_h binary +1/-1 pose units, whose expert
+# $\mathrm{softplus}(\rho + \sum_k \log\cosh(s_k + m_k) - \log\cosh m_k)$ has a gradient bounded
+# like an RBM unit's; it trains without diverging, and docs/results.md reports how far it gets.
 #
 # **The caveat.** This is evidence, not proof: exact fits on 9-pixel targets (where P's
 # logarithm does not yet bind), bounds and measurements on random models, and MNIST runs of
