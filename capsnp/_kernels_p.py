@@ -134,13 +134,9 @@ def free_energy_grad(params, v, n_iter=3, mode="full"):
     d_alpha = -v.mean(axis=0)  # (I, d_v)
     d_rho = -prob.mean(axis=0)  # (J,)
     d_beta = g_b.sum(axis=0) if mode == "full" else np.zeros_like(beta)  # (I, J)
-    expert = _expert(params)
-    if expert == _jit.GAUSSIAN:  # dF/dm = -mean_b p_j s_j (G.4)
-        return F, type(params)(d_W, d_alpha, d_rho, d_beta, -np.mean(prob[..., None] * s, axis=0))
-    if expert == _jit.SPIN:  # dF/dm = -mean_b p_j (tanh(s_j + m_j) - tanh(m_j)) (S.4)
-        dm = np.tanh(s + params.m) - np.tanh(params.m)  # (B, J, d_h)
-        return F, type(params)(d_W, d_alpha, d_rho, d_beta, -np.mean(prob[..., None] * dm, axis=0))
-    return F, type(params)(d_W, d_alpha, d_rho, d_beta)
+    d_m = _ref.free_energy_dm(params, prob, s)  # (J, d_h) for G and S (G.4, S.4)
+    extra = () if d_m is None else (d_m,)
+    return F, type(params)(d_W, d_alpha, d_rho, d_beta, *extra)
 
 
 def mh_sweep(params, v, rng, n_iter=3):

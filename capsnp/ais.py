@@ -209,7 +209,7 @@ def _as_params(model):
                            np.asarray(model.intercept_visible_, np.float64),
                            np.asarray(model.intercept_hidden_, np.float64))
     elif hasattr(model, "rho_"):
-        kind = {"gaussian": GParams, "spin": SParams}.get(getattr(model, "expert", "squash"), PParams)
+        kind = _model_p_ref.PARAMS_TYPES[getattr(model, "expert", "squash")]
         params = kind(*(np.asarray(getattr(model, k + "_"), np.float64) for k in kind._fields))
     elif hasattr(model, "gamma_"):
         params = RParams(*(np.asarray(getattr(model, k + "_"), np.float64) for k in RParams._fields))

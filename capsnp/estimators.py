@@ -61,7 +61,8 @@ from . import kernels
 from .capsules import capsule_layout, from_capsules, predictions, to_capsules
 from .io import load_model, remove_temporary_files, save_model
 from .ops import sigmoid, softplus
-from .params import GParams, PParams, RBMParams, RParams, SParams
+from .model_p import PARAMS_TYPES as _P_PARAMS_TYPES
+from .params import PParams, RBMParams, RParams
 from .training import Objective, TrainingState, initial_state, run_epochs
 
 try:  # scikit-learn >= 1.6
@@ -1151,7 +1152,7 @@ class CapsulePoE(_CapsuleEstimator):
 
     def _params_kind(self):
         """PParams (P), GParams (G) or SParams (S): the container's type selects the expert."""
-        return {"gaussian": GParams, "spin": SParams}.get(self.expert, PParams)
+        return _P_PARAMS_TYPES[self.expert]
 
     @property
     def _param_attributes(self):

@@ -70,15 +70,30 @@ def _route(params, v, n_iter):
     return u_hat, trace
 
 
-EXPERTS = ("squash", "gaussian", "spin")
+# the parameter container of each expert: P's squash (3.2), G's Gaussian pose, S's spin pose
+PARAMS_TYPES = {"squash": PParams, "gaussian": GParams, "spin": SParams}
+EXPERTS = tuple(PARAMS_TYPES)
 
 
 def expert_of(params):
     """``"gaussian"`` for GParams (Model G), ``"spin"`` for SParams (Model S), ``"squash"`` for
     PParams (Model P)."""
-    if isinstance(params, GParams):
-        return "gaussian"
-    return "spin" if isinstance(params, SParams) else "squash"
+    return next(e for e, kind in PARAMS_TYPES.items() if isinstance(params, kind))
+
+
+def free_energy_dm(params, prob, s):
+    """Batch mean of ``dF/dm_j`` for Models G and S (G.4, S.4), None for Model P.
+
+    G: ``-p_j s_j``; S: ``-p_j (tanh(s_j + m_j) - tanh(m_j))``; prob (B, J), s (B, J, d_h)
+    -> (J, d_h).
+    """
+    expert = expert_of(params)
+    if expert == "gaussian":
+        return -np.mean(prob[..., None] * s, axis=0)  # (J, d_h)
+    if expert == "spin":
+        dm = np.tanh(s + params.m) - np.tanh(params.m)  # (B, J, d_h)
+        return -np.mean(prob[..., None] * dm, axis=0)  # (J, d_h)
+    return None
 
 
 def log_cosh(x):
@@ -270,11 +285,9 @@ def free_energy_grad(params, v, n_iter=3, mode="full"):
         d_beta = np.zeros_like(params.beta)  # (I, J)
     d_W = predictions_vjp_W(g_u, v)  # (I, J, d_h, d_v)
     grads = [d_W, d_alpha.astype(v.dtype), d_rho.astype(v.dtype), d_beta.astype(v.dtype)]
-    if isinstance(params, GParams):
-        grads.append(-np.mean(prob[..., None] * s, axis=0).astype(v.dtype))  # dF/dm (J, d_h), G.4
-    elif isinstance(params, SParams):
-        dm = np.tanh(s + params.m) - np.tanh(params.m)  # (B, J, d_h)
-        grads.append(-np.mean(prob[..., None] * dm, axis=0).astype(v.dtype))  # dF/dm (J, d_h), S.4
+    d_m = free_energy_dm(params, prob, s)  # (J, d_h) for G and S
+    if d_m is not None:
+        grads.append(d_m.astype(v.dtype))
     return F, type(params)(*grads)
 
 
