@@ -1249,6 +1249,51 @@ rbm_weight_statistic = _jit(rbm_weight_statistic)
 
 
 # ============================================================================================
+# training (the momentum step of capsnp.training)
+# ============================================================================================
+
+
+def sgd_momentum_step(theta, vel, g, lr, mom, wd, new_theta, new_vel):
+    """One parameter's momentum step, and whether g and the new theta are finite.
+
+    ``new_vel = mom vel + lr (g - wd theta)``, ``new_theta = theta + new_vel`` elementwise, in
+    the reference's order of operations (:func:`capsnp.training.sgd_update`, so the results
+    agree bit for bit), while testing every ``g`` and every new ``theta`` for NaN and infinity.
+    One pass reading three arrays and writing two, where the reference makes four temporaries
+    and two more passes for the checks.
+
+    Parameters
+    ----------
+    theta, vel, g : C-contiguous arrays of one shape and dtype
+    lr, mom, wd : scalars of that dtype
+    new_theta, new_vel : arrays like theta, out
+
+    Returns
+    -------
+    (g_finite, theta_finite) : (bool, bool)
+    """
+    t = theta.ravel()
+    v = vel.ravel()
+    d = g.ravel()
+    nt = new_theta.ravel()
+    nv = new_vel.ravel()
+    g_ok = True
+    t_ok = True
+    for k in range(t.size):
+        x = d[k]
+        g_ok &= np.isfinite(x)
+        step = mom * v[k] + lr * (x - wd * t[k])
+        nv[k] = step
+        y = t[k] + step
+        nt[k] = y
+        t_ok &= np.isfinite(y)
+    return g_ok, t_ok
+
+
+sgd_momentum_step = _jit(sgd_momentum_step)
+
+
+# ============================================================================================
 # helpers for the Python wrappers
 # ============================================================================================
 

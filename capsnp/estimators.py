@@ -530,7 +530,8 @@ class _EnergyEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
     def _objective(self):
         return Objective(init_params=self._init_params, init_chains=self._init_chains,
-                         step=self._step, monitor=self._monitor)
+                         step=self._step, monitor=self._monitor,
+                         update=self._kernels("training").checked_sgd_update)
 
     def _initialise(self, X):
         """Parameters, zero velocities and persistent chains (drawn from ``self._rng``)."""

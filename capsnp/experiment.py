@@ -41,6 +41,12 @@ PRESETS = {
                                    persistent=True, momentum=0.8, weight_decay=2e-4)),
     "r": (RoutedCapsuleRBM, dict(n_capsules=16, capsule_dim=8, n_chains=500)),
     "r-500": (RoutedCapsuleRBM, dict(n_capsules=50, capsule_dim=10, n_chains=500)),
+    # The same 392,000 weights split into fewer, larger capsules (J * d_h = 500). J = 1 is the
+    # RBM-500 exactly (sec. 4), so these runs trace the way from the RBM to many small capsules.
+    # Momentum 0.9 (after the 5 warm-up epochs at 0.5) broke both down in epoch 6: the
+    # reconstruction error went from 27 to 56 bits (J = 2) and from 31 to 54 (J = 10).
+    "r-2x250": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, n_chains=500, momentum=0.5)),
+    "r-10x50": (RoutedCapsuleRBM, dict(n_capsules=10, capsule_dim=50, n_chains=500, momentum=0.5)),
     "p": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, sampler="mh")),
     "p-reconstruct": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, sampler="reconstruct")),
     # Model G (docs/MODEL_G.md): at learning rates >= 0.05 its training diverged

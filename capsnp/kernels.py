@@ -8,7 +8,8 @@ in a namespace named after the reference module:
 ``kernels.model_p``       ``free_energy``, ``free_energy_grad``, ``mh_sweep``, ``reconstruct_step``,
                           ``firing_probability``, ``pseudo_log_likelihood``
 ``kernels.model_r``       ``mean_field``, ``gibbs_sweep``, ``data_statistics``, ``model_statistics``
-``kernels.rbm``           ``gibbs_sweep``, ``cd_gradient``
+``kernels.rbm``           ``gibbs_sweep``, ``cd_gradient``, ``free_energy``, the layer conditionals
+``kernels.training``      ``checked_sgd_update`` (the momentum step with its finiteness checks)
 ========================  ==========================================================
 
 (``free_energy`` and ``gibbs_sweep`` exist for several models, hence the namespaces.) The
@@ -41,13 +42,14 @@ from . import _kernels_p as model_p
 from . import _kernels_r as model_r
 from . import _kernels_rbm as rbm
 from . import _kernels_routing as routing
+from . import _kernels_training as training
 from ._kernels_routing import dynamic_routing, routing_forward_vjp
 
 __all__ = ["available", "get_backend", "resolve_backend", "routing", "model_p", "model_r", "rbm",
-           "dynamic_routing", "routing_forward_vjp", "BACKENDS", "MODELS"]
+           "training", "dynamic_routing", "routing_forward_vjp", "BACKENDS", "MODELS"]
 
 BACKENDS = ("numba", "numpy")
-MODELS = ("routing", "model_p", "model_r", "rbm")
+MODELS = ("routing", "model_p", "model_r", "rbm", "training")
 
 
 def available():
@@ -96,8 +98,8 @@ def get_backend(name="numba", model=None):
     name : {"numba", "numpy", "auto"}
         ``"numba"``: this module (its wrappers fall back to NumPy when :func:`available` is
         False); ``"numpy"``: the reference package ``capsnp``; ``"auto"``: numba if available.
-    model : {"routing", "model_p", "model_r", "rbm"}, optional
-        Return that model's module instead of the namespace holding all four.
+    model : {"routing", "model_p", "model_r", "rbm", "training"}, optional
+        Return that module instead of the namespace holding them all.
 
     Returns
     -------
@@ -111,7 +113,7 @@ def get_backend(name="numba", model=None):
     if name == "numba":
         namespace = sys.modules[__name__]
     elif name == "numpy":
-        from . import model_p as _p, model_r as _r, rbm as _rbm, routing as _routing  # noqa: F401
+        from . import model_p as _p, model_r as _r, rbm as _rbm, routing as _routing, training as _t  # noqa: F401
 
         namespace = sys.modules[__package__]
     else:

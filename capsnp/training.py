@@ -8,7 +8,10 @@ An estimator describes its model by a :class:`Objective`, four small pure functi
   log-likelihood estimated on one minibatch (a parameter container of the same type as
   ``params``), the advanced chains, and a dict of scalar statistics to average over the epoch
   (e.g. the Metropolis-Hastings acceptance rate);
-* ``monitor(params, X_monitor, rng) -> dict``: scalar metrics computed once per epoch.
+* ``monitor(params, X_monitor, rng) -> dict``: scalar metrics computed once per epoch;
+* ``update`` (optional): the checked momentum step, :func:`checked_sgd_update` by default (the
+  estimators pass the compiled twin, ``capsnp.kernels.training.checked_sgd_update``, which does
+  the step and both finiteness checks in one pass over each parameter).
 
 :func:`run_epochs` is the loop itself: shuffle, split into minibatches, step, update with
 momentum and weight decay, check for non-finite numbers, time and monitor each epoch. All the
@@ -45,6 +48,7 @@ __all__ = [
     "learning_rate_at",
     "momentum_at",
     "sgd_update",
+    "checked_sgd_update",
     "check_finite",
     "check_finite_statistics",
     "minibatches",
@@ -64,6 +68,7 @@ class Objective:
     init_chains: Callable
     step: Callable
     monitor: Callable
+    update: Callable = None  # None: checked_sgd_update
 
 
 @dataclass
@@ -192,6 +197,23 @@ def sgd_update(params, velocity, grad, learning_rate, momentum, weight_decay=0.0
     return params, velocity
 
 
+def checked_sgd_update(params, velocity, grad, learning_rate, momentum, weight_decay, epoch):
+    """:func:`sgd_update` between two finiteness checks, as the training loop applies it.
+
+    Raises ``FloatingPointError`` (:func:`check_finite`) if the gradient holds NaN or infinity,
+    or if the new parameters do; ``epoch`` (1-based) and the rate go into the message.
+
+    Returns
+    -------
+    params, velocity : NamedTuples, new arrays (the inputs are not modified)
+    """
+    check_finite(grad, "gradient", epoch, learning_rate)
+    with np.errstate(over="ignore", invalid="ignore"):  # checked right below
+        params, velocity = sgd_update(params, velocity, grad, learning_rate, momentum, weight_decay)
+    check_finite(params, "parameters", epoch, learning_rate)
+    return params, velocity
+
+
 def _divergence_message(where, epoch, learning_rate):
     return (f"non-finite values in the {where} during epoch {epoch} (learning rate "
             f"{learning_rate:g}); training diverged, most likely because the learning rate is "
@@ -291,8 +313,9 @@ def run_epochs(state, objective, X, *, n_epochs, batch_size, rng, monitor_rng, X
 
     For each epoch: one ``rng.permutation(n)`` split into ``ceil(n / batch_size)`` near-equal
     minibatches (as :func:`minibatches`), then for each minibatch ``objective.step`` (which
-    draws from ``rng``), finiteness checks of the gradient and the statistics, the momentum
-    update (:func:`sgd_update`) and a finiteness check of the new parameters. After the epoch,
+    draws from ``rng``), a finiteness check of its statistics, then ``objective.update``
+    (:func:`checked_sgd_update`: the gradient checked, the momentum update, the new parameters
+    checked). After the epoch,
     ``objective.monitor`` on ``X_monitor`` with ``monitor_rng`` (a separate stream, so that
     monitoring never changes the fitted model), one record appended to ``state.history``, and
     ``on_epoch_end(state)``.
@@ -350,6 +373,7 @@ def run_epochs(state, objective, X, *, n_epochs, batch_size, rng, monitor_rng, X
         raise ValueError(f"the unfinished epoch of this training state covers "
                          f"{len(state.order)} rows but X has {n}; continue it with the same data")
     n_batches = max(1, math.ceil(n / batch_size))
+    update = objective.update or checked_sgd_update
     snapshot = _snapshot(state, rng, monitor_rng)
     try:
         for _ in range(int(n_epochs)):
@@ -367,12 +391,9 @@ def run_epochs(state, objective, X, *, n_epochs, batch_size, rng, monitor_rng, X
                     snapshot = _snapshot(state, rng, monitor_rng)
                     start = time.perf_counter()
                     grad, chains, stats = objective.step(state.params, X[index], state.chains, rng)
-                    check_finite(grad, "gradient", epoch + 1, lr)
                     check_finite_statistics(stats, epoch + 1, lr)
-                    with np.errstate(over="ignore", invalid="ignore"):  # checked right below
-                        params, velocity = sgd_update(state.params, state.velocity, grad, lr,
-                                                      mom, weight_decay)
-                    check_finite(params, "parameters", epoch + 1, lr)
+                    params, velocity = update(state.params, state.velocity, grad, lr, mom,
+                                              weight_decay, epoch + 1)
                     partial = _accumulate(state.partial, stats, len(index),
                                           time.perf_counter() - start)
                     state.params, state.velocity, state.chains = params, velocity, chains

@@ -193,3 +193,47 @@ def test_rbm_kernels_do_not_depend_on_thread_count():
         numba.set_num_threads(before)
     for a, b in zip(*results, strict=True):
         np.testing.assert_array_equal(a, b)  # bit for bit
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("weight_decay", [0.0, 2e-4])
+def test_checked_sgd_update_matches_the_reference_bit_for_bit(dtype, weight_decay):
+    """The fused momentum step (one pass per parameter) against capsnp.training's."""
+    from capsnp import training
+    from capsnp.params import RBMParams
+
+    rng = np.random.default_rng(3)
+
+    def container():
+        return RBMParams(*(rng.normal(size=s).astype(dtype) for s in ((13, 7), (13,), (7,))))
+
+    params, velocity, grad = container(), container(), container()
+    k = kernels.training.checked_sgd_update(params, velocity, grad, 0.05, 0.9, weight_decay, 1)
+    r = training.checked_sgd_update(params, velocity, grad, 0.05, 0.9, weight_decay, 1)
+    for got, want in zip(k, r, strict=True):
+        assert type(got) is RBMParams
+        for x, y in zip(got, want, strict=True):
+            assert x.dtype == y.dtype == dtype
+            np.testing.assert_array_equal(x, y)
+    assert not np.shares_memory(k[0].W, params.W)  # new arrays, inputs untouched
+
+
+@needs_numba
+@pytest.mark.parametrize("where, field", [("gradient", "a"), ("parameters", "W")])
+def test_checked_sgd_update_raises_like_the_reference(where, field):
+    from capsnp import training
+    from capsnp.params import RBMParams
+
+    rng = np.random.default_rng(4)
+    params = RBMParams(rng.normal(size=(5, 3)), rng.normal(size=5), rng.normal(size=3))
+    velocity = RBMParams(*map(np.zeros_like, params))
+    grad = RBMParams(*(x.copy() for x in params))
+    if where == "gradient":
+        grad.a[2] = np.nan
+    else:
+        grad.W[1, 1] = 1e308
+        params.W[1, 1] = 1e308  # theta + lr * g overflows to inf
+    for update in (kernels.training.checked_sgd_update, training.checked_sgd_update):
+        with pytest.raises(FloatingPointError, match=rf"{where} of {field} during epoch 3"):
+            update(params, velocity, grad, 1.0, 0.0, 0.0, 3)
