@@ -1702,6 +1702,9 @@ class BernoulliRBM(_EnergyEstimator):
         PCD; False gives CD-k (chains restart at the minibatch).
     momentum : float, default=0.0
     weight_decay : float, default=0.0
+    lr_schedule : {"constant", "linear"}, default="constant"
+        ``"linear"`` decays the rate to ``learning_rate * lr_final_ratio`` over ``n_iter`` epochs.
+    lr_final_ratio : float, default=0.04
     dtype : float64 or float32, default=np.float64
         Dtype of data and parameters throughout. Input of any real dtype is converted to it,
         so with float32 every fitted array, transform, score and sample is float32. A float32
@@ -1744,7 +1747,8 @@ class BernoulliRBM(_EnergyEstimator):
 
     def __init__(self, n_components=256, *, learning_rate=0.1, batch_size=10, n_iter=10,
                  verbose=0, random_state=None, cd_k=1, persistent=True, momentum=0.0,
-                 weight_decay=0.0, dtype=np.float64, chain_init="noise", checkpoint_path=None,
+                 weight_decay=0.0, lr_schedule="constant", lr_final_ratio=0.04,
+                 dtype=np.float64, chain_init="noise", checkpoint_path=None,
                  checkpoint_every=1, resume=False, backend="numba"):
         self.n_components = n_components
         self.learning_rate = learning_rate
@@ -1756,6 +1760,8 @@ class BernoulliRBM(_EnergyEstimator):
         self.persistent = persistent
         self.momentum = momentum
         self.weight_decay = weight_decay
+        self.lr_schedule = lr_schedule
+        self.lr_final_ratio = lr_final_ratio
         self.dtype = dtype
         self.chain_init = chain_init
         self.checkpoint_path = checkpoint_path
@@ -1765,6 +1771,8 @@ class BernoulliRBM(_EnergyEstimator):
 
     def _setup(self, n_features):
         _check_number("n_components", self.n_components, 1, integer=True)
+        _check_choice("lr_schedule", self.lr_schedule, ("constant", "linear"))
+        _check_number("lr_final_ratio", self.lr_final_ratio, 0)
         self.n_features_ = n_features
         self._n_features_out = int(self.n_components)
 

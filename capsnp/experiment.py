@@ -39,6 +39,11 @@ PRESETS = {
     # (reconstruction error 21 -> 42 bits, test log-likelihood -173.7): a smaller step
     "rbm-pcd": (BernoulliRBM, dict(n_components=500, learning_rate=0.01, batch_size=100, cd_k=1,
                                    persistent=True, momentum=0.8, weight_decay=2e-4)),
+    # The PCD baseline trained as long as the capsule runs take (about 1,200 s), the rate
+    # decaying linearly to 4% of its start
+    "rbm-pcd-long": (BernoulliRBM, dict(n_components=500, learning_rate=0.01, batch_size=100,
+                                        cd_k=1, persistent=True, momentum=0.8, weight_decay=2e-4,
+                                        lr_schedule="linear")),
     "r": (RoutedCapsuleRBM, dict(n_capsules=16, capsule_dim=8, n_chains=500)),
     "r-500": (RoutedCapsuleRBM, dict(n_capsules=50, capsule_dim=10, n_chains=500)),
     # The same 392,000 weights split into fewer, larger capsules (J * d_h = 500). J = 1 is the
