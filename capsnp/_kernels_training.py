@@ -56,8 +56,9 @@ def checked_sgd_update(params, velocity, grad, learning_rate, momentum, weight_d
         theta, vel, g = (_jit.as_c(x, dt) for x in (theta, vel, g))
         wd = weight_decay if name == "W" else 0.0
         new_theta, new_vel = np.empty_like(theta), np.empty_like(vel)
-        g_ok, t_ok = _jit.sgd_momentum_step(theta, vel, g, dt.type(learning_rate),
-                                            dt.type(momentum), dt.type(wd), new_theta, new_vel)
+        with np.errstate(over="ignore"):  # a rate beyond float32's range: caught by the check
+            lr, mom, wd = dt.type(learning_rate), dt.type(momentum), dt.type(wd)
+        g_ok, t_ok = _jit.sgd_momentum_step(theta, vel, g, lr, mom, wd, new_theta, new_vel)
         grad_ok, params_ok = grad_ok and g_ok, params_ok and t_ok
         new_params.append(new_theta)
         new_velocity.append(new_vel)
