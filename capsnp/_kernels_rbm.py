@@ -28,7 +28,7 @@ from . import rbm as _ref
 from .ops import log_sigmoid, softplus
 from .params import RBMParams
 
-__all__ = ["hidden_probability", "visible_probability", "sample_hidden", "sample_visible",
+__all__ = ["pcd_step", "hidden_probability", "visible_probability", "sample_hidden", "sample_visible",
            "free_energy", "gibbs_sweep", "cd_gradient", "pseudo_log_likelihood"]
 
 
@@ -257,6 +257,11 @@ def cd_gradient(params, v_data, v_model, data_weights=None, model_weights=None):
     dt = _jit.kernel_dtype(params.W, v_data, v_model)
     if dt is None or data_weights is not None or model_weights is not None:
         return _ref.cd_gradient(params, v_data, v_model, data_weights, model_weights)
+    return _cd_gradient(params, v_data, v_model, dt)[0]
+
+
+def _cd_gradient(params, v_data, v_model, dt):
+    """(5.6) the unweighted CD gradient in dtype dt, and ``p(h = 1 | v_model)`` (B', H)."""
     W, b, v_d, v_m = (_jit.as_c(x, dt) for x in (params.W, params.b, v_data, v_model))
     ph_d = _hidden_layer(W, b, v_d, _jit.PROBABILITIES)  # (B, H)
     ph_m = _hidden_layer(W, b, v_m, _jit.PROBABILITIES)  # (B', H)
@@ -266,5 +271,32 @@ def cd_gradient(params, v_data, v_model, data_weights=None, model_weights=None):
     _jit.run_chunks(_jit.rbm_weight_statistic, W.shape[0], v_d, idx_d, cnt_d, ph_d, v_m, idx_m,
                     cnt_m, ph_m, dt.type(1.0 / v_d.shape[0]), dt.type(1.0 / v_m.shape[0]), d_W,
                     min_items=max(_MIN_UNITS, W.shape[0] // (2 * _jit.num_threads())))
-    return RBMParams(W=d_W, a=v_d.mean(axis=0) - v_m.mean(axis=0),
+    grad = RBMParams(W=d_W, a=v_d.mean(axis=0) - v_m.mean(axis=0),
                      b=ph_d.mean(axis=0) - ph_m.mean(axis=0))
+    return grad, ph_m
+
+
+def pcd_step(params, v_data, v_chain, p_chain, rng, k=1):
+    """One PCD-k step whose chains carry their hidden probabilities (twin of
+    :func:`capsnp.rbm.pcd_step`, the same draws in the same order).
+
+    ``h = (u < p_chain)``, ``v ~ p(v | h)``, ``k - 1`` further sweeps, then the CD gradient;
+    the chains' new hidden probabilities come out of the gradient's own hidden pass, so a
+    PCD-1 step makes three layer passes (and the weight statistic) instead of four.
+
+    Returns
+    -------
+    grad : RBMParams; v_new : ndarray (B', D); p_new : ndarray (B', H)
+    """
+    dt = _jit.kernel_dtype(params.W, v_data, v_chain, p_chain)
+    if dt is None:
+        return _ref.pcd_step(params, v_data, v_chain, p_chain, rng, k)
+    W, a = (_jit.as_c(x, dt) for x in (params.W, params.a))
+    p_chain = np.asarray(p_chain)
+    h = (rng.random(p_chain.shape) < p_chain).astype(dt)  # (B', H)
+    u_v = rng.random((h.shape[0], W.shape[0]))  # (B', D)
+    v = _visible_layer(W, a, h, _jit.DRAWS, u_v)  # (B', D)
+    for _ in range(int(k) - 1):
+        v, _ = gibbs_sweep(params, v, rng)
+    grad, p_new = _cd_gradient(params, v_data, v, dt)
+    return grad, v, p_new

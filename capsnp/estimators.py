@@ -1678,9 +1678,11 @@ class BernoulliRBM(_EnergyEstimator):
 
     ``E(v, h) = -a.v - b.h - v^T W h``. Parameters and fitted attributes follow
     ``sklearn.neural_network.BernoulliRBM``, and with the default settings training follows the
-    same algorithm: PCD-1 with ``batch_size`` persistent chains, plain SGD (no momentum, no
-    weight decay), positive and negative statistics from the hidden probabilities, W initialised
-    from N(0, 0.01^2) and the hidden biases at zero, so the two can be compared. Two
+    same algorithm: PCD-1 with ``batch_size`` persistent chains whose hidden units are drawn
+    from the probabilities of the previous step (:func:`capsnp.rbm.pcd_step`; scikit-learn's
+    ``h_samples_``), plain SGD (no momentum, no weight decay), positive and negative statistics
+    from the hidden probabilities, W initialised from N(0, 0.01^2) and the hidden biases at
+    zero, so the two can be compared. Two
     differences: minibatches are reshuffled every epoch (scikit-learn keeps a fixed order), and
     the visible biases start at the data's log-odds (scikit-learn: zero), as Hinton's practical
     guide advises. scikit-learn's first negative sample is drawn from ``p(v | h = 0)``; here the
@@ -1809,27 +1811,57 @@ class BernoulliRBM(_EnergyEstimator):
     def _visible_noise_probability(self, params):
         return sigmoid(params.a)  # (D,)
 
+    # A chain is the pair (v (n, D), p (n, H) or None): its visible states and their hidden
+    # probabilities from the last training step (None: not known yet, computed when needed).
+
     def _start_chains(self, params, v, rng):
-        return v
+        return v, None
 
-    def _sweep(self, params, v, rng):
-        v_new, _ = self._kernels("rbm").gibbs_sweep(params, v, rng)  # (B, D)
-        return v_new, {}
+    def _chain_visible(self, chains):
+        return chains[0]
 
-    def _visible_mean(self, params, v, rng):
+    def _chain_arrays(self, chains):
+        v, p = chains
+        return {"chains_v": v} if p is None else {"chains_v": v, "chains_p": p}
+
+    def _chains_from_arrays(self, arrays):
+        return arrays["chains_v"], arrays.get("chains_p")
+
+    def _restored_chains(self, arrays, source):
+        """(v, p) chains from a file; p (absent in older files) must be (n_chains, H)."""
+        v, p = super()._restored_chains(arrays, source)
+        if p is not None and p.shape != (v.shape[0], int(self.n_components)):
+            raise ValueError(f"{source}: array 'chains_p' has shape {p.shape}, expected "
+                             f"{(v.shape[0], int(self.n_components))}")
+        return v, p
+
+    def _sweep(self, params, chains, rng):
+        v_new, _ = self._kernels("rbm").gibbs_sweep(params, chains[0], rng)  # (B, D)
+        return (v_new, None), {}
+
+    def _visible_mean(self, params, chains, rng):
         """``p(v | h)`` with ``h ~ p(h | v)`` (5.x): (B, D)."""
         rbm = self._kernels("rbm")
-        h = rbm.sample_hidden(params, v, rng)  # (B, H)
+        h = rbm.sample_hidden(params, chains[0], rng)  # (B, H)
         return rbm.visible_probability(params, h)  # (B, D)
 
     def _step(self, params, batch, chains, rng):
-        """CD/PCD gradient (5.6): ``<v p(h|v)^T>_data - <v p(h|v)^T>_chains`` and the biases."""
+        """CD/PCD gradient (5.6): ``<v p(h|v)^T>_data - <v p(h|v)^T>_chains`` and the biases.
+
+        PCD runs :func:`capsnp.rbm.pcd_step`, which draws the chains' first hidden units from
+        the probabilities kept from the previous step; CD-k sweeps from the minibatch.
+        """
         rbm = self._kernels("rbm")
-        v = batch if chains is None else chains
-        for _ in range(int(self.cd_k)):
-            v, _ = rbm.gibbs_sweep(params, v, rng)  # (n_chains, D)
-        grad = rbm.cd_gradient(params, batch, v)  # W (D, H), a (D,), b (H,)
-        return grad, (v if self.persistent else None), {}
+        if chains is None:  # CD-k
+            v = batch
+            for _ in range(int(self.cd_k)):
+                v, _ = rbm.gibbs_sweep(params, v, rng)  # (B, D)
+            return rbm.cd_gradient(params, batch, v), None, {}
+        v, p = chains
+        if p is None:
+            p = rbm.hidden_probability(params, v)  # (n_chains, H)
+        grad, v, p = rbm.pcd_step(params, batch, v, p, rng, int(self.cd_k))
+        return grad, (v, p), {}
 
     def _monitor(self, params, X, rng):
         rbm = self._kernels("rbm")
@@ -1907,7 +1939,7 @@ class BernoulliRBM(_EnergyEstimator):
         V = self._checked(v)
         if not hasattr(self, "_gibbs_rng"):
             self._gibbs_rng = np.random.default_rng(self.random_state)
-        return self._sweep(self._params(), V, self._gibbs_rng)[0]
+        return self._kernels("rbm").gibbs_sweep(self._params(), V, self._gibbs_rng)[0]  # (n, D)
 
 
 # ----------------------------------------------------------------------------- helpers, files

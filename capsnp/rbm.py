@@ -27,6 +27,7 @@ from .ops import log_sigmoid, sigmoid, softplus
 from .params import RBMParams
 
 __all__ = [
+    "pcd_step",
     "energy",
     "hidden_probability",
     "visible_probability",
@@ -319,6 +320,42 @@ def cd_gradient(params, v_data, v_model, data_weights=None, model_weights=None):
     pos = sufficient_statistics(params, v_data, data_weights)
     neg = sufficient_statistics(params, v_model, model_weights)
     return RBMParams(*(p - n for p, n in zip(pos, neg)))
+
+
+def pcd_step(params, v_data, v_chain, p_chain, rng, k=1):
+    """One PCD-k step (5.5, 5.6) whose chains carry their hidden probabilities, as scikit-learn's.
+
+    A persistent chain is the pair ``(v_chain, p_chain)`` with ``p_chain = p(h = 1 | v_chain)``
+    computed at the previous step, that is with the parameters before the last update. The step
+    draws ``h = (u < p_chain)`` (``u = rng.random((B', H))``), then ``v ~ p(v | h)`` with the
+    current parameters, then ``k - 1`` more block Gibbs sweeps (:func:`gibbs_sweep`), and takes
+    the CD gradient (:func:`cd_gradient`) at the new chain states, whose hidden probabilities it
+    returns for the next step. Reusing them saves one hidden-layer pass per step; the price is
+    that the first half-sweep uses the previous parameters, a lag of one learning step, as
+    scikit-learn's ``BernoulliRBM`` (which keeps ``h_samples_`` drawn from the same
+    probabilities). With ``p_chain = hidden_probability(params, v_chain)`` the step is exactly
+    k sweeps of :func:`gibbs_sweep` followed by :func:`cd_gradient`, with the same draws.
+
+    Parameters
+    ----------
+    params : RBMParams
+    v_data : ndarray of shape (B, D), the minibatch
+    v_chain : ndarray of shape (B', D), binary chain states
+    p_chain : ndarray of shape (B', H), their hidden probabilities from the previous step
+    rng : np.random.Generator
+    k : int, default=1, Gibbs sweeps per step
+
+    Returns
+    -------
+    grad : RBMParams, the ascent direction (as :func:`cd_gradient`)
+    v_new : ndarray of shape (B', D), the new chain states
+    p_new : ndarray of shape (B', H), ``p(h = 1 | v_new)`` with ``params``
+    """
+    h = _bernoulli_draw(p_chain, rng.random(p_chain.shape))  # (B', H)
+    v = sample_visible(params, h, rng)  # (B', D)
+    for _ in range(int(k) - 1):
+        v, _ = gibbs_sweep(params, v, rng)
+    return cd_gradient(params, v_data, v), v, hidden_probability(params, v)
 
 
 # --------------------------------------------------------------------------------------------

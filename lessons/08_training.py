@@ -413,8 +413,11 @@ plt.show()
 # $$ u \leftarrow \mu\,u + \eta\,(\hat g - \lambda W), \qquad \theta \leftarrow \theta + u $$
 #
 # (weight decay $\lambda$ on the weights only). For `BernoulliRBM` the direction is (5.6) with
-# chains advanced by `cd_k` sweeps (5.5). Written out naively, with the random draws in the
-# order the docstrings give, the loop reproduces `BernoulliRBM.fit` to rounding error:
+# chains advanced by `cd_k` sweeps (5.5). A chain keeps the hidden probabilities
+# $p(h\,|\,v)$ computed for the gradient and draws its next $h$ from them (`rbm.pcd_step`,
+# as scikit-learn's `h_samples_`): one hidden-layer pass fewer per step, for a lag of one
+# update in that half-sweep. Written out naively, with the random draws in the order the
+# docstrings give, the loop reproduces `BernoulliRBM.fit` to rounding error:
 
 # %%
 def naive_pcd_fit(X, n_hidden, lr, batch_size, n_epochs, momentum, weight_decay, seed):
@@ -425,12 +428,15 @@ def naive_pcd_fit(X, n_hidden, lr, batch_size, n_epochs, momentum, weight_decay,
     th = RBMParams(W=rng.normal(0.0, 1.0, (D_, n_hidden)) * 0.01, a=np.log(m / (1 - m)), b=np.zeros(n_hidden))
     vel = RBMParams(*(np.zeros_like(x) for x in th))
     chains = (rng.random((batch_size, D_)) < sigmoid(th.a)).astype(float)  # noise from the visible biases
+    p_chains = rbm.hidden_probability(th, chains)  # p(h | chains), carried from step to step
     for epoch in range(n_epochs):
         mu = min(momentum, 0.5) if epoch < 5 else momentum  # the warm-up cap
         order = rng.permutation(n)
         for rows in np.array_split(order, int(np.ceil(n / batch_size))):
-            chains, _ = rbm.gibbs_sweep(th, chains, rng)
+            h = (rng.random(p_chains.shape) < p_chains).astype(float)  # from the last step's p
+            chains = rbm.sample_visible(th, h, rng)
             g = rbm.cd_gradient(th, X[rows], chains)
+            p_chains = rbm.hidden_probability(th, chains)  # before this step's update
             g = g._replace(W=g.W - weight_decay * th.W)
             vel = RBMParams(*(mu * v + lr * gx for v, gx in zip(vel, g)))
             th = RBMParams(*(x + v for x, v in zip(th, vel)))

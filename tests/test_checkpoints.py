@@ -146,7 +146,7 @@ def test_checkpoint_holds_the_whole_training_state_without_pickle(kind, digits, 
         meta = json.loads(npz[METADATA_KEY].tobytes().decode("utf-8"))
     params = set(est._param_attributes)
     velocities = {f"velocity_{f}" for f in est._state.params._fields}
-    chains = {"chains_v", "chains_a"} if kind == "r" else {"chains_v"}
+    chains = {"r": {"chains_v", "chains_a"}, "rbm": {"chains_v", "chains_p"}}.get(kind, {"chains_v"})
     held_out = {"monitor_rows"} if kind != "rbm" else set()  # the RBM has no held-out slice
     assert names == params | velocities | chains | held_out | {METADATA_KEY}
     assert meta["epochs"] == 2 and len(meta["history"]) == 2
@@ -500,3 +500,24 @@ def test_cli_sigint_in_a_real_process_saves_a_checkpoint(tmp_path):
     assert f"checkpoint saved to {out / 'checkpoint.npz'}" in err
     assert load_estimator(out / "checkpoint.npz").n_iter_ >= 2
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz", "train_args.json"]
+
+
+def test_rbm_file_without_chain_probabilities_still_resumes(digits, tmp_path):
+    """Files written before the RBM's chains carried p(h | v) hold chains_v only: the first
+    step then recomputes p(h | v) with the stored parameters. A wrong shape is refused."""
+    est = make("rbm", n_iter=2).fit(digits)
+    path = tmp_path / "rbm.npz"
+    est.save(path)
+    arrays, metadata = load_model(path)
+    assert arrays["chains_p"].shape == (20, 8)
+    old = tmp_path / "old.npz"
+    save_model(old, {k: v for k, v in arrays.items() if k != "chains_p"}, metadata)
+    resumed = load_estimator(old)
+    assert resumed._state.chains[1] is None
+    resumed.partial_fit(digits)
+    assert resumed._state.chains[1].shape == (20, 8)
+    assert np.all(np.isfinite(resumed.components_))
+    bad = tmp_path / "bad.npz"
+    save_model(bad, {**arrays, "chains_p": arrays["chains_p"][:, :3]}, metadata)
+    with pytest.raises(ValueError, match="chains_p"):
+        load_estimator(bad)

@@ -125,21 +125,28 @@ def test_grid_search_composes(digits):
 # ----------------------------------------------------------------------------- the RBM
 
 
-def test_rbm_update_is_scikit_learns(digits):
-    """One PCD-1 update equals scikit-learn's ``_fit`` given the same chain and uniforms."""
+def test_rbm_updates_are_scikit_learns(digits):
+    """Two PCD-1 updates equal two of scikit-learn's ``_fit`` given the same chain and uniforms.
+
+    Both keep the chains' hidden probabilities from one step to the next (scikit-learn draws its
+    ``h_samples_`` from them at the end of a step, capsnp at the start of the next).
+    """
     rng = np.random.default_rng(3)
     D, H, B = digits.shape[1], 6, 10
     params = RBMParams(W=rng.normal(0, 0.1, (D, H)), a=rng.normal(0, 0.1, D), b=rng.normal(0, 0.1, H))
-    batch, chain = digits[:B], digits[B:2 * B]
+    batches, chain = (digits[:B], digits[2 * B:3 * B]), digits[B:2 * B]
     est = make("rbm", n_components=H, batch_size=B)
-    # ours: the chain sweeps h ~ p(h | chain), v_neg ~ p(v | h), then the gradient step
+    # ours: h ~ p(h | chain), v_neg ~ p(v | h), the gradient step; then the same from the
+    # carried probabilities
     draws = np.random.default_rng(7)
-    grad, v_neg, _ = est._step(params, batch, chain, draws)
-    new, _ = sgd_update(params, type(params)(*map(np.zeros_like, params)), grad, 0.1, 0.0)
+    new, chains = params, (chain, None)
+    for batch in batches:
+        grad, chains, _ = est._step(new, batch, chains, draws)
+        new, _ = sgd_update(new, type(new)(*map(np.zeros_like, new)), grad, 0.1, 0.0)
     # scikit-learn: its persistent state is the hidden sample h; it draws v_neg from it
     replay = np.random.default_rng(7)
-    u_h, u_v = replay.random((B, H)), replay.random((B, D))
-    h = (u_h < rbm_math.hidden_probability(params, chain)).astype(float)
+    u_h1, u_v1, u_h2, u_v2 = (replay.random((B, H)), replay.random((B, D)),
+                              replay.random((B, H)), replay.random((B, D)))
 
     class Uniforms:  # hands scikit-learn our uniforms, in its order
         def __init__(self, *arrays):
@@ -153,11 +160,32 @@ def test_rbm_update_is_scikit_learns(digits):
     sk = SklearnRBM(n_components=H, batch_size=B, learning_rate=0.1)
     sk.components_ = params.W.T.copy()
     sk.intercept_visible_, sk.intercept_hidden_ = params.a.copy(), params.b.copy()
-    sk.h_samples_ = h
-    sk._fit(batch, Uniforms(u_v, np.zeros((B, H))))
+    sk.h_samples_ = (u_h1 < rbm_math.hidden_probability(params, chain)).astype(float)
+    sk._fit(batches[0], Uniforms(u_v1, u_h2))
+    sk._fit(batches[1], Uniforms(u_v2, np.zeros((B, H))))
     np.testing.assert_allclose(new.W.T, sk.components_, rtol=0, atol=1e-12)
     np.testing.assert_allclose(new.a, sk.intercept_visible_, rtol=0, atol=1e-12)
     np.testing.assert_allclose(new.b, sk.intercept_hidden_, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_pcd_step_with_fresh_probabilities_is_sweeps_then_gradient(digits, k):
+    """capsnp.rbm.pcd_step with p(h | v) of the current parameters: k Gibbs sweeps and the
+    CD gradient, draw for draw; its returned probabilities are p(h | v_new)."""
+    rng = np.random.default_rng(5)
+    D, H = digits.shape[1], 7
+    params = RBMParams(W=rng.normal(0, 0.3, (D, H)), a=rng.normal(0, 0.3, D), b=rng.normal(0, 0.3, H))
+    batch, chain = digits[:8], digits[8:20]
+    grad, v_new, p_new = rbm_math.pcd_step(params, batch, chain,
+                                           rbm_math.hidden_probability(params, chain),
+                                           np.random.default_rng(9), k)
+    replay, v = np.random.default_rng(9), chain
+    for _ in range(k):
+        v, _ = rbm_math.gibbs_sweep(params, v, replay)
+    np.testing.assert_array_equal(v_new, v)
+    for x, y in zip(grad, rbm_math.cd_gradient(params, batch, v), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(p_new, rbm_math.hidden_probability(params, v), rtol=1e-13)
 
 
 def test_rbm_attributes_like_scikit_learn(digits):
