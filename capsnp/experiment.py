@@ -50,6 +50,7 @@ PRESETS = {
     # RBM-500 exactly (sec. 4), so these runs trace the way from the RBM to many small capsules.
     # Momentum 0.9 (after the 5 warm-up epochs at 0.5) broke both down in epoch 6: the
     # reconstruction error went from 27 to 56 bits (J = 2) and from 31 to 54 (J = 10).
+    "r-1x500": (RoutedCapsuleRBM, dict(n_capsules=1, capsule_dim=500, n_chains=500, momentum=0.5)),
     "r-2x250": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, n_chains=500, momentum=0.5)),
     "r-10x50": (RoutedCapsuleRBM, dict(n_capsules=10, capsule_dim=50, n_chains=500, momentum=0.5)),
     "p": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, sampler="mh")),

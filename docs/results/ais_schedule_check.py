@@ -1,12 +1,14 @@
-"""AIS schedule check for the likelihood rows whose AIS used the fast schedule (Models P and S).
+"""AIS schedule check: does a likelihood row's log Z move with a longer annealing schedule?
 
 Reruns AIS on a saved model of ``docs/results/<dataset>`` with every ``thin``-th temperature of
 the default schedule (thin 3: 4,835 temperatures, three times the fast schedule's 1,451; thin 1:
-all 14,501) and 50 runs, and prints log Z with its standard error as one JSON line. A log Z that
-rises with the number of temperatures shows the fast schedule's downward bias (and so by how
-much the reported log-likelihood is optimistic).
+all 14,501), or with ``x<k>`` (e.g. ``x3``) k times as many temperatures as the default schedule,
+placed along it by linear interpolation (43,501 for x3), and 50 runs, and prints log Z with its
+standard error as one JSON line. A log Z that rises with the number of temperatures shows the
+shorter schedule's downward bias (and so by how much the reported log-likelihood is optimistic).
 
     CAPSNP_DATA_DIR=../shared/data python docs/results/ais_schedule_check.py p mnist 3
+    CAPSNP_DATA_DIR=../shared/data python docs/results/ais_schedule_check.py r-2x250 mnist x3
 """
 
 import json
@@ -27,8 +29,13 @@ def main(name, dataset="mnist", thin=3):
     V = binarize(X, "stochastic", random_state=0)  # the experiment's training binarisation
     base = to_capsules(V.mean(axis=0)[None], est.image_shape_, est.patch_)[0]  # (I, d_v)
     full = default_betas()
-    thin = int(thin)
-    betas = full[::thin] if full[::thin][-1] == 1.0 else np.append(full[::thin], 1.0)
+    if str(thin).startswith("x"):  # k times denser, the same shape of schedule
+        k = int(str(thin)[1:])
+        betas = np.interp(np.linspace(0, len(full) - 1, k * (len(full) - 1) + 1),
+                          np.arange(len(full)), full)
+    else:
+        thin = int(thin)
+        betas = full[::thin] if full[::thin][-1] == 1.0 else np.append(full[::thin], 1.0)
     start = time.perf_counter()
     res = ais_log_partition(est, n_runs=50, betas=betas, random_state=1, base_rate=base)
     print(json.dumps({"model": name, "dataset": dataset, "temperatures": len(betas), "runs": 50,
