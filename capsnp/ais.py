@@ -21,6 +21,7 @@ Transitions: block Gibbs for the RBM, the exact MH sweep for Model P, the 3-bloc
 """
 
 from dataclasses import dataclass, field
+from typing import Callable, NamedTuple
 
 import numpy as np
 from scipy.special import logsumexp
@@ -30,7 +31,8 @@ from . import model_p as _model_p_ref
 from .ops import sigmoid, softplus
 from .params import GParams, PParams, RBMParams, RParams, SParams
 
-__all__ = ["AISResult", "default_betas", "ais", "ais_log_partition", "base_log_odds"]
+__all__ = ["AISResult", "AnnealingPath", "default_betas", "ais", "ais_log_partition", "annealing_path",
+           "base_log_odds"]
 
 
 @dataclass
@@ -140,7 +142,29 @@ def _interpolate(base, target, beta):
     return type(target)(*((1.0 - beta) * b + beta * t for b, t in zip(base, target)))
 
 
-def _ais_rbm(params, alpha0, betas, n_runs, rng, rbm):
+class AnnealingPath(NamedTuple):
+    """The path (6.2) of one model as four functions, shared by AIS and parallel tempering.
+
+    Attributes
+    ----------
+    log_f : callable (beta, state) -> ndarray (n,)
+        Unnormalised log density of the intermediate model ``theta_beta``.
+    sample_base : callable (n, rng) -> state
+        Exact draws from the base model (beta = 0).
+    transition : callable (beta, state, rng) -> state
+        One sweep of the model's sampler at ``theta_beta`` (leaves ``exp(log_f(beta, .))``
+        invariant).
+    log_z_base : float
+        Exact log partition function of the base model.
+    """
+
+    log_f: Callable
+    sample_base: Callable
+    transition: Callable
+    log_z_base: float
+
+
+def _path_rbm(params, alpha0, rbm):
     base = RBMParams(np.zeros_like(params.W), alpha0, params.b)
     log_z_base = float(softplus(alpha0).sum() + softplus(params.b).sum())
 
@@ -153,10 +177,10 @@ def _ais_rbm(params, alpha0, betas, n_runs, rng, rbm):
     def transition(beta, v, g):
         return rbm.gibbs_sweep(_interpolate(base, params, beta), v, g)[0]
 
-    return ais(log_f, sample_base, transition, log_z_base, betas, n_runs, rng)
+    return AnnealingPath(log_f, sample_base, transition, log_z_base)
 
 
-def _ais_p(params, alpha0, betas, n_runs, rng, n_iter, model_p):
+def _path_p(params, alpha0, n_iter, model_p):
     base = params._replace(W=np.zeros_like(params.W), alpha=alpha0)
     # W = 0: s = 0, so every expert contributes a constant, softplus(firing logit at s = 0):
     # log 1 = 0 for Model P (3.3), softplus(rho_j) for Models G and S (G.3, S.3)
@@ -173,10 +197,10 @@ def _ais_p(params, alpha0, betas, n_runs, rng, n_iter, model_p):
     def transition(beta, v, g):
         return model_p.mh_sweep(_interpolate(base, params, beta), v, g, n_iter)[0]
 
-    return ais(log_f, sample_base, transition, log_z_base, betas, n_runs, rng)
+    return AnnealingPath(log_f, sample_base, transition, log_z_base)
 
 
-def _ais_r(params, alpha0, betas, n_runs, rng, model_r):
+def _path_r(params, alpha0, model_r):
     base = RParams(np.zeros_like(params.W), alpha0, params.gamma, params.beta)
     # W = 0: v, h and a are independent; the sum over a gives logsumexp_j beta_ij per child.
     log_z_base = float(softplus(alpha0).sum() + softplus(params.gamma).sum() + logsumexp(params.beta, axis=1).sum())
@@ -197,7 +221,7 @@ def _ais_r(params, alpha0, betas, n_runs, rng, model_r):
         v2, _, a2, _ = model_r.gibbs_sweep(_interpolate(base, params, beta), v, a, g)
         return v2, a2
 
-    return ais(log_f, sample_base, transition, log_z_base, betas, n_runs, rng)
+    return AnnealingPath(log_f, sample_base, transition, log_z_base)
 
 
 def _as_params(model):
@@ -240,15 +264,35 @@ def ais_log_partition(model, n_runs=100, betas=None, random_state=None, base_rat
     -------
     AISResult
     """
-    params, n_iter = _as_params(model)
-    modules = kernels.get_backend(kernels.resolve_backend(backend))
+    path = annealing_path(model, base_rate, backend)
     rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
     betas = default_betas() if betas is None else betas
+    return ais(path.log_f, path.sample_base, path.transition, path.log_z_base, betas, n_runs, rng)
+
+
+def annealing_path(model, base_rate=None, backend="numba"):
+    """The annealing path (6.2) of a fitted model or params container, as an :class:`AnnealingPath`.
+
+    Parameters
+    ----------
+    model : fitted ``BernoulliRBM``, ``CapsulePoE`` or ``RoutedCapsuleRBM``, or a params container
+    base_rate : ndarray of shape (D,) or (I, d_v), optional
+        Per-pixel data means for the base model's visible biases; default: the model's own
+        visible biases (with W = 0).
+    backend : {"numba", "numpy"}, default="numba"
+
+    Returns
+    -------
+    AnnealingPath; its states are v (n, D) for the RBM, v (n, I, d_v) for Models P, G and S,
+    and (v (n, I, d_v), a (n, I)) for Model R.
+    """
+    params, n_iter = _as_params(model)
+    modules = kernels.get_backend(kernels.resolve_backend(backend))
     shape = params.a.shape if isinstance(params, RBMParams) else params.alpha.shape
     alpha0 = (base_log_odds(base_rate).reshape(shape) if base_rate is not None
               else np.array(params.a if isinstance(params, RBMParams) else params.alpha, dtype=np.float64))
     if isinstance(params, RBMParams):
-        return _ais_rbm(params, alpha0, betas, n_runs, rng, modules.rbm)
+        return _path_rbm(params, alpha0, modules.rbm)
     if isinstance(params, (PParams, GParams, SParams)):
-        return _ais_p(params, alpha0, betas, n_runs, rng, n_iter, modules.model_p)
-    return _ais_r(params, alpha0, betas, n_runs, rng, modules.model_r)
+        return _path_p(params, alpha0, n_iter, modules.model_p)
+    return _path_r(params, alpha0, modules.model_r)

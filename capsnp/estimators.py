@@ -63,6 +63,8 @@ from .io import load_model, remove_temporary_files, save_model
 from .ops import sigmoid, softplus
 from .model_p import PARAMS_TYPES as _P_PARAMS_TYPES
 from .params import PParams, RBMParams, RParams
+from .ais import annealing_path
+from .tempering import default_temperatures, parallel_tempering
 from .training import Objective, TrainingState, initial_state, run_epochs
 
 try:  # scikit-learn >= 1.6
@@ -699,7 +701,7 @@ class _EnergyEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         return float(np.mean(self.score_samples(X)))
 
     def sample(self, n_samples=None, n_steps=1000, init="noise", random_state=None,
-               return_probabilities=False):
+               return_probabilities=False, n_temperatures=1):
         """Draw images by running fresh Markov chains of the fitted model.
 
         Parameters
@@ -720,6 +722,12 @@ class _EnergyEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             draw given it (RBM: ``p(v | h)`` with ``h ~ p(h | v)``; Model R: ``p(v | h, a)`` with
             ``h ~ p(h | v, a)``), the usual way to show an RBM's samples. Model P has no
             factorised visible conditional; it returns the binary state.
+        n_temperatures : int, default=1
+            With more than one, run parallel-tempering ladders (:mod:`capsnp.tempering`, 6.6)
+            of this many inverse temperatures on the AIS path from independent pixels
+            (``p = sigmoid(visible biases)``, the "noise" start) to the model, and return the
+            ``beta = 1`` chains. Each sweep costs ``n_temperatures`` plain sweeps. Only with
+            ``init="noise"``.
 
         Returns
         -------
@@ -741,9 +749,19 @@ class _EnergyEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             p = self._checked(init, what="init")
             if n_samples is not None and n_samples != p.shape[0]:
                 raise ValueError(f"n_samples={n_samples} but init has {p.shape[0]} rows")
-        chains = self._start_chains(params, _bernoulli(p, rng, dtype), rng)
-        for _ in range(int(n_steps)):
-            chains, _ = self._sweep(params, chains, rng)
+        _check_number("n_temperatures", n_temperatures, 1, integer=True)
+        if int(n_temperatures) > 1:
+            if not isinstance(init, str):
+                raise ValueError("n_temperatures > 1 runs tempering ladders, which start at noise: "
+                                 "use init='noise'")
+            path = annealing_path(self, backend=self.backend)  # base: W = 0, the "noise" model
+            states, _ = parallel_tempering(path, default_temperatures(n_temperatures), p.shape[0],
+                                           int(n_steps), rng)
+            chains = self._chains_from_path_state(states[-1], dtype)
+        else:
+            chains = self._start_chains(params, _bernoulli(p, rng, dtype), rng)
+            for _ in range(int(n_steps)):
+                chains, _ = self._sweep(params, chains, rng)
         if return_probabilities:
             return self._from_layout(self._visible_mean(params, chains, rng))
         return self._from_layout(self._chain_visible(chains))
@@ -751,6 +769,10 @@ class _EnergyEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     def _visible_mean(self, params, chains, rng):
         """Probabilities of the next visible draw (layout shape); default: the state itself."""
         return self._chain_visible(chains)
+
+    def _chains_from_path_state(self, state, dtype):
+        """Chains in this estimator's format from a state of its annealing path (default: v)."""
+        return np.asarray(state, dtype=dtype)
 
     # ------------------------------------------------------------------ files
 
@@ -1499,6 +1521,9 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
     def _chain_visible(self, chains):
         return chains[0]
 
+    def _chains_from_path_state(self, state, dtype):
+        return np.asarray(state[0], dtype=dtype), state[1]  # (B, I, d_v), (B, I)
+
     def _chain_arrays(self, chains):
         return {"chains_v": chains[0], "chains_a": chains[1]}
 
@@ -1819,6 +1844,9 @@ class BernoulliRBM(_EnergyEstimator):
 
     def _chain_visible(self, chains):
         return chains[0]
+
+    def _chains_from_path_state(self, state, dtype):
+        return np.asarray(state, dtype=dtype), None  # (B, D), hidden probabilities not known
 
     def _chain_arrays(self, chains):
         v, p = chains
