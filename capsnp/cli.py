@@ -186,9 +186,11 @@ def _sample(args):
     estimator = load_estimator(args.model_file)
     if args.init != "noise":
         raise ValueError(f"--init must be 'noise', got {args.init!r}")
-    X = estimator.sample(args.n, n_steps=args.steps, init="noise", random_state=args.seed)
+    X = estimator.sample(args.n, n_steps=args.steps, init="noise", random_state=args.seed,
+                         return_probabilities=args.probabilities, n_temperatures=args.temperatures)
+    how = f", tempering with {args.temperatures} temperatures" if args.temperatures > 1 else ""
     path = image_grid(X, _image_shape(estimator), args.cols, args.out,
-                      title=f"{type(estimator).__name__}: {args.steps} sweeps from noise")
+                      title=f"{type(estimator).__name__}: {args.steps} sweeps from noise{how}")
     print(f"{args.n} samples after {args.steps} sweeps: {path}")
     return 0
 
@@ -375,6 +377,11 @@ def build_parser():
     sample.add_argument("--init", default="noise", choices=("noise",))
     sample.add_argument("--cols", type=_positive_int, default=8)
     sample.add_argument("--seed", type=_nonnegative_int, default=0)
+    sample.add_argument("--temperatures", type=_positive_int, default=1,
+                        help="parallel tempering with this many temperatures (each sweep costs "
+                             "that many plain sweeps); 1: plain chains")
+    sample.add_argument("--probabilities", action="store_true",
+                        help="show the probabilities of the next visible draw (RBM and Model R)")
     sample.add_argument("--out", default="samples.png")
     sample.set_defaults(func=_sample)
 

@@ -74,6 +74,12 @@ def test_sample_and_evaluate(model, trained, tmp_path, capsys):
                  "--out", str(png)]) == 0
     assert png.stat().st_size > 0
     capsys.readouterr()
+    tempered = tmp_path / "t.png"
+    assert main(["sample", "--model-file", model_file, "--n", "4", "--steps", "2",
+                 "--temperatures", "3", "--probabilities", "--out", str(tempered)]) == 0
+    assert tempered.stat().st_size > 0 and "4 samples after 2 sweeps" in capsys.readouterr().out
+    assert main(["sample", "--model-file", model_file, "--temperatures", "0"]) == 2
+    capsys.readouterr()
     assert main(["evaluate", "--model-file", model_file, "--max-images", "30", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["split"] == "test" and report["n_images"] == 30
