@@ -53,6 +53,15 @@ PRESETS = {
     "r-1x500": (RoutedCapsuleRBM, dict(n_capsules=1, capsule_dim=500, n_chains=500, momentum=0.5)),
     "r-2x250": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, n_chains=500, momentum=0.5)),
     "r-10x50": (RoutedCapsuleRBM, dict(n_capsules=10, capsule_dim=50, n_chains=500, momentum=0.5)),
+    # The RBM-long recipe's chain count (100 chains, one per batch image) at its epoch count:
+    # 500 chains cost about 3 times as much per update as the data term, so 100 chains buy
+    # about 3 times the epochs in the same time. Run with --epochs 100.
+    "r-2x250-c100": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, n_chains=100, momentum=0.5)),
+    # Its control: one capsule of 500 units, i.e. the RBM-500 (sec. 4), under the same recipe.
+    "r-1x500-c100": (RoutedCapsuleRBM, dict(n_capsules=1, capsule_dim=500, n_chains=100, momentum=0.5)),
+    # The same with 2x2 patches (I = 196, d_v = 4): finer routing, same 392,000 weights.
+    "r-2x250-p2-c100": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, patch=2, n_chains=100,
+                                               momentum=0.5)),
     "p": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, sampler="mh")),
     "p-reconstruct": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, sampler="reconstruct")),
     # Model G (docs/MODEL_G.md): at learning rates >= 0.05 its training diverged
