@@ -34,8 +34,10 @@ def default_temperatures(n_temperatures):
     """``n_temperatures`` inverse temperatures spaced evenly from 0 to 1.
 
     Even spacing balanced the swap rates best of the three spacings tried on a Model R of
-    MNIST (even in beta, in beta^2 or in sqrt(beta)): the rate of a pair falls with the square
-    of its gap times the spread of the energy, which grows along the path.
+    MNIST (even in beta, in beta^2 or in sqrt(beta); lesson 12). A pair's rate is about
+    ``erfc(gap * sigma / 2)``, with sigma the spread of ``d log f / d beta`` along the path; on
+    that model sigma was about as large at the hot end (the visible biases move) as at the
+    cold end (the weights), so neither end deserves denser temperatures.
 
     Returns
     -------
