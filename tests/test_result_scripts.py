@@ -1,0 +1,51 @@
+"""The scripts of docs/results run on a small saved model and report what they promise."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from capsnp.datasets import binarize, load_dataset
+from capsnp.estimators import RoutedCapsuleRBM
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def saved_r(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("results")
+    X, _ = load_dataset("embedded", "train")
+    V = binarize(X[:400], "stochastic", random_state=0)
+    RoutedCapsuleRBM(2, 6, n_iter=2, n_chains=50, momentum=0.5, random_state=0).fit(V).save(
+        folder / "tiny_model.npz")
+    return folder
+
+
+def test_routing_usage(saved_r, capsys):
+    _script("routing_usage").main("tiny", "embedded", 60, saved_r)
+    report = json.loads(capsys.readouterr().out)
+    assert report["capsules"] == 2 and report["images"] == 60
+    assert 0.0 <= report["blank_patch_share"] < 1.0
+    assert 0.5 <= report["decisiveness_on_patches_with_ink"] <= 1.0  # max of 2 probabilities
+    assert 0.5 <= report["image_purity"] <= 1.0
+    shares = np.array(list(report["class_share"].values()))  # (classes, J)
+    np.testing.assert_allclose(shares.sum(axis=1), 1.0, atol=2e-3)  # rounded to 3 digits
+    assert (saved_r / "tiny_routing.png").stat().st_size > 0
+
+
+def test_tempered_samples(saved_r, capsys):
+    _script("tempered_samples").main("tiny", "embedded", 3, 2, saved_r)
+    report = json.loads(capsys.readouterr().out)
+    assert report["temperatures"] == 3 and len(report["swap_rates"]) == 2
+    assert all(0.0 <= r <= 1.0 for r in report["swap_rates"])
+    assert report["min_swap_rate"] == min(report["swap_rates"])
+    assert (saved_r / "tiny_tempered.png").stat().st_size > 0
