@@ -27,6 +27,7 @@ def saved_r(tmp_path_factory):
     V = binarize(X[:400], "stochastic", random_state=0)
     RoutedCapsuleRBM(2, 6, n_iter=2, n_chains=50, momentum=0.5, random_state=0).fit(V).save(
         folder / "tiny_model.npz")
+    (folder / "tiny.json").write_text(json.dumps({"test_log_likelihood": -150.0}))
     return folder
 
 
@@ -50,3 +51,11 @@ def test_tempered_samples(saved_r, capsys):
     assert all(0.0 <= r <= 1.0 for r in report["swap_rates"])
     assert report["min_swap_rate"] == min(report["swap_rates"])
     assert (saved_r / "tiny_tempered.png").stat().st_size > 0
+
+
+def test_pruned_likelihood(saved_r, capsys):
+    _script("pruned_likelihood").main("tiny", "embedded", 0.3, saved_r, n_ais_runs=4, fast=True)
+    report = json.loads(capsys.readouterr().out)
+    assert 0.0 <= report["pruned_weight_share"] <= 0.5
+    assert np.isfinite(report["log_z"]) and np.isfinite(report["test_log_likelihood"])
+    assert report["unpruned_test_log_likelihood"] == -150.0
