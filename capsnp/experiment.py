@@ -59,6 +59,9 @@ PRESETS = {
     "r-2x250-c100": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, n_chains=100, momentum=0.5)),
     # Its control: one capsule of 500 units, i.e. the RBM-500 (sec. 4), under the same recipe.
     "r-1x500-c100": (RoutedCapsuleRBM, dict(n_capsules=1, capsule_dim=500, n_chains=100, momentum=0.5)),
+    # The RBM-250 (half the weights) under the same recipe: what one capsule of the J = 2 model
+    # is worth alone (its routing sends 80 to 95% of the ink patches to one capsule).
+    "r-1x250-c100": (RoutedCapsuleRBM, dict(n_capsules=1, capsule_dim=250, n_chains=100, momentum=0.5)),
     # The same with 2x2 patches (I = 196, d_v = 4): finer routing, same 392,000 weights.
     "r-2x250-p2-c100": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, patch=2, n_chains=100,
                                                momentum=0.5)),
