@@ -40,7 +40,7 @@ def test_routing_usage(saved_r, capsys):
     assert 0.5 <= report["image_purity"] <= 1.0
     shares = np.array(list(report["class_share"].values()))  # (classes, J)
     np.testing.assert_allclose(shares.sum(axis=1), 1.0, atol=2e-3)  # rounded to 3 digits
-    assert 0.0 <= report["unused_weight_share"] <= 0.5  # with 2 capsules one of each pair gets >= 50%
+    assert 0.0 <= report["no_data_weight_share"] <= 0.5  # with 2 capsules one of each pair gets >= 50%
     assert (saved_r / "tiny_routing.png").stat().st_size > 0
 
 

@@ -1,4 +1,4 @@
-"""Are the weights that routing leaves unused really unused? Prune them and measure again.
+"""What are the weights worth that get no data statistic under routing? Prune them and measure.
 
 Loads ``<folder>/<name>_model.npz`` of Model R (default folder ``docs/results/<dataset>``),
 sets to zero every W_ij whose pair (position i, capsule j) receives fewer than ``threshold`` of
@@ -43,15 +43,15 @@ def main(name, dataset="mnist", threshold=0.01, folder=None, n_ais_runs=100, fas
     J = c.shape[2]
     onehot = (c.argmax(axis=2)[..., None] == np.arange(J)) & ink[..., None]  # (n, I, J)
     share = onehot.sum(axis=0) / np.maximum(ink.sum(axis=0), 1)[:, None]  # (I, J)
-    unused = (share < threshold) & ink.any(axis=0)[:, None]  # (I, J), positions with ink only
-    est.W_ = np.where(unused[:, :, None, None], 0.0, est.W_)  # (I, J, d_h, d_v)
+    no_data = (share < threshold) & ink.any(axis=0)[:, None]  # (I, J), positions with ink only
+    est.W_ = np.where(no_data[:, :, None, None], 0.0, est.W_)  # (I, J, d_h, d_v)
     base = to_capsules(V_train.mean(axis=0)[None], est.image_shape_, est.patch_)[0]  # (I, d_v)
     t0 = time.perf_counter()
     res = ais_log_partition(est, n_runs=int(n_ais_runs), betas=default_betas(fast=bool(fast)),
                             random_state=0, base_rate=base)
     ll, _ = test_log_likelihood(est, V_test, res.log_z, np.random.default_rng(0))
     print(json.dumps({"model": name, "dataset": dataset, "threshold": threshold,
-                      "pruned_weight_share": round(float(unused.mean()), 4),
+                      "pruned_weight_share": round(float(no_data.mean()), 4),
                       "log_z": res.log_z, "log_z_std_error": res.std_error,
                       "test_log_likelihood": float(np.mean(ll)),
                       "unpruned_test_log_likelihood": row["test_log_likelihood"],

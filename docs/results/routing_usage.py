@@ -13,11 +13,13 @@ one JSON line:
   near 1/J: the patches of an image split between capsules);
 * ``images_with_all_ink_in_one_capsule``: the share of images with purity 1;
 * ``class_share``: per digit or garment class, the share of its patches routed to each capsule;
-* ``unused_weight_share``: among the positions where some image has ink, the share of the
+* ``no_data_weight_share``: among the positions where some image has ink, the share of the
   weights W_ij whose pair (child position i, capsule j) receives fewer than 1% of the ink
-  patches at position i (``positions_without_ink`` counts the others). The data statistic of W_ij is
-  ``c_ij mu_j v_i^T`` (4.8), so such weights learn almost nothing from the data: routing that
-  follows position rather than content leaves them unused;
+  patches at position i (``positions_without_ink`` counts the others). The data statistic of
+  W_ij is ``c_ij mu_j v_i^T`` (4.8), so such weights learn (almost) only from the chains: with
+  routing that follows position rather than content, what they learn is to keep capsule j from
+  drawing ink at position i when a chain routes a patch there (``pruned_likelihood.py``
+  measures what they are worth);
 
 and writes ``<name>_routing.png``: per capsule, the share of the patches at each position that
 are routed to it.
@@ -70,7 +72,7 @@ def main(name, dataset="mnist", n=2000, folder=None):
         "class_share": classes,
         "positions_without_ink": int((ink.sum(axis=0) == 0).sum()),
         # every W_ij has d_h * d_v entries, so a share of pairs is a share of weights
-        "unused_weight_share": round(float((position[ink.any(axis=0)] < 0.01).mean()), 4),
+        "no_data_weight_share": round(float((position[ink.any(axis=0)] < 0.01).mean()), 4),
     }
     print(json.dumps(report), flush=True)
     # one 28x28 map per capsule: the share of each position's patches routed to it
