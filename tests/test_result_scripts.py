@@ -59,3 +59,12 @@ def test_pruned_likelihood(saved_r, capsys):
     assert 0.0 <= report["pruned_weight_share"] <= 0.5
     assert np.isfinite(report["log_z"]) and np.isfinite(report["test_log_likelihood"])
     assert report["unpruned_test_log_likelihood"] == -150.0
+
+
+def test_sample_diversity(saved_r, capsys):
+    _script("sample_diversity").main("tiny", "embedded", 2, saved_r, n_reader=1000)
+    report = json.loads(capsys.readouterr().out)
+    assert sum(report["class_counts"]) == 100 and len(report["class_counts"]) == 10
+    assert 0.0 <= report["class_entropy"] <= 1.0 and 0.0 <= report["confident_share"] <= 1.0
+    assert report["classes_with_3_or_more"] == sum(c >= 3 for c in report["class_counts"])
+    assert report["classifier_test_accuracy"] > 0.5
