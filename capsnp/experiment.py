@@ -62,6 +62,10 @@ PRESETS = {
     # The RBM-250 (half the weights) under the same recipe: what one capsule of the J = 2 model
     # is worth alone (its routing sends 80 to 95% of the ink patches to one capsule).
     "r-1x250-c100": (RoutedCapsuleRBM, dict(n_capsules=1, capsule_dim=250, n_chains=100, momentum=0.5)),
+    # With learned prior routing logits beta: a blank patch's routing posterior is softmax(beta)
+    # (4.3), so the prior is what routes the two thirds of the patches that have no ink.
+    "r-2x250-c100-prior": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, n_chains=100,
+                                                  momentum=0.5, learn_prior=True)),
     # The same with 2x2 patches (I = 196, d_v = 4): finer routing, same 392,000 weights.
     "r-2x250-p2-c100": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, patch=2, n_chains=100,
                                                momentum=0.5)),
