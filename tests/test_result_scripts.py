@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from capsnp.datasets import binarize, load_dataset
 from capsnp.estimators import RoutedCapsuleRBM
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+sys.path.insert(0, str(SCRIPTS))  # as when a script runs: pruned_likelihood imports routing_usage
 
 
 def _script(name):

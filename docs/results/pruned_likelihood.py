@@ -18,13 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from capsnp import kernels
 from capsnp.ais import ais_log_partition, default_betas
 from capsnp.capsules import to_capsules
 from capsnp.datasets import binarize, load_dataset
 from capsnp.estimators import load_estimator
 from capsnp.experiment import test_log_likelihood
-from capsnp.params import RParams
+from routing_usage import routed_ink  # beside this script
 
 
 def main(name, dataset="mnist", threshold=0.01, folder=None, n_ais_runs=100, fast=False):
@@ -36,13 +35,8 @@ def main(name, dataset="mnist", threshold=0.01, folder=None, n_ais_runs=100, fas
     X_test, _ = load_dataset(dataset, "test")
     V_train = binarize(X_train, "stochastic", random_state=0)  # the experiment's binarisations
     V_test = binarize(X_test, "stochastic", random_state=1)
-    params = RParams(est.W_, est.alpha_, est.gamma_, est.beta_)
     v = to_capsules(V_train[:10000], est.image_shape_, est.patch_)  # (n, I, d_v)
-    c, _, _ = kernels.model_r.mean_field(params, v, tol=est.routing_tol, max_iter=est.max_routing)
-    ink = v.sum(axis=2) > 0  # (n, I)
-    J = c.shape[2]
-    onehot = (c.argmax(axis=2)[..., None] == np.arange(J)) & ink[..., None]  # (n, I, J)
-    share = onehot.sum(axis=0) / np.maximum(ink.sum(axis=0), 1)[:, None]  # (I, J)
+    _, _, ink, _, share = routed_ink(est, v)  # share: (I, J)
     no_data = (share < threshold) & ink.any(axis=0)[:, None]  # (I, J), positions with ink only
     est.W_ = np.where(no_data[:, :, None, None], 0.0, est.W_)  # (I, J, d_h, d_v)
     base = to_capsules(V_train.mean(axis=0)[None], est.image_shape_, est.patch_)[0]  # (I, d_v)

@@ -41,6 +41,27 @@ from capsnp.params import RParams
 from capsnp.plots import image_grid
 
 
+def routed_ink(est, v):
+    """Mean-field routing (4.6) of ``v`` (n, I, d_v) by a fitted Model R, counted on ink patches.
+
+    A patch with no pixel on has zero predictions: its routing posterior is softmax(beta)
+    whatever h is (4.3), so only patches with ink say how routing is used.
+
+    Returns
+    -------
+    c (n, I, J), mean-field iterations (n,), ink (n, I) bool, onehot (n, I, J) bool (each ink
+    patch at the capsule of its largest c_ij), position (I, J): per position, the share of its
+    ink patches routed to each capsule.
+    """
+    params = RParams(est.W_, est.alpha_, est.gamma_, est.beta_)
+    c, _, iterations = kernels.model_r.mean_field(params, v, tol=est.routing_tol,
+                                                  max_iter=est.max_routing)  # (n, I, J)
+    ink = v.sum(axis=2) > 0  # (n, I)
+    onehot = (c.argmax(axis=2)[..., None] == np.arange(c.shape[2])) & ink[..., None]  # (n, I, J)
+    position = onehot.sum(axis=0) / np.maximum(ink.sum(axis=0), 1)[:, None]  # (I, J)
+    return c, iterations, ink, onehot, position
+
+
 def main(name, dataset="mnist", n=2000, folder=None):
     n = int(n)
     folder = Path(folder or Path("docs/results") / dataset)
@@ -49,17 +70,9 @@ def main(name, dataset="mnist", n=2000, folder=None):
     V = binarize(X[:n], "stochastic", random_state=1)  # the experiment's test binarisation
     y = np.asarray(y[:n])
     v = to_capsules(V, est.image_shape_, est.patch_)  # (n, I, d_v)
-    params = RParams(est.W_, est.alpha_, est.gamma_, est.beta_)
-    c, _, iterations = kernels.model_r.mean_field(params, v, tol=est.routing_tol,
-                                                  max_iter=est.max_routing)  # (n, I, J)
-    I, J = c.shape[1:]
-    # A patch with no pixel on has zero predictions: its routing posterior is softmax(beta)
-    # whatever h is (4.3), so only patches with ink say how routing is used.
-    ink = v.sum(axis=2) > 0  # (n, I)
-    winner = c.argmax(axis=2)  # (n, I)
-    onehot = (winner[..., None] == np.arange(J)) & ink[..., None]  # (n, I, J), ink patches only
+    c, iterations, ink, onehot, position = routed_ink(est, v)
+    J = c.shape[2]
     per_image = onehot.sum(axis=1) / np.maximum(ink.sum(axis=1), 1)[:, None]  # (n, J)
-    position = onehot.sum(axis=0) / np.maximum(ink.sum(axis=0), 1)[:, None]  # (I, J)
     classes = {int(k): [round(float(x), 3) for x in onehot[y == k].sum(axis=(0, 1)) / ink[y == k].sum()]
                for k in np.unique(y)}
     report = {
