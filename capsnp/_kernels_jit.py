@@ -862,10 +862,10 @@ def _r_posterior(beta, u, h, logits, out):
 _r_posterior = _jit(_r_posterior)
 
 
-def r_mean_field(start, stop, gamma, beta, c0, u, tol, max_iter, damping, c_out, mu_out, n_out):
+def r_mean_field(start, stop, gamma, prior, c0, u, tol, max_iter, damping, c_out, mu_out, n_out):
     """(4.6) mean-field routing of images b in [start, stop), each stopping on its own.
 
-    From ``c = softmax(beta)``: ``mu = sigmoid(gamma + s(c))``, ``c_new = softmax(beta + u . mu)``,
+    From ``c = softmax(b)``: ``mu = sigmoid(gamma + s(c))``, ``c_new = softmax(b + u . mu)``,
     ``c <- (1 - damping) c_new + damping c``; stop after the update whose
     ``max |c_new - c| < tol`` (n_out = that update's number) or after ``max_iter`` updates.
     ``mu_out`` is recomputed from the returned c.
@@ -873,7 +873,8 @@ def r_mean_field(start, stop, gamma, beta, c0, u, tol, max_iter, damping, c_out,
     Parameters
     ----------
     start, stop : int, range of images
-    gamma (J, d_h), beta (I, J), c0 = softmax(beta) (I, J), u (B, I, J, d_h) predictions
+    gamma (J, d_h), prior (B, I, J) prior routing logits b(v) (4b.3; beta for every image without
+    assignment biases), c0 = softmax(prior) (B, I, J), u (B, I, J, d_h) predictions (4b.2)
     c_out (B, I, J), mu_out (B, J, d_h), n_out (B,) int64 : out
     """
     B, I, J, d_h = u.shape
@@ -885,11 +886,11 @@ def r_mean_field(start, stop, gamma, beta, c0, u, tol, max_iter, damping, c_out,
     for b in range(start, stop):
         ub = u[b]  # (I, J, d_h)
         c = c_out[b]  # (I, J), updated in place
-        _copy_2d(c0, c)
+        _copy_2d(c0[b], c)
         n_out[b] = max_iter
         for t in range(1, max_iter + 1):
             _r_mean_mu(gamma, ub, c, mu)
-            _r_posterior(beta, ub, mu, logits, c_new)
+            _r_posterior(prior[b], ub, mu, logits, c_new)
             delta = dt.type(0)  # max |c_new - c|, the undamped change
             for i in range(I):
                 for j in range(J):
@@ -906,7 +907,7 @@ def r_mean_field(start, stop, gamma, beta, c0, u, tol, max_iter, damping, c_out,
 r_mean_field = _jit(r_mean_field)
 
 
-def r_gibbs_sweep(start, stop, W, alpha, gamma, beta, u, a, u_h, u_a, u_v, v_out, h_out, a_out, resp_out):
+def r_gibbs_sweep(start, stop, W, alpha, gamma, prior, u, a, u_h, u_a, u_v, v_out, h_out, a_out, resp_out):
     """(4.7) one 3-block Gibbs sweep of chains b in [start, stop).
 
     ``h ~ U(v, a)`` (4.4) from u_h (B, J, d_h); ``a_new ~ R(v, h)`` (4.3) by inverse CDF from
@@ -917,8 +918,10 @@ def r_gibbs_sweep(start, stop, W, alpha, gamma, beta, u, a, u_h, u_a, u_v, v_out
     Parameters
     ----------
     start, stop : int, range of chains
-    W, alpha, gamma, beta : Model R parameters
-    u : (B, I, J, d_h) predictions of the current v; a : (B, I) int64 current assignments
+    W (I, J, d_h, d_v), gamma (J, d_h) : Model R parameters
+    alpha : (I, J, d_v) visible biases of child i under parent j, ``alpha_i + A_ij`` (4b.4)
+    prior : (B, I, J) prior routing logits of the current v, ``b(v) = beta + A . v`` (4b.3)
+    u : (B, I, J, d_h) predictions of the current v (4b.2); a : (B, I) int64 current assignments
     v_out (B, I, d_v), h_out (B, J, d_h), a_out (B, I) int64, resp_out (B, I, J) : out
     """
     I, J, d_h, d_v = W.shape
@@ -942,8 +945,8 @@ def r_gibbs_sweep(start, stop, W, alpha, gamma, beta, u, a, u_h, u_a, u_v, v_out
         for j in range(J):
             for k in range(d_h):
                 h[j, k] = 1.0 if u_h[b, j, k] < _sigmoid(gamma[j, k] + x[j, k]) else 0.0
-        # R (4.3): resp = softmax_j(beta_ij + u_ij . h_j); a_i by inverse CDF over parents
-        _r_posterior(beta, ub, h, logits, resp)
+        # R (4.3): resp = softmax_j(b_ij + u_ij . h_j); a_i by inverse CDF over parents
+        _r_posterior(prior[b], ub, h, logits, resp)
         for i in range(I):
             acc = dt.type(0)
             for j in range(J):
@@ -954,7 +957,7 @@ def r_gibbs_sweep(start, stop, W, alpha, gamma, beta, u, a, u_h, u_a, u_v, v_out
                 if cum[j] / cum[J - 1] <= u_a[b, i]:
                     n += 1
             a_out[b, i] = n
-        # D (4.5): v_il ~ sigmoid(alpha_il + (W_{i a_i}^T h_{a_i})_l)
+        # D (4.5, 4b.4): v_il ~ sigmoid(alpha_{i a_i l} + (W_{i a_i}^T h_{a_i})_l)
         for i in range(I):
             j = a_out[b, i]
             for l in range(d_v):
@@ -964,7 +967,7 @@ def r_gibbs_sweep(start, stop, W, alpha, gamma, beta, u, a, u_h, u_a, u_v, v_out
                 for l in range(d_v):
                     t[l] += W[i, j, k, l] * hk
             for l in range(d_v):
-                v_out[b, i, l] = 1.0 if u_v[b, i, l] < _sigmoid(alpha[i, l] + t[l]) else 0.0
+                v_out[b, i, l] = 1.0 if u_v[b, i, l] < _sigmoid(alpha[i, j, l] + t[l]) else 0.0
 
 
 r_gibbs_sweep = _jit(r_gibbs_sweep)

@@ -18,7 +18,7 @@ import numpy as np
 from . import _kernels_jit as _jit
 from . import model_r as _ref
 from .ops import softmax
-from .params import RParams
+
 
 __all__ = ["mean_field", "gibbs_sweep", "data_statistics", "model_statistics"]
 
@@ -30,6 +30,19 @@ def __getattr__(name):
     return getattr(_ref, name)
 
 
+def _inputs(params, v, dt):
+    """Predictions (4b.2) and prior routing logits (4b.3) of a batch, C-contiguous in ``dt``.
+
+    Returns u (B, I, J, d_h) ``= W v (+ C)`` and prior (B, I, J) ``= beta (+ A . v)``.
+    """
+    u = _jit.batch_predictions(_jit.as_c(params.W, dt), v)  # (B, I, J, d_h)
+    C, _ = _ref.assignment_biases(params)
+    if C is not None:
+        u += _jit.as_c(C, dt)  # (B, I, J, d_h)
+    prior = _jit.as_c(_ref.prior_logits(params, v), dt)  # (B, I, J)
+    return u, prior
+
+
 def mean_field(params, v, tol=1e-3, max_iter=30, damping=0.0):
     """Mean-field routing (4.6) with per-image stopping; twin of :func:`capsnp.model_r.mean_field`.
 
@@ -39,7 +52,7 @@ def mean_field(params, v, tol=1e-3, max_iter=30, damping=0.0):
 
     Parameters
     ----------
-    params : RParams
+    params : RParams or RBParams
     v : ndarray of shape (B, I, d_v)
     tol : float
     max_iter : int
@@ -54,15 +67,15 @@ def mean_field(params, v, tol=1e-3, max_iter=30, damping=0.0):
     dt = _jit.kernel_dtype(params.W, v)
     if dt is None:
         return _ref.mean_field(params, v, tol=tol, max_iter=max_iter, damping=damping)
-    W, gamma, beta, v = (_jit.as_c(x, dt) for x in (params.W, params.gamma, params.beta, v))
+    gamma, v = (_jit.as_c(x, dt) for x in (params.gamma, v))
     B = v.shape[0]
-    I, J, d_h = W.shape[:3]
-    u = _jit.batch_predictions(W, v)  # (B, I, J, d_h)
-    c0 = softmax(beta, axis=-1)  # (I, J), the starting point of every image
+    I, J, d_h = params.W.shape[:3]
+    u, prior = _inputs(params, v, dt)  # (B, I, J, d_h), (B, I, J)
+    c0 = softmax(prior, axis=-1)  # (B, I, J), the routing at h = 0: each image's starting point
     c = np.empty((B, I, J), dtype=dt)
     mu = np.empty((B, J, d_h), dtype=dt)
     n_iter = np.empty(B, dtype=np.int64)
-    _jit.run_chunks(_jit.r_mean_field, B, gamma, beta, c0, u, float(tol), int(max_iter), float(damping),
+    _jit.run_chunks(_jit.r_mean_field, B, gamma, prior, c0, u, float(tol), int(max_iter), float(damping),
                     c, mu, n_iter)
     return c, mu, n_iter
 
@@ -75,7 +88,7 @@ def gibbs_sweep(params, v, a, rng):
 
     Parameters
     ----------
-    params : RParams
+    params : RParams or RBParams
     v : ndarray of shape (B, I, d_v), binary
     a : ndarray of int, shape (B, I), values in 0..J-1
     rng : np.random.Generator
@@ -90,8 +103,10 @@ def gibbs_sweep(params, v, a, rng):
     dt = _jit.kernel_dtype(params.W, v)
     if dt is None:
         return _ref.gibbs_sweep(params, v, a, rng)
-    W, alpha, gamma, beta, v = (_jit.as_c(x, dt) for x in (params.W, params.alpha, params.gamma,
-                                                             params.beta, v))
+    W, gamma, v = (_jit.as_c(x, dt) for x in (params.W, params.gamma, v))
+    _, A = _ref.assignment_biases(params)
+    alpha = params.alpha[:, None, :] if A is None else params.alpha[:, None, :] + A
+    alpha = _jit.as_c(np.broadcast_to(alpha, W.shape[:2] + W.shape[3:]), dt)  # (I, J, d_v) (4b.4)
     B, I, d_v = v.shape
     J, d_h = W.shape[1], W.shape[2]
     a = np.ascontiguousarray(a, dtype=np.int64)
@@ -106,8 +121,8 @@ def gibbs_sweep(params, v, a, rng):
     h = np.empty((B, J, d_h), dtype=dt)
     a_new = np.empty((B, I), dtype=np.int64)
     resp = np.empty((B, I, J), dtype=dt)
-    u = _jit.batch_predictions(W, v)  # (B, I, J, d_h)
-    _jit.run_chunks(_jit.r_gibbs_sweep, B, W, alpha, gamma, beta, u, a, u_h, u_a, u_v, v_new, h, a_new, resp)
+    u, prior = _inputs(params, v, dt)  # (B, I, J, d_h), (B, I, J)
+    _jit.run_chunks(_jit.r_gibbs_sweep, B, W, alpha, gamma, prior, u, a, u_h, u_a, u_v, v_new, h, a_new, resp)
     return v_new, h, a_new, resp
 
 
@@ -119,7 +134,7 @@ def data_statistics(params, v, c, mu, weights=None):
 
     Parameters
     ----------
-    params : RParams (used for the dtype)
+    params : RParams or RBParams (its type and dtype are used)
     v : ndarray of shape (B, I, d_v)
     c : ndarray of shape (B, I, J)
     mu : ndarray of shape (B, J, d_h)
@@ -127,7 +142,7 @@ def data_statistics(params, v, c, mu, weights=None):
 
     Returns
     -------
-    RParams of W (I, J, d_h, d_v), alpha (I, d_v), gamma (J, d_h), beta (I, J)
+    the type of params: W (I, J, d_h, d_v), alpha (I, d_v), gamma (J, d_h), beta (I, J) (+ C, A)
     """
     dt = _jit.kernel_dtype(params.W, v, c, mu)
     if dt is None:
@@ -141,7 +156,8 @@ def data_statistics(params, v, c, mu, weights=None):
     d_beta = np.empty((I, J), dtype=dt)
     _jit.run_chunks(_jit.r_statistics, I, w, v, c, mu, dW, d_alpha, d_beta)
     d_gamma = np.einsum("b,bjk->jk", w, mu)  # (J, d_h), small
-    return RParams(W=dW, alpha=d_alpha, gamma=d_gamma, beta=d_beta)
+    return type(params)(W=dW, alpha=d_alpha, gamma=d_gamma, beta=d_beta,
+                   **_ref.bias_statistics(params, v, c, mu, w))  # C, A (4b.5): small einsums
 
 
 def model_statistics(params, v, h, resp, weights=None):
@@ -149,7 +165,7 @@ def model_statistics(params, v, h, resp, weights=None):
 
     Parameters
     ----------
-    params : RParams (used for the dtype)
+    params : RParams or RBParams (its type and dtype are used)
     v : ndarray of shape (B, I, d_v)
     h : ndarray of shape (B, J, d_h)
     resp : ndarray of shape (B, I, J), ``p(a | v, h)`` at this (v, h)
@@ -157,6 +173,6 @@ def model_statistics(params, v, h, resp, weights=None):
 
     Returns
     -------
-    RParams of W (I, J, d_h, d_v), alpha (I, d_v), gamma (J, d_h), beta (I, J)
+    the type of params: W (I, J, d_h, d_v), alpha (I, d_v), gamma (J, d_h), beta (I, J) (+ C, A)
     """
     return data_statistics(params, v, resp, h, weights)  # same algebra with c -> resp, mu -> h

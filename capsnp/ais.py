@@ -29,7 +29,7 @@ from scipy.special import logsumexp
 from . import kernels
 from . import model_p as _model_p_ref
 from .ops import sigmoid, softplus
-from .params import GParams, PParams, RBMParams, RParams, SParams
+from .params import GParams, PParams, RBMParams, RBParams, RParams, SParams
 
 __all__ = ["AISResult", "AnnealingPath", "default_betas", "ais", "ais_log_partition", "annealing_path",
            "base_log_odds"]
@@ -201,8 +201,10 @@ def _path_p(params, alpha0, n_iter, model_p):
 
 
 def _path_r(params, alpha0, model_r):
-    base = RParams(np.zeros_like(params.W), alpha0, params.gamma, params.beta)
-    # W = 0: v, h and a are independent; the sum over a gives logsumexp_j beta_ij per child.
+    # the base keeps gamma and beta; W and the assignment biases C, A of RBParams (4b.1) are 0
+    base = params._replace(W=np.zeros_like(params.W), alpha=alpha0,
+                           **{k: np.zeros_like(getattr(params, k)) for k in ("C", "A") if k in params._fields})
+    # W = C = A = 0: v, h and a are independent; the sum over a gives logsumexp_j beta_ij per child.
     log_z_base = float(softplus(alpha0).sum() + softplus(params.gamma).sum() + logsumexp(params.beta, axis=1).sum())
     I, J = params.beta.shape
 
@@ -226,7 +228,7 @@ def _path_r(params, alpha0, model_r):
 
 def _as_params(model):
     """(params, kind, n_iter) from a params container or a fitted estimator."""
-    if isinstance(model, (PParams, GParams, SParams, RParams, RBMParams)):
+    if isinstance(model, (PParams, GParams, SParams, RParams, RBParams, RBMParams)):
         params = model
     elif hasattr(model, "components_"):
         params = RBMParams(np.asarray(model.components_, np.float64).T,
@@ -236,7 +238,8 @@ def _as_params(model):
         kind = _model_p_ref.PARAMS_TYPES[getattr(model, "expert", "squash")]
         params = kind(*(np.asarray(getattr(model, k + "_"), np.float64) for k in kind._fields))
     elif hasattr(model, "gamma_"):
-        params = RParams(*(np.asarray(getattr(model, k + "_"), np.float64) for k in RParams._fields))
+        kind = RBParams if getattr(model, "C_", None) is not None else RParams
+        params = kind(*(np.asarray(getattr(model, k + "_"), np.float64) for k in kind._fields))
     else:
         raise TypeError(f"cannot evaluate an object of type {type(model).__name__}: expected a fitted "
                         "capsnp estimator or a PParams/GParams/SParams/RParams/RBMParams container")

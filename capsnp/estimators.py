@@ -62,7 +62,8 @@ from .capsules import capsule_layout, from_capsules, predictions, to_capsules
 from .io import load_model, remove_temporary_files, save_model
 from .ops import sigmoid, softplus
 from .model_p import PARAMS_TYPES as _P_PARAMS_TYPES
-from .params import PParams, RBMParams, RParams
+from . import model_r as _model_r_ref
+from .params import PParams, RBMParams, RBParams, RParams
 from .ais import annealing_path
 from .tempering import default_temperatures, parallel_tempering
 from .training import Objective, TrainingState, initial_state, run_epochs
@@ -956,7 +957,7 @@ class _CapsuleEstimator(_EnergyEstimator):
         """Shapes of the fitted parameter attributes for the current layout."""
         (I, d_v), J, d_h = self._layout_shape(), int(self.n_capsules), int(self.capsule_dim)
         shapes = {"W_": (I, J, d_h, d_v), "alpha_": (I, d_v), "beta_": (I, J), "rho_": (J,),
-                  "gamma_": (J, d_h), "m_": (J, d_h)}
+                  "gamma_": (J, d_h), "m_": (J, d_h), "C_": (I, J, d_h), "A_": (I, J, d_v)}
         return {name: shapes[name] for name in self._param_attributes}
 
     def _to_layout(self, X):
@@ -1356,11 +1357,12 @@ def mean_field_elbo(params, v, c):
     -------
     ndarray of shape (B,)
     """
-    u_hat = predictions(params.W, v)  # (B, I, J, d_h)
+    u_hat = _model_r_ref.prediction(params, v)  # (B, I, J, d_h), W v + C with biases (4b.2)
     s = np.einsum("bij,bijk->bjk", c, u_hat, optimize=True)  # (B, J, d_h)
     with np.errstate(divide="ignore", invalid="ignore"):
         c_log_c = np.where(c > 0, c * np.log(c), 0.0)  # (B, I, J), 0 log 0 = 0
-    routing = np.sum(c * params.beta - c_log_c, axis=(1, 2))  # (B,)
+    prior = _model_r_ref.prior_logits(params, v)  # (B, I, J), beta + A.v with biases (4b.3)
+    routing = np.sum(c * prior - c_log_c, axis=(1, 2))  # (B,)
     hidden = np.sum(softplus(params.gamma + s), axis=(1, 2))  # (B,)
     return (np.sum(params.alpha * v, axis=(1, 2)) + routing + hidden).astype(v.dtype)
 
@@ -1409,6 +1411,12 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
     init_scale : float, default=0.01
     learn_prior : bool, default=False
         Learn the prior routing logits beta.
+    assignment_biases : bool, default=False
+        Add and learn the assignment biases of docs/MODEL_RB.md (4b.1): prediction biases
+        ``C_ij`` (I, J, d_h), ``u_hat_{j|i} = W_ij v_i + C_ij``, and visible biases ``A_ij``
+        (I, J, d_v) of child i when parent j explains it. They are what a centred Model R
+        needs, and they let a patch with no pixel on carry routing information. Both start at
+        zero; weight decay does not apply to them.
     dtype : float64 or float32, default=np.float64
         Dtype of data and parameters throughout. Input of any real dtype is converted to it,
         so with float32 every fitted array, transform, score and sample is float32. A float32
@@ -1440,6 +1448,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
     alpha_ : ndarray of shape (I, d_v)
     gamma_ : ndarray of shape (J, d_h)
     beta_ : ndarray of shape (I, J)
+    C_, A_ : ndarrays of shape (I, J, d_h) and (I, J, d_v), only with ``assignment_biases``
     n_features_in_, image_shape_, patch_, n_visible_capsules_, visible_capsule_dim_
     persistent_chains_ : ndarray of shape (n_chains, n_features) or None
         Visible states of the chains (their routing states are kept internally).
@@ -1450,16 +1459,21 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
     n_iter_ : int
     """
 
-    _param_attributes = ("W_", "alpha_", "gamma_", "beta_")
     _params_type = RParams
+
+    @property
+    def _param_attributes(self):
+        """Fitted parameter attributes: ``assignment_biases`` adds ``C_`` and ``A_`` (4b.1)."""
+        base = ("W_", "alpha_", "gamma_", "beta_")
+        return base + ("C_", "A_") if self.assignment_biases else base
 
     def __init__(self, n_capsules=16, capsule_dim=8, *, image_shape=None, patch=4,
                  routing_tol=1e-3, max_routing=30, cd_k=1, persistent=True, n_chains=None,
                  chain_init="data", learning_rate=0.05, lr_schedule="linear",
                  lr_final_ratio=0.04, momentum=0.9, weight_decay=1e-4, batch_size=100,
-                 n_iter=10, init_scale=0.01, learn_prior=False, dtype=np.float64,
-                 random_state=None, verbose=0, monitor_fraction=0.05, checkpoint_path=None,
-                 checkpoint_every=1, resume=False, backend="numba"):
+                 n_iter=10, init_scale=0.01, learn_prior=False, assignment_biases=False,
+                 dtype=np.float64, random_state=None, verbose=0, monitor_fraction=0.05,
+                 checkpoint_path=None, checkpoint_every=1, resume=False, backend="numba"):
         self.n_capsules = n_capsules
         self.capsule_dim = capsule_dim
         self.image_shape = image_shape
@@ -1479,6 +1493,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         self.n_iter = n_iter
         self.init_scale = init_scale
         self.learn_prior = learn_prior
+        self.assignment_biases = assignment_biases
         self.dtype = dtype
         self.random_state = random_state
         self.verbose = verbose
@@ -1494,17 +1509,25 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         _check_number("max_routing", self.max_routing, 1, integer=True)
 
     def _init_params(self, X, rng):
-        """W ~ N(0, init_scale^2); alpha = data log-odds; gamma = 0; beta = 0."""
+        """W ~ N(0, init_scale^2); alpha = data log-odds; gamma = 0; beta = 0; C = A = 0."""
         W = self._init_weights(X, rng)  # (I, J, d_h, d_v)
         dt = X.dtype
-        return RParams(W=W, alpha=_data_logits(X, dt), gamma=np.zeros(W.shape[1:3], dtype=dt),
-                       beta=np.zeros(W.shape[:2], dtype=dt))
+        I, J, d_h, d_v = W.shape
+        biases = dict(C=np.zeros((I, J, d_h), dtype=dt), A=np.zeros((I, J, d_v), dtype=dt)) \
+            if self.assignment_biases else {}
+        return self._params_kind()(W=W, alpha=_data_logits(X, dt), gamma=np.zeros(W.shape[1:3], dtype=dt),
+                                   beta=np.zeros(W.shape[:2], dtype=dt), **biases)
 
     def _params(self):
-        return RParams(self.W_, self.alpha_, self.gamma_, self.beta_)
+        return self._params_kind()(*(getattr(self, name) for name in self._param_attributes))
+
+    def _params_kind(self):
+        """RParams, or RBParams (4b.1) with ``assignment_biases``."""
+        return RBParams if self.assignment_biases else RParams
 
     def _set_params(self, p):
-        self.W_, self.alpha_, self.gamma_, self.beta_ = p
+        for name, value in zip(self._param_attributes, p):
+            setattr(self, name, value)
 
     def _mean_field(self, params, v):
         return self._kernels("model_r").mean_field(params, v, tol=float(self.routing_tol),
@@ -1565,7 +1588,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
             v, h, a, resp = model_r.gibbs_sweep(params, v_in, a, rng)
         # resp belongs to the pair (v_in, h) of the last sweep (see model_r.gibbs_sweep)
         negative = model_r.model_statistics(params, v_in, h, resp)
-        grad = RParams(*(p - n for p, n in zip(positive, negative)))
+        grad = type(params)(*(p - n for p, n in zip(positive, negative)))
         if not self.learn_prior:
             grad = grad._replace(beta=np.zeros_like(params.beta))
         return grad, ((v, a) if self.persistent else None), {
@@ -1587,7 +1610,10 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
     def _reconstruction(params, c, mu):
         """Mean-field reconstruction ``sigmoid(alpha_i + sum_j c_ij W_ij^T mu_j)``: (B, I, d_v)."""
         field = params.alpha + np.einsum("bij,ijkl,bjk->bil", c, params.W, mu, optimize=True)
-        return sigmoid(field)
+        _, A = _model_r_ref.assignment_biases(params)
+        if A is not None:  # (4b.4): + sum_j c_ij A_ij
+            field = field + np.einsum("bij,ijl->bil", c, A, optimize=True)
+        return sigmoid(field)  # (B, I, d_v)
 
     # ------------------------------------------------------------------ public inference
 

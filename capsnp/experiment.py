@@ -69,6 +69,18 @@ PRESETS = {
     # The same with 2x2 patches (I = 196, d_v = 4): finer routing, same 392,000 weights.
     "r-2x250-p2-c100": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, patch=2, n_chains=100,
                                                momentum=0.5)),
+    # The RBM-500's own recipe (`rbm-pcd-long`: rate 0.01 decayed linearly, momentum 0.8,
+    # weight decay 2e-4, 100 chains): the *-c100 rows used rate 0.05 and momentum 0.5, an
+    # effective step twice the RBM's. J = 1 is the RBM-500 itself, so it must reproduce -90.45.
+    "r-1x500-rbm": (RoutedCapsuleRBM, dict(n_capsules=1, capsule_dim=500, n_chains=100, learning_rate=0.01,
+                                           momentum=0.8, weight_decay=2e-4)),
+    "r-2x250-rbm": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, n_chains=100, learning_rate=0.01,
+                                           momentum=0.8, weight_decay=2e-4)),
+    # The same with assignment biases (docs/MODEL_RB.md): prediction biases C_ij and visible
+    # biases A_ij per child and parent, so a blank patch carries routing information and a
+    # capsule can keep the patches routed to it blank without spending its weights on it.
+    "rb-2x250-rbm": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, n_chains=100, learning_rate=0.01,
+                                            momentum=0.8, weight_decay=2e-4, assignment_biases=True)),
     "p": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, sampler="mh")),
     "p-reconstruct": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, sampler="reconstruct")),
     # Model G (docs/MODEL_G.md): at learning rates >= 0.05 its training diverged

@@ -24,7 +24,7 @@ from . import model_p, model_r, rbm
 from .ais import _as_params
 from .exact import MAX_ENUMERATED_BITS
 from .ops import softplus
-from .params import RBMParams, RParams
+from .params import RBMParams, RBParams, RParams
 from .rbm import _binary_block
 
 __all__ = ["MAX_EXACT_STATES", "exact_log_partition", "log_joint_h"]
@@ -99,7 +99,8 @@ def log_joint_h(params, h):
         \\log \\tilde p(h) = \\gamma \\cdot h + \\sum_i \\operatorname{logsumexp}_j \\Big[
           \\beta_{ij} + \\sum_l \\mathrm{softplus}(\\alpha_{il} + (W_{ij}^T h_j)_l) \\Big],
 
-    so ``log Z = logsumexp_h log p~(h)``.
+    so ``log Z = logsumexp_h log p~(h)``. With assignment biases (4b.1) the bracket reads
+    ``beta_ij + h_j . C_ij + sum_l softplus(alpha_il + A_ijl + (W_ij^T h_j)_l)``.
 
     Parameters
     ----------
@@ -112,7 +113,13 @@ def log_joint_h(params, h):
     """
     field = params.alpha[None, :, None, :] + np.einsum("ijkl,bjk->bijl", params.W, h,
                                                        optimize=True)  # (B, I, J, d_v)
-    per_parent = params.beta[None] + np.sum(softplus(field), axis=-1)  # (B, I, J)
+    per_parent = params.beta[None]  # (1, I, J)
+    C, A = model_r.assignment_biases(params)
+    if A is not None:  # (4b.1): A_ij adds to the visible field of child i under parent j
+        field = field + A  # (B, I, J, d_v)
+    if C is not None:  # (4b.1): h_j . C_ij adds to the routing term
+        per_parent = per_parent + np.einsum("ijk,bjk->bij", C, h, optimize=True)  # (B, I, J)
+    per_parent = per_parent + np.sum(softplus(field), axis=-1)  # (B, I, J)
     children = np.sum(logsumexp(per_parent, axis=-1), axis=-1)  # (B,)
     return np.sum(params.gamma * h, axis=(1, 2)) + children  # (B,)
 
@@ -143,7 +150,7 @@ def exact_log_partition(model, n_routing=None):
     Parameters
     ----------
     model : fitted BernoulliRBM, CapsulePoE or RoutedCapsuleRBM, or an RBMParams, PParams or
-        RParams container
+        RParams (or RBParams) container
     n_routing : int, optional
         Routing passes r of Model P; default the estimator's ``n_routing`` (3 for a PParams).
         Ignored for the RBM and Model R.
@@ -169,7 +176,7 @@ def exact_log_partition(model, n_routing=None):
     params = type(params)(*(np.asarray(x, dtype=np.float64) for x in params))
     if isinstance(params, RBMParams):
         return _log_z_rbm(params)
-    if isinstance(params, RParams):
+    if isinstance(params, (RParams, RBParams)):
         return _log_z_r(params)
     # PParams, or another container of model_p's routed experts (model_p picks the expert
     # from the container's type)

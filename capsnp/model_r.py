@@ -20,6 +20,17 @@ predictions ``u_hat_{j|i} = W_ij v_i`` (B, I, J, d_h). Equation labels:
 * (4.10) importance-sampling estimate ``log p~(v) ~ log (1/S) sum_s p~(v, a^s) / q(a^s)``,
   ``q(a) = prod_i c_{i a_i}``.
 
+Assignment biases (docs/MODEL_RB.md, sec. 4b). ``RParams`` may carry ``C`` (I, J, d_h) and
+``A`` (I, J, d_v); the energy becomes
+
+* (4b.1) ``E = -alpha.v - gamma.h - sum_i [beta_{i a_i} + A_{i a_i}.v_i + h_{a_i}.(W_{i a_i} v_i + C_{i a_i})]``
+
+and every function above holds with two substitutions: the prediction
+``u_hat_{j|i} = W_ij v_i + C_ij`` (4b.2, :func:`prediction`) and the per-image prior routing
+logit ``b_ij(v) = beta_ij + A_ij.v_i`` (4b.3, :func:`prior_logits`) in place of beta_ij; the
+visible conditional (4.5) gains ``A_{i a_i}`` (4b.4). With ``C = A = None`` (zero) this is
+Model R exactly.
+
 Every function is pure and keeps the floating dtype of its inputs. Routing assignments are
 int64 arrays with values 0..J-1. Samplers take an explicit ``np.random.Generator`` and say in
 which order they call ``rng.random``; a binary unit is ``x = (u < p)`` (compared in float64).
@@ -43,6 +54,9 @@ from .rbm import _bernoulli_draw, _bernoulli_pmf, _float_dtype, _logsumexp
 
 __all__ = [
     "energy",
+    "prediction",
+    "prior_logits",
+    "bias_statistics",
     "routing_posterior",
     "hidden_probability",
     "visible_probability",
@@ -117,17 +131,50 @@ def _weights_or_uniform(weights, B, dtype):
     return np.asarray(weights, dtype=dtype)
 
 
+def assignment_biases(params):
+    """``(C, A)`` of an RBParams (4b.1), ``(None, None)`` for the plain RParams (C = A = 0)."""
+    return getattr(params, "C", None), getattr(params, "A", None)
+
+
+def prediction(params, v):
+    """Predictions (4b.2) ``u_hat_{j|i} = W_ij v_i + C_ij``: (B, I, d_v) -> (B, I, J, d_h).
+
+    Without prediction biases (``params`` has no ``C``) this is (2.0), ``W_ij v_i``.
+    """
+    C, _ = assignment_biases(params)
+    u_hat = predictions(params.W, v)  # (B, I, J, d_h)
+    if C is not None:
+        u_hat = u_hat + C  # (B, I, J, d_h)
+    return u_hat
+
+
+def prior_logits(params, v):
+    """Prior routing logits (4b.3) ``b_ij(v) = beta_ij + A_ij . v_i``: (B, I, d_v) -> (B, I, J).
+
+    The routing posterior at h = 0. Without visible assignment biases (``params`` has no ``A``)
+    it is beta for every image, broadcast to (B, I, J).
+    """
+    _, A = assignment_biases(params)
+    B = np.shape(v)[0]
+    if A is None:
+        return np.broadcast_to(params.beta, (B,) + params.beta.shape)  # (B, I, J)
+    Av = np.matmul(np.swapaxes(v, 0, 1), np.swapaxes(A, 1, 2))  # (I, B, d_v) @ (I, d_v, J) -> (I, B, J)
+    return params.beta + np.swapaxes(Av, 0, 1)  # (B, I, J)
+
+
 # --------------------------------------------------------------------------------------------
 # (4.1), (4.3) - (4.5): energy and the three block conditionals
 # --------------------------------------------------------------------------------------------
 
 
 def energy(params, v, h, a):
-    """Energy (4.1).
+    """Energy (4.1); with assignment biases (4b.1).
 
     .. math::
         E(v, h, a) = -\\alpha \\cdot v - \\gamma \\cdot h
                      - \\sum_i [\\beta_{i a_i} + h_{a_i}^T W_{i a_i} v_i]
+
+    (4b.1) adds ``A_{i a_i} . v_i + h_{a_i} . C_{i a_i}`` inside the sum.
 
     Parameters
     ----------
@@ -140,22 +187,22 @@ def energy(params, v, h, a):
     -------
     ndarray of shape (B,)
     """
-    W, alpha, gamma, beta = params
-    dt = _float_dtype(W, v, h)
+    dt = _float_dtype(params.W, v, h)
     v = np.asarray(v, dtype=dt)
     h = np.asarray(h, dtype=dt)
-    logits = beta + _agreement(predictions(W, v), h)  # (B, I, J)
+    logits = _routing_logits(params, v, h)  # (B, I, J)
     chosen = np.take_along_axis(logits, np.asarray(a)[..., None], axis=-1)[..., 0]  # (B, I)
-    return (-np.sum(alpha * v, axis=(1, 2)) - np.sum(gamma * h, axis=(1, 2))
+    return (-np.sum(params.alpha * v, axis=(1, 2)) - np.sum(params.gamma * h, axis=(1, 2))
             - np.sum(chosen, axis=1))  # (B,)
 
 
 def _routing_logits(params, v, h, u_hat=None):
-    """``beta_ij + u_hat_{j|i} . h_j`` (B, I, J)."""
+    """``b_ij(v) + u_hat_{j|i} . h_j`` (B, I, J); ``b = beta`` without assignment biases."""
     dt = _float_dtype(params.W, v, h)
+    v = np.asarray(v, dtype=dt)
     if u_hat is None:
-        u_hat = predictions(params.W, np.asarray(v, dtype=dt))  # (B, I, J, d_h)
-    return params.beta + _agreement(u_hat, np.asarray(h, dtype=dt))  # (B, I, J)
+        u_hat = prediction(params, v)  # (B, I, J, d_h)
+    return prior_logits(params, v) + _agreement(u_hat, np.asarray(h, dtype=dt))  # (B, I, J)
 
 
 def routing_posterior(params, v, h):
@@ -180,7 +227,7 @@ def _hidden_logits(params, v, a, u_hat=None):
     """``gamma_jk + sum_{i: a_i = j} u_hat_{j|i,k}``: (..., B, J, d_h) for a of shape (..., B, I)."""
     dt = _float_dtype(params.W, v)
     if u_hat is None:
-        u_hat = predictions(params.W, np.asarray(v, dtype=dt))  # (B, I, J, d_h)
+        u_hat = prediction(params, np.asarray(v, dtype=dt))  # (B, I, J, d_h)
     onehot = _one_hot(a, params.W.shape[1], u_hat.dtype)  # (..., B, I, J)
     return params.gamma + _routed_input(u_hat, onehot)  # (..., B, J, d_h)
 
@@ -207,18 +254,24 @@ def hidden_probability(params, v, a):
 
 
 def _visible_logits(params, h, a):
-    """``alpha_il + (W_{i a_i}^T h_{a_i})_l`` (B, I, d_v)."""
+    """``alpha_il + A_{i a_i l} + (W_{i a_i}^T h_{a_i})_l`` (B, I, d_v) (4.5, 4b.4)."""
     W, alpha = params.W, params.alpha
     h = np.asarray(h, dtype=_float_dtype(W, h))
     a = np.asarray(a)
     B, I = a.shape
     W_chosen = W[np.arange(I)[None, :], a]  # (B, I, d_h, d_v): W_{i a_i}
     h_chosen = h[np.arange(B)[:, None], a]  # (B, I, d_h): h_{a_i}
-    return alpha + np.einsum("bikl,bik->bil", W_chosen, h_chosen, optimize=True)  # (B, I, d_v)
+    field = alpha + np.einsum("bikl,bik->bil", W_chosen, h_chosen, optimize=True)  # (B, I, d_v)
+    _, A = assignment_biases(params)
+    if A is not None:
+        field = field + A[np.arange(I)[None, :], a]  # (B, I, d_v): + A_{i a_i}
+    return field
 
 
 def visible_probability(params, h, a):
     """Visible conditional D (4.5): ``p(v_il = 1 | h, a) = sigmoid(alpha_il + (W_{i a_i}^T h_{a_i})_l)``.
+
+    With assignment biases (4b.4) the logit gains ``A_{i a_i l}``.
 
     Parameters
     ----------
@@ -242,7 +295,8 @@ def mean_field(params, v, tol=1e-3, max_iter=30, damping=0.0):
     """Mean-field routing (4.6): dynamic routing with a sigmoid and "replace".
 
     The factorised posterior ``q(a_i = j) = c_ij``, ``q(h_jk = 1) = mu_jk`` is found by
-    iterating, from ``c = softmax_j(beta)`` for every image,
+    iterating, from ``c = softmax_j(beta)`` for every image (with assignment biases, beta
+    reads ``b(v)`` (4b.3) here and below, and the start is the routing at h = 0),
 
     .. math::
         s_j = \\sum_i c_{ij} \\hat u_{j|i}, \\quad \\mu_j = \\sigma(\\gamma_j + s_j), \\quad
@@ -268,11 +322,13 @@ def mean_field(params, v, tol=1e-3, max_iter=30, damping=0.0):
     mu : ndarray of shape (B, J, d_h)
     n_iter : ndarray of int64, shape (B,), updates made per image (``max_iter`` if not converged)
     """
-    W, alpha, gamma, beta = params
-    dt = _float_dtype(W, v)
-    u_hat = predictions(W, np.asarray(v, dtype=dt))  # (B, I, J, d_h)
+    gamma = params.gamma
+    dt = _float_dtype(params.W, v)
+    v = np.asarray(v, dtype=dt)
+    u_hat = prediction(params, v)  # (B, I, J, d_h)
     B = u_hat.shape[0]
-    c = np.array(np.broadcast_to(softmax(beta, axis=-1), (B,) + beta.shape), dtype=dt)  # (B, I, J)
+    prior = np.asarray(prior_logits(params, v), dtype=dt)  # (B, I, J)
+    c = softmax(prior, axis=-1)  # (B, I, J)
     n_iter = np.full(B, max_iter, dtype=np.int64)
     active = np.arange(B)
     for t in range(1, max_iter + 1):
@@ -280,7 +336,7 @@ def mean_field(params, v, tol=1e-3, max_iter=30, damping=0.0):
             break
         u_a, c_a = u_hat[active], c[active]  # (b, I, J, d_h), (b, I, J)
         mu_a = sigmoid(gamma + _routed_input(u_a, c_a))  # (b, J, d_h)
-        c_new = softmax(beta + _agreement(u_a, mu_a), axis=-1)  # (b, I, J)
+        c_new = softmax(prior[active] + _agreement(u_a, mu_a), axis=-1)  # (b, I, J)
         delta = np.max(np.abs(c_new - c_a), axis=(1, 2))  # (b,)
         c[active] = (1.0 - damping) * c_new + damping * c_a
         done = delta < tol  # (b,)
@@ -326,7 +382,7 @@ def gibbs_sweep(params, v, a, rng):
     """
     dt = _float_dtype(params.W, v)
     v = np.asarray(v, dtype=dt)
-    u_hat = predictions(params.W, v)  # (B, I, J, d_h)
+    u_hat = prediction(params, v)  # (B, I, J, d_h)
     p_h = sigmoid(_hidden_logits(params, v, a, u_hat))  # (B, J, d_h)
     h = _bernoulli_draw(p_h, rng.random(p_h.shape))  # (B, J, d_h)
     resp = softmax(_routing_logits(params, v, h, u_hat), axis=-1)  # (B, I, J)
@@ -349,7 +405,7 @@ def data_statistics(params, v, c, mu, weights=None):
 
     Parameters
     ----------
-    params : RParams (used for the dtype)
+    params : RParams or RBParams (its type and dtype are used)
     v : ndarray of shape (B, I, d_v)
     c : ndarray of shape (B, I, J)
     mu : ndarray of shape (B, J, d_h)
@@ -357,17 +413,38 @@ def data_statistics(params, v, c, mu, weights=None):
 
     Returns
     -------
-    RParams of W (I, J, d_h, d_v), alpha (I, d_v), gamma (J, d_h), beta (I, J)
+    the type of ``params``: W (I, J, d_h, d_v), alpha (I, d_v), gamma (J, d_h), beta (I, J),
+    and for RBParams C (I, J, d_h), A (I, J, d_v)
     """
     dt = _float_dtype(params.W, v, c, mu)
     v, c, mu = (np.asarray(x, dtype=dt) for x in (v, c, mu))
     w = _weights_or_uniform(weights, v.shape[0], dt)  # (B,)
-    return RParams(
+    return type(params)(
         W=np.einsum("b,bij,bjk,bil->ijkl", w, c, mu, v, optimize=True),  # (I, J, d_h, d_v)
         alpha=np.einsum("b,bil->il", w, v),  # (I, d_v)
         gamma=np.einsum("b,bjk->jk", w, mu),  # (J, d_h)
         beta=np.einsum("b,bij->ij", w, c),  # (I, J)
+        **bias_statistics(params, v, c, mu, w),
     )
+
+
+def bias_statistics(params, v, c, mu, w):
+    """Statistics (4b.5) of the assignment biases: ``C: c_ij mu_j``, ``A: c_ij v_i``.
+
+    ``-dE/dC_ij = [a_i = j] h_j`` and ``-dE/dA_ij = [a_i = j] v_i``, averaged with batch weights
+    w (B,) under c (B, I, J) and mu (B, J, d_h) as in (4.8). Returns a dict with the keys of
+    the biases ``params`` has (empty for the plain Model R).
+    """
+    C, A = assignment_biases(params)
+    wc = w[:, None, None] * c  # (B, I, J)
+    out = {}
+    if C is not None:  # sum_b wc_bij mu_bjk as a batch of J products (I, B) @ (B, d_h)
+        wc_t, mu_t = np.ascontiguousarray(wc.transpose(2, 1, 0)), np.ascontiguousarray(np.swapaxes(mu, 0, 1))
+        out["C"] = np.swapaxes(np.matmul(wc_t, mu_t), 0, 1)  # (J, I, d_h) -> (I, J, d_h)
+    if A is not None:  # sum_b wc_bij v_bil as a batch of I products (J, B) @ (B, d_v)
+        wc_t, v_t = np.ascontiguousarray(wc.transpose(1, 2, 0)), np.ascontiguousarray(np.swapaxes(v, 0, 1))
+        out["A"] = np.matmul(wc_t, v_t)  # (I, J, d_v)
+    return out
 
 
 def model_statistics(params, v, h, resp, weights=None):
@@ -425,7 +502,7 @@ def pcd_gradient(params, v_data, v_chain, h_chain, resp_chain, c=None, mu=None, 
         c, mu, _ = mean_field(params, v_data, tol=tol, max_iter=max_iter)
     pos = data_statistics(params, v_data, c, mu, data_weights)
     neg = model_statistics(params, v_chain, h_chain, resp_chain, model_weights)
-    return RParams(*(p - n for p, n in zip(pos, neg)))
+    return type(pos)(*(p - n for p, n in zip(pos, neg)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -461,9 +538,10 @@ def log_joint_vh(params, v, h):
 
 def _log_joint_va(params, v, u_hat, a):
     """(4.9) for assignments a of shape (..., B, I) sharing v (B, I, d_v): returns (..., B)."""
+    prior = prior_logits(params, v)  # (B, I, J)
     beta_chosen = np.take_along_axis(
-        np.broadcast_to(params.beta, np.shape(a) + (params.beta.shape[1],)), a[..., None], axis=-1
-    )[..., 0]  # (..., B, I)
+        np.broadcast_to(prior, np.shape(a) + prior.shape[-1:]), a[..., None], axis=-1
+    )[..., 0]  # (..., B, I): b_{i a_i}(v)
     hidden_term = np.sum(softplus(_hidden_logits(params, v, a, u_hat)), axis=(-2, -1))  # (..., B)
     return np.sum(params.alpha * v, axis=(-2, -1)) + np.sum(beta_chosen, axis=-1) + hidden_term
 
@@ -489,7 +567,7 @@ def log_joint_va(params, v, a):
     ndarray of shape (B,)
     """
     v = np.asarray(v, dtype=_float_dtype(params.W, v))
-    return _log_joint_va(params, v, predictions(params.W, v), np.asarray(a))  # (B,)
+    return _log_joint_va(params, v, prediction(params, v), np.asarray(a))  # (B,)
 
 
 def log_marginal_is(params, v, n_samples, rng, c=None, log_z=None):
@@ -533,7 +611,7 @@ def log_marginal_is(params, v, n_samples, rng, c=None, log_z=None):
     c = np.asarray(c, dtype=dt)
     u = rng.random((n_samples,) + c.shape[:2])  # (S, B, I)
     a = _categorical_draw(c[None], u)  # (S, B, I)
-    u_hat = predictions(params.W, v)  # (B, I, J, d_h)
+    u_hat = prediction(params, v)  # (B, I, J, d_h)
     # c_{i a_i} of each draw; all > 0, since a parent of probability zero is never drawn
     c_chosen = np.take_along_axis(np.broadcast_to(c, a.shape + c.shape[-1:]), a[..., None],
                                   axis=-1)[..., 0]  # (S, B, I)
@@ -600,7 +678,7 @@ def exact_log_unnormalised_marginal(params, v):
     I, J = params.W.shape[:2]
     _check_states(J**I, "routing assignments")
     v = np.asarray(v, dtype=_float_dtype(params.W, v))
-    u_hat = predictions(params.W, v)  # (B, I, J, d_h)
+    u_hat = prediction(params, v)  # (B, I, J, d_h)
     A = enumerate_assignments(I, J)  # (J^I, I)
     chunk = max(1, 2**22 // max(u_hat.size, 1))
     parts = []
@@ -771,7 +849,8 @@ def as_rbm(params):
     With J = 1 every ``a_i = 0`` and (4.1) reads
     ``E = -alpha.v - gamma_0.h - sum_i h^T W_i0 v_i - sum_i beta_i0``, a Bernoulli RBM over the
     flattened visible vector (index ``i * d_v + l``) with ``W_rbm[i d_v + l, k] = W[i, 0, k, l]``,
-    ``a = alpha.ravel()``, ``b = gamma[0]``, plus the CONSTANT ``-sum_i beta_i0``. The constant
+    ``a = alpha.ravel()``, ``b = gamma[0]`` (with assignment biases (4b.1),
+    ``a = (alpha + A[:, 0]).ravel()`` and ``b = gamma[0] + sum_i C_i0``), plus the CONSTANT ``-sum_i beta_i0``. The constant
     cancels in every conditional and in p(v), but shifts free energies and log Z:
     ``log p~_R(v) = -F_rbm(v) + sum_i beta_i0`` and ``log Z_R = log Z_rbm + sum_i beta_i0``.
 
@@ -787,4 +866,7 @@ def as_rbm(params):
     if J != 1:
         raise ValueError(f"as_rbm needs J = 1 (a single parent), got J = {J}")
     W_rbm = params.W[:, 0].transpose(0, 2, 1).reshape(I * d_v, d_h)  # (I d_v, d_h)
-    return RBMParams(W=W_rbm.copy(), a=params.alpha.reshape(I * d_v).copy(), b=params.gamma[0].copy())
+    C, A = assignment_biases(params)
+    a = params.alpha if A is None else params.alpha + A[:, 0]  # (I, d_v)
+    b = params.gamma[0] if C is None else params.gamma[0] + C[:, 0].sum(axis=0)  # (d_h,)
+    return RBMParams(W=W_rbm.copy(), a=a.reshape(I * d_v).copy(), b=b.copy())

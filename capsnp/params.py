@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["PParams", "GParams", "SParams", "RParams", "RBMParams"]
+__all__ = ["PParams", "GParams", "SParams", "RParams", "RBParams", "RBMParams"]
 
 
 class PParams(NamedTuple):
@@ -67,6 +67,21 @@ class RParams(NamedTuple):
     alpha: np.ndarray
     gamma: np.ndarray
     beta: np.ndarray
+
+
+class RBParams(NamedTuple):
+    """Model R with assignment biases (docs/MODEL_RB.md, (4b.1)): RParams plus
+
+    C : (I, J, d_h) prediction biases, ``u_hat_{j|i} = W_ij v_i + C_ij``;
+    A : (I, J, d_v) visible biases of child i when parent j explains it.
+    """
+
+    W: np.ndarray
+    alpha: np.ndarray
+    gamma: np.ndarray
+    beta: np.ndarray
+    C: np.ndarray
+    A: np.ndarray
 
 
 class RBMParams(NamedTuple):

@@ -25,7 +25,7 @@ from capsnp.estimators import BernoulliRBM, CapsulePoE, RoutedCapsuleRBM, load_e
 from capsnp.io import METADATA_KEY, load_model, remove_temporary_files, save_model
 
 REPO = Path(__file__).resolve().parents[1]
-KINDS = ["p", "r", "rbm"]
+KINDS = ["p", "r", "rb", "rbm"]  # rb: Model R with assignment biases (4b.1)
 TIMING = {"seconds", "images_per_second"}  # the only history entries that may differ
 
 
@@ -57,9 +57,10 @@ def make(kind, **overrides):
     if kind == "p":
         return CapsulePoE(**{**common, "n_capsules": 3, "capsule_dim": 3, "patch": 4,
                              "learning_rate": 0.05, **overrides})
-    if kind == "r":
+    if kind in ("r", "rb"):
         return RoutedCapsuleRBM(**{**common, "n_capsules": 3, "capsule_dim": 3, "patch": 4,
-                                   "learning_rate": 0.2, "momentum": 0.5, **overrides})
+                                   "learning_rate": 0.2, "momentum": 0.5,
+                                   "assignment_biases": kind == "rb", **overrides})
     return BernoulliRBM(**{**common, "n_components": 8, "momentum": 0.5, **overrides})
 
 
@@ -146,7 +147,7 @@ def test_checkpoint_holds_the_whole_training_state_without_pickle(kind, digits, 
         meta = json.loads(npz[METADATA_KEY].tobytes().decode("utf-8"))
     params = set(est._param_attributes)
     velocities = {f"velocity_{f}" for f in est._state.params._fields}
-    chains = {"r": {"chains_v", "chains_a"}, "rbm": {"chains_v", "chains_p"}}.get(kind, {"chains_v"})
+    chains = {"r": {"chains_v", "chains_a"}, "rb": {"chains_v", "chains_a"}, "rbm": {"chains_v", "chains_p"}}.get(kind, {"chains_v"})
     held_out = {"monitor_rows"} if kind != "rbm" else set()  # the RBM has no held-out slice
     assert names == params | velocities | chains | held_out | {METADATA_KEY}
     assert meta["epochs"] == 2 and len(meta["history"]) == 2

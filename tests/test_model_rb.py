@@ -1,0 +1,196 @@
+"""Model R with assignment biases (docs/MODEL_RB.md, (4b.1)-(4b.5)) against enumeration.
+
+The energy is written out here with plain loops, independently of ``model_r.energy``; every
+conditional, marginal, partition function, statistic and kernel is checked against it.
+"""
+
+import numpy as np
+import pytest
+from scipy.special import logsumexp
+
+from capsnp import kernels, likelihood
+from capsnp import model_r as mr
+from capsnp import rbm
+from capsnp.ais import ais_log_partition, default_betas
+from capsnp.exact import enumerate_assignments, enumerate_binary, stationary_distance
+from capsnp.estimators import RoutedCapsuleRBM, load_estimator
+from capsnp.params import RBParams, RParams
+
+from conftest import SEEDS  # noqa: E402  (CAPSNP_TEST_SEEDS)
+from conftest import params_central_difference as finite_difference_gradient  # noqa: E402
+from test_model_r import make_params as make_r_params  # noqa: E402
+
+needs_numba = pytest.mark.skipif(not kernels.available(), reason="numba is not installed")
+
+
+def make_params(seed, I=2, J=2, d_h=2, d_v=2, scale=1.0):
+    """A random Model R (test_model_r's) with random assignment biases C, A."""
+    rng = np.random.default_rng(seed + 1000)
+    return RBParams(*make_r_params(seed, I, J, d_h, d_v, scale), C=rng.normal(size=(I, J, d_h)),
+                    A=rng.normal(size=(I, J, d_v)))
+
+
+def energy_by_loops(p, v, h, a):
+    """(4b.1) for one state: v (I, d_v), h (J, d_h), a (I,) ints."""
+    e = -np.sum(p.alpha * v) - np.sum(p.gamma * h)
+    for i, j in enumerate(a):
+        e -= p.beta[i, j] + p.A[i, j] @ v[i] + h[j] @ (p.W[i, j] @ v[i] + p.C[i, j])
+    return e
+
+
+def states(p):
+    I, J, d_h, d_v = p.W.shape
+    return (enumerate_binary(I * d_v).reshape(-1, I, d_v), enumerate_binary(J * d_h).reshape(-1, J, d_h),
+            enumerate_assignments(I, J))
+
+
+def log_table(p):
+    """-E(v, h, a) over every state, by loops: (Nv, Nh, Na)."""
+    V, Hs, A = states(p)
+    return np.array([[[-energy_by_loops(p, v, h, a) for a in A] for h in Hs] for v in V])
+
+
+def bernoulli_table(x, prob):
+    """prod_k p^x (1-p)^(1-x): prob (N, K), x (M, K) -> (N, M)."""
+    return np.prod(np.where(x[None] > 0.5, prob[:, None], 1 - prob[:, None]), axis=-1)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_energy_conditionals_and_marginals_match_enumeration(seed):
+    p = make_params(seed)
+    I = p.W.shape[0]
+    V, Hs, A = states(p)
+    nv, nh, na = len(V), len(Hs), len(A)
+    L = log_table(p)  # (Nv, Nh, Na)
+    Vg = np.repeat(V, nh * na, axis=0)
+    Hg = np.tile(np.repeat(Hs, na, axis=0), (nv, 1, 1))
+    Ag = np.tile(A, (nv * nh, 1))
+    np.testing.assert_allclose(-mr.energy(p, Vg, Hg, Ag), L.ravel(), rtol=1e-12)
+    # U: p(h | v, a) (4.4 with the predictions (4b.2))
+    probs = mr.hidden_probability(p, np.repeat(V, na, axis=0), np.tile(A, (nv, 1)))
+    table = bernoulli_table(Hs.reshape(nh, -1), probs.reshape(nv * na, -1)).reshape(nv, na, nh)
+    np.testing.assert_allclose(table, np.exp(L - logsumexp(L, axis=1, keepdims=True)).transpose(0, 2, 1),
+                               rtol=1e-11, atol=1e-15)
+    # R: p(a | v, h) (4.3 with the prior logits (4b.3))
+    resp = mr.routing_posterior(p, np.repeat(V, nh, axis=0), np.tile(Hs, (nv, 1, 1)))
+    table = np.prod(resp[:, np.arange(I)[None, :], A], axis=-1).reshape(nv, nh, na)
+    np.testing.assert_allclose(table, np.exp(L - logsumexp(L, axis=2, keepdims=True)), rtol=1e-11, atol=1e-15)
+    # D: p(v | h, a) (4b.4)
+    probs = mr.visible_probability(p, np.repeat(Hs, na, axis=0), np.tile(A, (nh, 1)))
+    table = bernoulli_table(V.reshape(nv, -1), probs.reshape(nh * na, -1)).reshape(nh, na, nv)
+    np.testing.assert_allclose(table, np.exp(L - logsumexp(L, axis=0, keepdims=True)).transpose(1, 2, 0),
+                               rtol=1e-11, atol=1e-15)
+    # (4.9) h summed out, (4.2) a summed out, log Z by (v, a) and by h enumeration
+    la = mr.log_joint_va(p, np.repeat(V, na, axis=0), np.tile(A, (nv, 1))).reshape(nv, na)
+    np.testing.assert_allclose(la, logsumexp(L, axis=1), rtol=1e-12)
+    lh = mr.log_joint_vh(p, np.repeat(V, nh, axis=0), np.tile(Hs, (nv, 1, 1))).reshape(nv, nh)
+    np.testing.assert_allclose(lh, logsumexp(L, axis=2), rtol=1e-12)
+    log_z = logsumexp(L)
+    assert mr.exact_log_partition(p) == pytest.approx(log_z, rel=1e-12)
+    np.testing.assert_allclose(likelihood.log_joint_h(p, Hs), logsumexp(L, axis=(0, 2)), rtol=1e-12)
+    assert likelihood.exact_log_partition(p) == pytest.approx(log_z, rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_zero_biases_are_model_r(seed):
+    p = make_params(seed, I=3, J=3, d_h=2, d_v=2)
+    p0 = p._replace(C=np.zeros_like(p.C), A=np.zeros_like(p.A))
+    r = RParams(p.W, p.alpha, p.gamma, p.beta)
+    V = enumerate_binary(6).reshape(-1, 3, 2)
+    a = np.random.default_rng(seed).integers(0, 3, size=(len(V), 3))
+    np.testing.assert_array_equal(mr.log_joint_va(p0, V, a), mr.log_joint_va(r, V, a))
+    for x, y in zip(mr.mean_field(p0, V), mr.mean_field(r, V)):
+        np.testing.assert_allclose(x, y, rtol=1e-14)
+    for x, y in zip(mr.gibbs_sweep(p0, V, a, np.random.default_rng(1)), mr.gibbs_sweep(r, V, a, np.random.default_rng(1))):
+        np.testing.assert_allclose(x, y, rtol=1e-14)
+    assert mr.exact_log_partition(p0) == pytest.approx(mr.exact_log_partition(r), rel=1e-14)
+    # and with nonzero biases the model is a different one
+    assert abs(mr.exact_log_partition(p) - mr.exact_log_partition(r)) > 1e-3
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_three_block_gibbs_leaves_p_invariant(seed):
+    p = make_params(seed)
+    T = mr.exact_transition_matrix(p)
+    pi = mr.exact_probability_va(p)
+    np.testing.assert_allclose(T.sum(axis=1), 1.0, atol=1e-12)
+    assert stationary_distance(pi, T) < 1e-12
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_statistics_give_exact_log_likelihood_gradient(seed):
+    """Data minus model statistics (4.8, 4b.5), both exact, equal the central-difference gradient."""
+    p = make_params(seed)
+    V, Hs, _ = states(p)
+    nv, nh = len(V), len(Hs)
+    data_index = np.random.default_rng(seed + 100).integers(0, nv, size=5)
+    p_vh = mr.exact_probability_vha(p).reshape(nv, nh, -1).sum(axis=2)  # (Nv, Nh)
+    p_h_given_v = p_vh[data_index] / p_vh[data_index].sum(axis=1, keepdims=True)  # (5, Nh)
+    Vd, Hd = np.repeat(V[data_index], nh, axis=0), np.tile(Hs, (5, 1, 1))
+    data_term = mr.model_statistics(p, Vd, Hd, mr.routing_posterior(p, Vd, Hd), weights=p_h_given_v.ravel() / 5)
+    Vg, Hg = np.repeat(V, nh, axis=0), np.tile(Hs, (nv, 1, 1))
+    model_term = mr.model_statistics(p, Vg, Hg, mr.routing_posterior(p, Vg, Hg), weights=p_vh.ravel())
+    assert isinstance(data_term, RBParams)
+    grad = RBParams(*(d - m for d, m in zip(data_term, model_term)))
+    fd = finite_difference_gradient(lambda q: np.mean(mr.exact_log_marginal(q, V[data_index])), p)
+    for name, g, f in zip(RBParams._fields, grad, fd):
+        np.testing.assert_allclose(g, f, atol=1e-7, err_msg=name)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_single_parent_is_a_bernoulli_rbm(seed):
+    p = make_params(seed, I=3, J=1, d_h=3, d_v=2)
+    r = mr.as_rbm(p)
+    V = enumerate_binary(6).reshape(-1, 3, 2)
+    offset = p.beta.sum()
+    np.testing.assert_allclose(-mr.log_joint_va(p, V, np.zeros((64, 3), np.int64)),
+                               rbm.free_energy(r, V.reshape(-1, 6)) - offset, rtol=1e-12)
+    assert mr.exact_log_partition(p) == pytest.approx(rbm.exact_log_partition(r) + offset, rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_importance_sampling_and_ais_match_exact(seed):
+    p = make_params(seed, I=4, J=3, d_h=2, d_v=2)
+    V = enumerate_binary(8).reshape(-1, 4, 2)
+    v = V[np.random.default_rng(seed).integers(0, 256, size=10)]
+    log_z = mr.exact_log_partition(p)
+    est, se = mr.log_marginal_is(p, v, 2000, np.random.default_rng(seed + 7), log_z=log_z)
+    assert np.all(np.abs(est - mr.exact_log_marginal(p, v, log_z=log_z)) < 5 * se + 1e-12)
+    res = ais_log_partition(p, n_runs=64, betas=default_betas(fast=True)[::2], random_state=seed)
+    assert abs(res.log_z - log_z) < 5 * res.std_error + 0.02, (res.log_z, log_z, res.std_error)
+
+
+@needs_numba
+@pytest.mark.parametrize("seed", SEEDS)
+def test_kernels_match_reference(seed):
+    p = make_params(seed, I=5, J=3, d_h=4, d_v=3, scale=0.7)
+    rng = np.random.default_rng(seed)
+    v = (rng.random((9, 5, 3)) < 0.4).astype(np.float64)
+    a = rng.integers(0, 3, size=(9, 5))
+    for x, y in zip(kernels.model_r.mean_field(p, v, 1e-6, 50), mr.mean_field(p, v, 1e-6, 50)):
+        np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-12)
+    out_k = kernels.model_r.gibbs_sweep(p, v, a, np.random.default_rng(3))
+    out_r = mr.gibbs_sweep(p, v, a, np.random.default_rng(3))
+    for x, y in zip(out_k[:3], out_r[:3]):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_allclose(out_k[3], out_r[3], rtol=1e-12)
+    c, mu = out_r[3], rng.random((9, 3, 4))
+    stats_k, stats_r = kernels.model_r.data_statistics(p, v, c, mu), mr.data_statistics(p, v, c, mu)
+    assert type(stats_k) is RBParams
+    for name, x, y in zip(RBParams._fields, stats_k, stats_r):
+        np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-15, err_msg=name)
+
+
+def test_estimator_learns_biases_and_round_trips(tmp_path):
+    rng = np.random.default_rng(0)
+    X = (rng.random((60, 64)) < np.linspace(0.05, 0.6, 64)).astype(np.float64)
+    est = RoutedCapsuleRBM(n_capsules=2, capsule_dim=3, patch=4, n_iter=2, batch_size=20,
+                           learning_rate=0.1, momentum=0.5, assignment_biases=True, random_state=0).fit(X)
+    assert est.C_.shape == (4, 2, 3) and est.A_.shape == (4, 2, 16)
+    assert np.abs(est.C_).max() > 0 and np.abs(est.A_).max() > 0
+    est.save(tmp_path / "m.npz")
+    loaded = load_estimator(tmp_path / "m.npz")
+    np.testing.assert_array_equal(loaded.A_, est.A_)
+    np.testing.assert_array_equal(loaded.score_samples(X), est.score_samples(X))
+    plain = RoutedCapsuleRBM(n_capsules=2, capsule_dim=3, patch=4, n_iter=1, batch_size=20, random_state=0).fit(X)
+    assert not hasattr(plain, "C_")
