@@ -73,6 +73,11 @@ def _build_estimator(args, checkpoint_path=None):
                   backend=args.backend)
     if args.lr is not None:
         common["learning_rate"] = args.lr
+    if args.assignment_biases:
+        if args.model != "r":
+            raise ValueError(f"--assignment-biases extends Model R (docs/MODEL_RB.md); it needs "
+                             f"--model r, not --model {args.model}")
+        common["assignment_biases"] = True
     if args.model == "rbm":
         if args.chains is not None and args.chains != args.batch_size:
             raise ValueError("the RBM keeps batch_size persistent chains (as scikit-learn's); "
@@ -340,6 +345,9 @@ def build_parser():
     train.add_argument("--expert", choices=("squash", "gaussian", "spin"), default="squash",
                        help="with --model p: the paper's squash expert (Model P), or a Gaussian "
                             "(Model G) or binary (Model S) capsule pose (docs/MODEL_G.md)")
+    train.add_argument("--assignment-biases", action="store_true",
+                       help="with --model r: learn prediction biases C and per-parent visible "
+                            "biases A (docs/MODEL_RB.md)")
     train.add_argument("--dataset", choices=DATASETS, default="embedded")
     train.add_argument("--epochs", type=_nonnegative_int, default=10)
     train.add_argument("--capsules", type=_positive_int, default=16, help="hidden capsules J")

@@ -117,3 +117,16 @@ def test_train_expert_variants_of_model_p(expert, tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "--model", "r", "--expert", expert, "--out", str(tmp_path / "r")]) != 0
     assert "--model p" in capsys.readouterr().err
+
+
+def test_train_model_r_with_assignment_biases(tmp_path, capsys):
+    """--assignment-biases trains Model R with C and A (docs/MODEL_RB.md); other models refuse it."""
+    code = main(["train", "--model", "r", "--assignment-biases", "--epochs", "1", "--max-images", "60",
+                 "--batch-size", "30", "--sample-steps", "1", "--capsules", "2", "--capsule-dim", "3",
+                 "--out", str(tmp_path)])
+    assert code == 0
+    est = load_estimator(tmp_path / "model.npz")
+    assert est.assignment_biases and est.C_.shape == (49, 2, 3) and est.A_.shape == (49, 2, 16)
+    capsys.readouterr()
+    assert main(["train", "--model", "rbm", "--assignment-biases", "--out", str(tmp_path / "b")]) != 0
+    assert "--model r" in capsys.readouterr().err

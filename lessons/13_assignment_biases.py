@@ -1,0 +1,474 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Lesson 13: Model R with assignment biases
+#
+# **Goal.** Model R (lesson 7) couples child $i$ to the parent it is routed to through one term,
+# the agreement $h_{a_i}\cdot\hat u_{a_i\mid i}$ with the prediction $\hat u_{j\mid i} = W_{ij}v_i$ (4.1). Two
+# consequences of that energy show up on MNIST, and both concern the blank patches, those with
+# no pixel on:
+#
+# * **Blank patches route by the prior only.** A blank patch has $v_i = 0$, so
+#   $\hat u_{j\mid i} = W_{ij}\,0 = 0$ for every parent $j$, and its routing posterior (4.3) is
+#   $p(a_i = j\mid v, h) = \mathrm{softmax}_j(\beta_{ij})$ whatever $h$ is. About two thirds of the 4x4
+#   patches of an MNIST digit are blank (measured in section 5). Under Model R they carry no
+#   information about which parent explains them, and their zero predictions add nothing to the
+#   hidden input (4.4).
+# * **A capsule spends weights to keep a patch blank.** Given $(h, a)$, pixel $l$ of child $i$ is on
+#   with probability $\sigma\big(\alpha_{il} + (W_{i a_i}^\top h_{a_i})_l\big)$ (4.5). The bias $\alpha_{il}$ is
+#   shared by all parents; the only term that depends on which parent explains the patch is
+#   $W_{ij}^\top h_j$. With $\beta = 0$ (the estimator's default) each blank patch goes to each of two
+#   capsules with probability 1/2, including at positions a capsule does not model. There the
+#   capsule can keep the patch blank only by making $W_{ij}^\top h_j$ negative, i.e. with weights
+#   that explain nothing.
+#
+# **Why centring does not help.** Centring an RBM (Montavon & Müller, 2012) replaces its
+# interaction $v^\top W h$ by $(v - m)^\top W (h - l)$ with fixed offsets $m$ and $l$. Expanded,
+# $(v-m)^\top W(h-l) = v^\top W h - v\cdot(Wl) - (W^\top m)\cdot h + m^\top W l$: a term in $v$ alone, a term in
+# $h$ alone and a constant. They move into the visible biases, the hidden biases and $\log Z$;
+# the centred RBM is the same family of distributions under other coordinates, a
+# reparametrisation. In Model R the interaction of child $i$ carries the indicator $[a_i = j]$, and
+# so does every term of its expansion:
+#
+# $$ [a_i = j]\,(h_j - l_j)^\top W_{ij}(v_i - m_i) = [a_i = j]\Big(h_j^\top W_{ij}v_i - (W_{ij}^\top l_j)\cdot v_i
+#    - h_j\cdot(W_{ij}m_i) + l_j^\top W_{ij}m_i\Big). $$
+#
+# The last term is a constant for each $(i, j)$ and moves into $\beta_{ij}$. The two middle terms
+# depend on the assignment: a visible bias of child $i$ that acts only when parent $j$ explains
+# it, and a bias on the prediction of parent $j$ from child $i$. Energy (4.1) has neither, so a
+# centred Model R is a different model: the model below, with those two biases tied to $W$
+# ($A_{ij} = -W_{ij}^\top l_j$, $C_{ij} = -W_{ij}m_i$; exercise 2). This lesson frees them.
+#
+# **The energy.** With prediction biases $C_{ij}\in\mathbb{R}^{d_h}$ (shape (I, J, d_h)) and assignment
+# visible biases $A_{ij}\in\mathbb{R}^{d_v}$ (shape (I, J, d_v)),
+#
+# $$ E(v, h, a) = -\alpha\cdot v - \gamma\cdot h - \sum_i\Big[\beta_{i a_i} + A_{i a_i}\cdot v_i
+#    + h_{a_i}\cdot\big(W_{i a_i}v_i + C_{i a_i}\big)\Big]. \tag{4b.1} $$
+#
+# $C = A = 0$ is Model R. Equivalently, every visible capsule has an always-on unit whose weights
+# are $C$, and every hidden capsule one whose weights are $A$. Each term of the sum still belongs
+# to one child and is linear in $h_{a_i}$ and in $v_i$, so every derivation of lesson 7 goes through
+# with two substitutions:
+#
+# $$ \hat u_{j\mid i} = W_{ij}v_i + C_{ij} \qquad\text{(prediction)}, \tag{4b.2} $$
+#
+# $$ b_{ij}(v) = \beta_{ij} + A_{ij}\cdot v_i \qquad\text{(prior routing logit)}. \tag{4b.3} $$
+#
+# The routing posterior (4.3) becomes $\mathrm{softmax}_j\big(b_{ij}(v) + \hat u_{j\mid i}\cdot h_j\big)$; for a blank
+# patch that is $\mathrm{softmax}_j(\beta_{ij} + C_{ij}\cdot h_j)$, which depends on $h$. The hidden conditional
+# (4.4) keeps its form with $C$ inside $\hat u$: a parent is pushed by the biases of every child
+# routed to it, blank or not. The visible conditional gains the term that lets a capsule keep a
+# patch blank with $d_v$ numbers instead of its weights:
+#
+# $$ p(v_{il} = 1\mid h, a) = \sigma\big(\alpha_{il} + A_{i a_i, l} + (W_{i a_i}^\top h_{a_i})_l\big). \tag{4b.4} $$
+#
+# Mean field (4.6), the Gibbs sweep (4.7) and $\log\tilde p(v, a)$ with $h$ summed out (4.9) take the
+# same two substitutions; mean field now starts from $\mathrm{softmax}_j(b_{ij}(v))$, the routing at $h = 0$.
+# Section 3 derives the gradient (4b.5).
+#
+# Labels (docs/MODEL_RB.md, `capsnp.model_r`): (4b.1) `energy`, (4b.2) `prediction`, (4b.3)
+# `prior_logits`, (4b.4) `visible_probability`, (4b.5) `bias_statistics`; lesson 7's (4.1)-(4.9)
+# for the rest. The parameters live in `capsnp.params.RBParams(W, alpha, gamma, beta, C, A)`,
+# which every function of `capsnp.model_r` accepts in place of `RParams`.
+
+# %%
+import os
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+if "ipykernel" not in sys.modules and sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+    matplotlib.use("Agg")  # no screen (e.g. CI): draw off-screen, plt.show() does nothing
+import matplotlib.pyplot as plt
+
+try:
+    import capsnp
+except ImportError:  # not installed: use the repository this lesson lives in (lessons/..)
+    here = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
+    sys.path.insert(0, str(here.parent))
+    import capsnp
+
+from capsnp import datasets
+from capsnp import model_r as mr
+from capsnp.capsules import to_capsules
+from capsnp.estimators import RoutedCapsuleRBM
+from capsnp.exact import enumerate_assignments, enumerate_binary, stationary_distance
+from capsnp.ops import sigmoid, softmax
+from capsnp.params import RBParams, RParams
+
+FAST = os.environ.get("CAPSNP_FAST", "") not in ("", "0")  # CI sets CAPSNP_FAST=1
+t_start = time.perf_counter()
+
+
+def random_rbparams(rng, I=3, d_v=2, J=2, d_h=2, scale=1.0):
+    """A tiny Model R with assignment biases, every parameter random.
+
+    W (I, J, d_h, d_v), alpha (I, d_v), gamma (J, d_h), beta (I, J), C (I, J, d_h), A (I, J, d_v).
+    """
+    return RBParams(W=rng.normal(0.0, scale, (I, J, d_h, d_v)), alpha=rng.normal(0.0, 1.0, (I, d_v)),
+                    gamma=rng.normal(0.0, 1.0, (J, d_h)), beta=rng.normal(0.0, 1.0, (I, J)),
+                    C=rng.normal(0.0, 1.0, (I, J, d_h)), A=rng.normal(0.0, 1.0, (I, J, d_v)))
+
+# %% [markdown]
+# ## 1. A blank patch, with and without assignment biases
+#
+# A tiny model: $I = 3$ children of $d_v = 2$ pixels, $J = 2$ parents of $d_h = 2$ units, every
+# parameter random. `plain` is the same model with $C = A = 0$, i.e. Model R. One image whose
+# child 0 is blank; two hidden states, $h = 0$ and $h \ne 0$. The routing posterior (4.3) of
+# Model R for child 0 is $\mathrm{softmax}(\beta_0)$ for both; with the biases it is
+# $\mathrm{softmax}_j(\beta_{0j} + C_{0j}\cdot h_j)$ ((4b.2) and (4b.3) with $v_0 = 0$: $A_{0j}\cdot v_0 = 0$),
+# which moves with $h$. Child 1 is not blank; its posterior depends on $h$ in both models.
+
+# %%
+rng = np.random.default_rng(0)
+p = random_rbparams(rng)  # I = 3, d_v = 2, J = 2, d_h = 2
+plain = RParams(p.W, p.alpha, p.gamma, p.beta)  # the same W, alpha, gamma, beta with C = A = 0
+I, J, d_h, d_v = p.W.shape
+v = np.array([[[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]]])  # (1, I, d_v): child 0 blank
+h_states = {"h = 0": np.zeros((1, J, d_h)),  # (1, J, d_h)
+            "h = [[1, 1], [0, 1]]": np.array([[[1.0, 1.0], [0.0, 1.0]]])}  # (1, J, d_h)
+
+print(f"softmax(beta_0) = {np.round(softmax(p.beta[0]), 4)}")
+post = {}
+for name, q in (("Model R", plain), ("with C, A", p)):
+    for hname, h in h_states.items():
+        R = mr.routing_posterior(q, v, h)[0]  # (I, J)
+        post[name, hname] = R
+        print(f"{name:9s}, {hname:20s}: p(a_0 | v, h) = {np.round(R[0], 4)} (blank), "
+              f"p(a_1 | v, h) = {np.round(R[1], 4)}")
+
+for hname, h in h_states.items():
+    # Model R: the blank child routes by the prior, for every h
+    np.testing.assert_allclose(post["Model R", hname][0], softmax(p.beta[0]), rtol=1e-15, atol=1e-15)
+    # with the biases: softmax_j(beta_0j + C_0j . h_j), written out
+    naive = softmax(p.beta[0] + np.einsum("jk,jk->j", p.C[0], h[0]))  # (J,)
+    np.testing.assert_allclose(post["with C, A", hname][0], naive, rtol=1e-14)
+names = list(h_states)
+assert not np.allclose(post["with C, A", names[0]][0], post["with C, A", names[1]][0])
+print("blank child: Model R routes by softmax(beta) for both h; with C the routing moves with h: OK")
+
+# %% [markdown]
+# ## 2. The energy (4b.1) and the three conditionals, by enumeration
+#
+# The energy written out one state at a time with loops, and the two substitutions (4b.2),
+# (4b.3) written out with `einsum`, each checked against the package function. The tiny model
+# has $2^6 \times 2^4 \times 2^3 = 8192$ joint states $(v, h, a)$; the table $e^{-E}$ over all of
+# them gives every conditional by normalising over one block, as in lesson 7:
+#
+# * R: $p(a\mid v, h) = \prod_i \mathrm{softmax}_j\big(b_{ij}(v) + \hat u_{j\mid i}\cdot h_j\big)_{a_i}$ (4.3 with 4b.2, 4b.3);
+# * U: $p(h_{jk} = 1\mid v, a) = \sigma\big(\gamma_{jk} + \sum_{i:\,a_i = j}\hat u_{j\mid i,k}\big)$ (4.4 with 4b.2);
+# * D: $p(v_{il} = 1\mid h, a)$ (4b.4).
+
+# %%
+def naive_energy(params, v, h, a):
+    """(4b.1) for one state: v (I, d_v), h (J, d_h), a (I,) ints."""
+    W, alpha, gamma, beta, C, A = params
+    e = -np.sum(alpha * v) - np.sum(gamma * h)
+    for i, j in enumerate(a):
+        e -= beta[i, j] + A[i, j] @ v[i] + h[j] @ (W[i, j] @ v[i] + C[i, j])
+    return e
+
+
+def bernoulli_table(x, prob):
+    """prod_k prob^x (1 - prob)^(1 - x) for every pair: x (M, K) binary, prob (N, K) -> (N, M)."""
+    return np.prod(np.where(x[None] > 0.5, prob[:, None], 1.0 - prob[:, None]), axis=-1)  # (N, M)
+
+
+Vs = enumerate_binary(I * d_v).reshape(-1, I, d_v)  # (64, I, d_v)
+Hs = enumerate_binary(J * d_h).reshape(-1, J, d_h)  # (16, J, d_h)
+As = enumerate_assignments(I, J)  # (8, I): child 0 varies fastest
+Nv, Nh, Na = len(Vs), len(Hs), len(As)
+
+# (4b.2) and (4b.3), written out
+u_naive = np.einsum("ijkl,bil->bijk", p.W, Vs) + p.C  # (Nv, I, J, d_h)
+np.testing.assert_allclose(mr.prediction(p, Vs), u_naive, rtol=1e-14, atol=1e-15)
+b_naive = p.beta + np.einsum("ijl,bil->bij", p.A, Vs)  # (Nv, I, J)
+np.testing.assert_allclose(mr.prior_logits(p, Vs), b_naive, rtol=1e-14, atol=1e-15)
+
+# (4b.1) over every joint state
+L = -np.array([[[naive_energy(p, v, h, a) for a in As] for h in Hs] for v in Vs])  # (Nv, Nh, Na): -E
+vg = np.repeat(Vs, Nh * Na, axis=0)  # (Nv Nh Na, I, d_v)
+hg = np.tile(np.repeat(Hs, Na, axis=0), (Nv, 1, 1))  # (Nv Nh Na, J, d_h)
+ag = np.tile(As, (Nv * Nh, 1))  # (Nv Nh Na, I)
+np.testing.assert_allclose(-mr.energy(p, vg, hg, ag), L.ravel(), rtol=1e-12, atol=1e-12)
+log_Z = np.logaddexp.reduce(L.ravel())
+joint = np.exp(L - log_Z)  # (Nv, Nh, Na): p(v, h, a)
+print(f"{Nv} x {Nh} x {Na} = {Nv * Nh * Na} joint states; naive (4b.1), (4b.2), (4b.3) equal the package: OK")
+
+# R: p(a | v, h), normalised over a
+resp = mr.routing_posterior(p, np.repeat(Vs, Nh, 0), np.tile(Hs, (Nv, 1, 1)))  # (Nv Nh, I, J)
+table = np.prod(resp[:, np.arange(I)[None, :], As], axis=-1).reshape(Nv, Nh, Na)  # prod_i R_{i a_i}
+np.testing.assert_allclose(table, joint / joint.sum(axis=2, keepdims=True), rtol=1e-10)
+# U: p(h | v, a), normalised over h
+probs = mr.hidden_probability(p, np.repeat(Vs, Na, 0), np.tile(As, (Nv, 1)))  # (Nv Na, J, d_h)
+table = bernoulli_table(Hs.reshape(Nh, -1), probs.reshape(Nv * Na, -1)).reshape(Nv, Na, Nh)  # (Nv, Na, Nh)
+np.testing.assert_allclose(table, (joint / joint.sum(axis=1, keepdims=True)).transpose(0, 2, 1), rtol=1e-10)
+# D: p(v | h, a), normalised over v (4b.4)
+probs = mr.visible_probability(p, np.repeat(Hs, Na, 0), np.tile(As, (Nh, 1)))  # (Nh Na, I, d_v)
+table = bernoulli_table(Vs.reshape(Nv, -1), probs.reshape(Nh * Na, -1)).reshape(Nh, Na, Nv)  # (Nh, Na, Nv)
+np.testing.assert_allclose(table, (joint / joint.sum(axis=0, keepdims=True)).transpose(1, 2, 0), rtol=1e-10)
+# (4.9) with h summed out, and log Z
+log_va = mr.log_joint_va(p, np.repeat(Vs, Na, 0), np.tile(As, (Nv, 1))).reshape(Nv, Na)  # (Nv, Na)
+np.testing.assert_allclose(log_va, np.logaddexp.reduce(L, axis=1), rtol=1e-12)
+np.testing.assert_allclose(mr.exact_log_partition(p), log_Z, rtol=1e-12)
+print(f"R (4.3), U (4.4), D (4b.4) and (4.9) equal the enumerated joint; log Z = {log_Z:.6f}: OK")
+
+# %% [markdown]
+# ## 3. The gradient (4b.5)
+#
+# For any parameter $\theta$, $\log p(v) = \log\sum_{h,a}e^{-E(v,h,a)} - \log Z$, so (as (5.6) for
+# the RBM and (4.8) for Model R)
+#
+# $$ \frac{\partial\log p(v)}{\partial\theta} = \mathbb{E}_{p(h,a\mid v)}\Big[-\frac{\partial E}{\partial\theta}\Big]
+#    - \mathbb{E}_{p(v,h,a)}\Big[-\frac{\partial E}{\partial\theta}\Big]. $$
+#
+# In (4b.1), $C_{ij}$ and $A_{ij}$ appear only in child $i$'s term, and only when $a_i = j$, multiplied
+# by $h_j$ and by $v_i$:
+#
+# $$ -\frac{\partial E}{\partial C_{ij}} = [a_i = j]\,h_j, \qquad -\frac{\partial E}{\partial A_{ij}} = [a_i = j]\,v_i. \tag{4b.5} $$
+#
+# Given $(v, h)$, the expectation of the indicator is the routing posterior,
+# $\mathbb{E}[[a_i = j]\mid v, h] = R_{ij}(v, h)$ (4.3), so both expectations can be taken over $(v, h)$
+# with the indicator replaced by $R_{ij}$ (Rao-Blackwellisation over $a$, as in (4.8)). The
+# statistics are $R_{ij}h_j$ for $C$ and $R_{ij}v_i$ for $A$; `model_statistics(params, v, h, resp,
+# weights)` returns them (with those of $W$, $\alpha$, $\gamma$, $\beta$) averaged with the given weights.
+# In training, the data side uses the mean-field $c_{ij}\mu_j$ and $c_{ij}v_i$; here both sides are
+# exact:
+#
+# * data: weights $p(h\mid v_b)/B$ over every $h$, for each of $B = 5$ data vectors $v_b$;
+# * model: weights $p(v, h)$ over every $(v, h)$.
+#
+# First the $C$ and $A$ statistics from the joint table with the indicator itself (no
+# Rao-Blackwellisation), then the whole gradient against central differences of the exact mean
+# log-likelihood, in float64, for all six parameters.
+
+# %%
+p_vh = mr.exact_probability_vha(p).reshape(Nv, Nh, Na).sum(axis=2)  # (Nv, Nh): p(v, h)
+np.testing.assert_allclose(p_vh, joint.sum(axis=2), rtol=1e-12)
+data_index = np.random.default_rng(1).integers(0, Nv, size=5)  # (5,) data vectors
+B = len(data_index)
+p_h_given_v = p_vh[data_index] / p_vh[data_index].sum(axis=1, keepdims=True)  # (B, Nh)
+Vd, Hd = np.repeat(Vs[data_index], Nh, axis=0), np.tile(Hs, (B, 1, 1))  # (B Nh, I, d_v), (B Nh, J, d_h)
+data_term = mr.model_statistics(p, Vd, Hd, mr.routing_posterior(p, Vd, Hd), weights=p_h_given_v.ravel() / B)
+Vg, Hg = np.repeat(Vs, Nh, axis=0), np.tile(Hs, (Nv, 1, 1))  # (Nv Nh, I, d_v), (Nv Nh, J, d_h)
+model_term = mr.model_statistics(p, Vg, Hg, mr.routing_posterior(p, Vg, Hg), weights=p_vh.ravel())
+assert isinstance(model_term, RBParams)  # the container of the params: C and A included
+
+# (4b.5) with the indicator [a_i = j], summed over the enumerated joint
+onehot = (As[:, :, None] == np.arange(J)).astype(float)  # (Na, I, J): [a_i = j]
+posterior = joint[data_index] / joint[data_index].sum(axis=(1, 2), keepdims=True)  # (B, Nh, Na): p(h, a | v_b)
+np.testing.assert_allclose(data_term.C, np.einsum("bha,aij,hjk->ijk", posterior, onehot, Hs) / B, rtol=1e-10)
+np.testing.assert_allclose(data_term.A, np.einsum("bha,aij,bil->ijl", posterior, onehot, Vs[data_index]) / B,
+                           rtol=1e-10, atol=1e-15)
+np.testing.assert_allclose(model_term.C, np.einsum("vha,aij,hjk->ijk", joint, onehot, Hs), rtol=1e-10)
+np.testing.assert_allclose(model_term.A, np.einsum("vha,aij,vil->ijl", joint, onehot, Vs), rtol=1e-10)
+print("statistics of C and A with R_ij equal those with the indicator [a_i = j]: OK")
+
+grad = RBParams(*(d - m for d, m in zip(data_term, model_term)))  # exact gradient of mean log p(v_b)
+
+
+def central_difference(f, params, eps=1e-5):
+    """Central differences of a scalar f(params), one entry at a time; same container as params."""
+    grads = []
+    for name, x in params._asdict().items():
+        g = np.zeros_like(x)  # the shape of this parameter
+        for idx in np.ndindex(x.shape):
+            up, down = x.copy(), x.copy()
+            up[idx] += eps
+            down[idx] -= eps
+            g[idx] = (f(params._replace(**{name: up})) - f(params._replace(**{name: down}))) / (2 * eps)
+        grads.append(g)
+    return type(params)(*grads)
+
+
+fd = central_difference(lambda q: np.mean(mr.exact_log_marginal(q, Vs[data_index])), p)
+rel = {name: np.max(np.abs(g - f)) / np.max(np.abs(f)) for name, g, f in zip(RBParams._fields, grad, fd)}
+for name in RBParams._fields:
+    print(f"  {name:5s} max |gradient| {np.max(np.abs(getattr(fd, name))):.4f}, "
+          f"max |exact - finite difference| / max |finite difference| = {rel[name]:.1e}")
+print(f"max relative error over the six parameters: {max(rel.values()):.1e}")
+assert max(rel.values()) < 1e-6
+
+# %% [markdown]
+# ## 4. The 3-block Gibbs sweep leaves $p(v, a)$ invariant
+#
+# The sweep (4.7) draws $h\sim$ U (4.4), then $a\sim$ R (4.3), then $v\sim$ D (4b.4), each from its
+# exact conditional under (4b.1), so each block, and hence the sweep, leaves $p(v, h, a)$
+# invariant. Because $h$ is drawn first, the sweep is a Markov chain on $(v, a)$;
+# `exact_transition_matrix` builds its $512\times 512$ kernel
+# $K((v, a)\to(v', a')) = \sum_h p(h\mid v, a)\,p(a'\mid v, h)\,p(v'\mid h, a')$, and we check $\pi K = \pi$ for
+# $\pi(v, a) = p(v, a)$ (4.9). For contrast, Model R's kernel (`plain`: the sweep that ignores $C$ and
+# $A$) does not leave this $\pi$ invariant.
+
+# %%
+pi = mr.exact_probability_va(p)  # (Nv Na,): index iv * Na + ia
+np.testing.assert_allclose(pi, joint.sum(axis=1).ravel(), rtol=1e-10)  # h summed out of the table
+K = mr.exact_transition_matrix(p)  # (Nv Na, Nv Na)
+np.testing.assert_allclose(K.sum(axis=1), 1.0, atol=1e-12)
+distance = stationary_distance(pi, K)
+distance_plain = stationary_distance(pi, mr.exact_transition_matrix(plain))
+print(f"0.5 |pi K - pi|_1 = {distance:.1e} for the sweep of (4b.1); "
+      f"{distance_plain:.3f} for Model R's sweep (C = A = 0)")
+assert distance < 1e-12
+assert distance_plain > 1e-3
+
+# %% [markdown]
+# ## 5. On MNIST: where do blank patches go?
+#
+# Two small models on the embedded MNIST subset, with the same settings as lesson 12's Model R
+# (2 capsules of 50 units on 4x4 patches, PCD with 100 chains, momentum 0.5, $\beta$ fixed at 0),
+# one plain and one with `assignment_biases=True`: 2,000 images for 2 epochs with `CAPSNP_FAST`,
+# 5,000 for 3 epochs without (a second or two each). These runs are far too short to produce good
+# models; they are long enough to show what the biases change about routing.
+#
+# On held-out images, take the mean-field routing $c$ (4.6) of every blank patch and compare it
+# with the prior $\mathrm{softmax}(\beta_i)$. For the plain model the two must be equal: every
+# prediction of a blank patch is exactly zero, so every update of (4.6) gives back
+# $\mathrm{softmax}(\beta_i)$ (asserted to $10^{-12}$). With the biases, a blank patch's routing is
+# $\mathrm{softmax}_j(\beta_{ij} + C_{ij}\cdot\mu_j)$ and follows the rest of the image through $\mu$. We count the
+# blank patches whose $c$ differs from the prior by more than 0.01.
+#
+# That count mixes two things. $C_{ij}\cdot\mu_j$ can move the routing of all blank patches at one
+# position the same way, a learned prior per position (which a plain Model R could also learn
+# in $\beta$, with `learn_prior=True`), or differently from image to image, which only the biases
+# can do. So we also count the blank patches whose $c$ differs by more than 0.01 from the mean $c$
+# of the blank patches at the same position (over the held-out images).
+
+# %%
+X_raw, _ = datasets.load_dataset("embedded", "train")  # (10000, 784) uint8
+X_test_raw, _ = datasets.load_dataset("embedded", "test")  # (2000, 784) uint8
+n_train = 2000 if FAST else 5000
+n_epochs = 2 if FAST else 3
+n_test = 500 if FAST else 2000
+X = datasets.binarize(X_raw[:n_train], "stochastic", random_state=0)  # (n_train, 784)
+X_test = datasets.binarize(X_test_raw[:n_test], "stochastic", random_state=1)  # (n_test, 784)
+V_test = to_capsules(X_test, (28, 28), 4)  # (n_test, 49, 16)
+blank = V_test.sum(axis=-1) == 0  # (n_test, 49): patches with no pixel on
+print(f"{blank.mean():.1%} of the {blank.size} patches of {n_test} held-out images are blank")
+
+models = {}
+for biases in (False, True):
+    t0 = time.perf_counter()
+    est = RoutedCapsuleRBM(n_capsules=2, capsule_dim=50, patch=4, n_chains=100, momentum=0.5,
+                           n_iter=n_epochs, assignment_biases=biases, random_state=0).fit(X)
+    models[biases] = est
+    print(f"assignment_biases={biases!s:5s}: {n_epochs} epochs on {n_train} images in "
+          f"{time.perf_counter() - t0:.1f} s")
+
+
+def fitted_params(est):
+    """The estimator's parameters as RBParams (with C_, A_) or RParams."""
+    if est.assignment_biases:
+        return RBParams(est.W_, est.alpha_, est.gamma_, est.beta_, est.C_, est.A_)
+    return RParams(est.W_, est.alpha_, est.gamma_, est.beta_)
+
+
+routing = {}
+for biases, est in models.items():
+    q = fitted_params(est)
+    c, mu, _ = mr.mean_field(q, V_test, tol=est.routing_tol, max_iter=est.max_routing)  # (n_test, 49, J), ...
+    prior = softmax(q.beta, axis=-1)  # (49, J)
+    deviation = np.max(np.abs(c - prior), axis=-1)  # (n_test, 49): max_j |c_ij - softmax(beta_i)_j|
+    routing[biases] = c
+    moved = np.mean(deviation[blank] > 0.01)
+    n_blank = blank.sum(axis=0)  # (49,): blank patches at each position
+    position_mean = np.einsum("bi,bij->ij", blank, c) / np.maximum(n_blank, 1)[:, None]  # (49, J)
+    spread = np.max(np.abs(c - position_mean), axis=-1)  # (n_test, 49): distance to the position's mean
+    print(f"assignment_biases={biases!s:5s}: {moved:.1%} of blank patches have |c - softmax(beta)| > 0.01 "
+          f"(largest {deviation[blank].max():.3f}); {np.mean(spread[blank] > 0.01):.1%} differ by more than "
+          f"0.01 from the mean c of blank patches at their position (largest {spread[blank].max():.3f})")
+    if not biases:
+        assert np.all(deviation[blank] < 1e-12)  # u_hat = W 0 = 0: the prior, for every image
+
+# %% [markdown]
+# The figure shows, for six held-out digits, the mean-field probability $c_{i1}$ that each patch
+# is routed to capsule 1: top the image, middle the plain model, bottom the model with assignment
+# biases. In the middle row every blank patch sits at $\mathrm{softmax}(0) = 1/2$, one uniform colour
+# around the digit; only the patches with ink are routed. In the bottom row the blank patches are
+# routed too: after these short runs mostly by their position (the same pattern of colours around
+# every digit), and to a much smaller degree by the image (the second count printed above, with
+# deviations from a few hundredths to about a tenth at most).
+
+# %%
+fig, axes = plt.subplots(3, 6, figsize=(9, 4.8))
+for col in range(6):
+    axes[0, col].imshow(X_test[col].reshape(28, 28), cmap="gray_r")  # (28, 28)
+    for row, biases in ((1, False), (2, True)):
+        im = axes[row, col].imshow(routing[biases][col, :, 1].reshape(7, 7), cmap="coolwarm",
+                                   vmin=0.0, vmax=1.0)  # (7, 7): c_{i1} on the grid of patches
+for ax in axes.ravel():
+    ax.set_xticks([])
+    ax.set_yticks([])
+axes[0, 0].set_ylabel("image")
+axes[1, 0].set_ylabel("Model R")
+axes[2, 0].set_ylabel("with C, A")
+fig.colorbar(im, ax=axes[1:].ravel().tolist(), shrink=0.8, label="c_i1")
+fig.suptitle("mean-field routing to capsule 1 of each 4x4 patch")
+plt.show()
+
+# %% [markdown]
+# How much of the blank-patch routing moves after so short a run, and how much of that is
+# position rather than image, depends on the run; what does not depend on it is the plain model's
+# zero (asserted above): Model R cannot route a blank patch by anything but $\beta$, at any stage of
+# training. Whether the freed routing buys likelihood is a
+# question for longer training and for AIS (lesson 9), which handles the biases by scaling $W$,
+# $C$ and $A$ together along its path (docs/MODEL_RB.md, "Evaluation").
+#
+# ## Summary
+#
+# * In Model R (4.1) a blank patch predicts $\hat u_{j\mid i} = W_{ij}0 = 0$, so it routes by the prior
+#   $\mathrm{softmax}(\beta_i)$ whatever $h$ is, and a capsule can keep a patch routed to it blank only
+#   through its weights $W_{ij}^\top h_j$ (4.5).
+# * Centring an RBM is a reparametrisation; centring Model R leaves two assignment-dependent terms,
+#   $[a_i = j]\,(W_{ij}^\top l_j)\cdot v_i$ and $[a_i = j]\,h_j\cdot(W_{ij}m_i)$, that (4.1) cannot express.
+# * Model R with assignment biases (4b.1) frees them as $A_{ij}$ and $C_{ij}$. Every formula of Model R
+#   holds with the prediction $\hat u_{j\mid i} = W_{ij}v_i + C_{ij}$ (4b.2) and the prior routing logit
+#   $b_{ij}(v) = \beta_{ij} + A_{ij}\cdot v_i$ (4b.3); the visible conditional gains $A_{i a_i}$ (4b.4).
+# * On a tiny model: a blank child's routing posterior is $\mathrm{softmax}(\beta)$ for every $h$ without
+#   the biases and depends on $h$ with them; the energy written with loops, the three conditionals
+#   and (4.9) equal their enumerated values.
+# * The gradient statistics are $[a_i = j]h_j$ and $[a_i = j]v_i$ (4b.5), Rao-Blackwellised to $R_{ij}h_j$
+#   and $R_{ij}v_i$; exact data minus model statistics matched central differences for all six
+#   parameters (printed relative error), and the 3-block Gibbs sweep left $p(v, a)$ invariant to
+#   rounding error.
+# * On MNIST the plain model's blank patches route exactly by $\beta$. With the biases they are
+#   routed through $C_{ij}\cdot\mu_j$: after a short run mostly by position, a learned prior, and a
+#   little by the image.
+#
+# ## Exercises
+#
+# 1. (\*) With a single parent ($J = 1$) show that the assignment biases are ordinary biases:
+#    Model R with assignment biases is the Bernoulli RBM with visible biases $\alpha_i + A_{i1}$ and
+#    hidden biases $\gamma_1 + \sum_i C_{i1}$ (plus the constant $\sum_i\beta_{i1}$). Check it with
+#    `model_r.as_rbm` and `rbm.exact_log_partition` on a random model with $I = 3$, $d_v = 2$, $d_h = 3$.
+# 2. (\*\*) Centring. For offsets $m$ (I, d_v) and $l$ (J, d_h), write the energy of the centred
+#    Model R, in which child $i$'s interaction is $[a_i = j]\,(h_j - l_j)^\top W_{ij}(v_i - m_i)$, as (4b.1)
+#    with tied parameters $\beta'$, $C$, $A$, and check by enumeration that the two have the same
+#    $\log p(v)$ for every $v$. Then show, with the routing posterior of a blank patch, that no Model R
+#    (any $W$, $\alpha$, $\gamma$, $\beta$, with $C = A = 0$) has the same conditionals as a centred one
+#    whose $C \ne 0$.
+# 3. (\*\*\*) A conserved quantity. Show that adding $x_i\in\mathbb{R}^{d_v}$ to $\alpha_i$ and subtracting it
+#    from every $A_{ij}$ leaves $p(v, h, a)$ unchanged, that the exact gradient therefore satisfies
+#    $\partial/\partial\alpha_i = \sum_j\partial/\partial A_{ij}$, and that the PCD estimate (4.8, 4b.5) satisfies
+#    the same identity. Conclude that $\alpha_i - \sum_j A_{ij}$ does not change during
+#    `RoutedCapsuleRBM.fit` (momentum, learning-rate schedule and weight decay on $W$ included), and
+#    check it after a short fit.
+#
+# Solutions are in `solutions.md`.
+
+# %%
+print(f"lesson 13 ran in {time.perf_counter() - t_start:.1f} s")
