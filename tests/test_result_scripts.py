@@ -44,6 +44,17 @@ def test_routing_usage(saved_r, capsys):
     np.testing.assert_allclose(shares.sum(axis=1), 1.0, atol=2e-3)  # rounded to 3 digits
     assert 0.0 <= report["no_data_weight_share"] <= 0.5  # with 2 capsules one of each pair gets >= 50%
     assert (saved_r / "tiny_routing.png").stat().st_size > 0
+    assert report["blank_patch_routing_spread"] == 0.0  # Model R: blank patches route by beta alone
+
+
+def test_routing_usage_with_assignment_biases(saved_r, capsys):
+    X, _ = load_dataset("embedded", "train")
+    V = binarize(X[:400], "stochastic", random_state=0)
+    RoutedCapsuleRBM(2, 6, n_iter=2, n_chains=50, momentum=0.5, assignment_biases=True,
+                     random_state=0).fit(V).save(saved_r / "tiny-rb_model.npz")
+    _script("routing_usage").main("tiny-rb", "embedded", 60, saved_r)
+    report = json.loads(capsys.readouterr().out)
+    assert report["blank_patch_routing_spread"] > 0.0  # C_ij . h_j routes blank patches (4b.3)
 
 
 def test_tempered_samples(saved_r, capsys):

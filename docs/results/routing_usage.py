@@ -37,15 +37,15 @@ from capsnp import kernels
 from capsnp.capsules import from_capsules, to_capsules
 from capsnp.datasets import binarize, load_dataset
 from capsnp.estimators import load_estimator
-from capsnp.params import RParams
 from capsnp.plots import image_grid
 
 
 def routed_ink(est, v):
     """Mean-field routing (4.6) of ``v`` (n, I, d_v) by a fitted Model R, counted on ink patches.
 
-    A patch with no pixel on has zero predictions: its routing posterior is softmax(beta)
-    whatever h is (4.3), so only patches with ink say how routing is used.
+    Under Model R a patch with no pixel on has zero predictions: its routing posterior is
+    softmax(beta) whatever h is (4.3), so only patches with ink say how routing is used. (With
+    assignment biases, docs/MODEL_RB.md, a blank patch's routing can depend on h.)
 
     Returns
     -------
@@ -53,7 +53,7 @@ def routed_ink(est, v):
     patch at the capsule of its largest c_ij), position (I, J): per position, the share of its
     ink patches routed to each capsule.
     """
-    params = RParams(est.W_, est.alpha_, est.gamma_, est.beta_)
+    params = est._params()  # RParams, or RBParams with assignment biases
     c, _, iterations = kernels.model_r.mean_field(params, v, tol=est.routing_tol,
                                                   max_iter=est.max_routing)  # (n, I, J)
     ink = v.sum(axis=2) > 0  # (n, I)
@@ -86,6 +86,11 @@ def main(name, dataset="mnist", n=2000, folder=None):
         "positions_without_ink": int((ink.sum(axis=0) == 0).sum()),
         # every W_ij has d_h * d_v entries, so a share of pairs is a share of weights
         "no_data_weight_share": round(float((position[ink.any(axis=0)] < 0.01).mean()), 4),
+        # how much a blank patch's routing depends on the image: the spread over images of
+        # c_ij among the blank patches at one position, averaged over positions (0 under
+        # Model R, where it is softmax(beta); docs/MODEL_RB.md)
+        "blank_patch_routing_spread": round(float(np.mean([
+            c[~ink[:, i], i].std(axis=0).max() for i in range(c.shape[1]) if (~ink[:, i]).sum() > 1])), 4),
     }
     print(json.dumps(report), flush=True)
     # one 28x28 map per capsule: the share of each position's patches routed to it
