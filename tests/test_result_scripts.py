@@ -81,3 +81,18 @@ def test_sample_diversity(saved_r, capsys):
     assert 0.0 <= report["class_entropy"] <= 1.0 and 0.0 <= report["confident_share"] <= 1.0
     assert report["classes_with_3_or_more"] == sum(c >= 3 for c in report["class_counts"])
     assert report["classifier_test_accuracy"] > 0.5
+
+
+def test_as_rbm_log_z(tmp_path, capsys):
+    """A one-capsule Model R's log Z on the RBM's path agrees with its exact value (tiny model)."""
+    from capsnp.likelihood import exact_log_partition
+
+    X, _ = load_dataset("embedded", "train")
+    V = binarize(X[:200], "stochastic", random_state=0)
+    est = RoutedCapsuleRBM(1, 6, n_iter=1, n_chains=50, random_state=0).fit(V)
+    est.save(tmp_path / "one_model.npz")
+    _script("as_rbm_log_z").main("one", "embedded", tmp_path, 20, True)
+    report = json.loads(capsys.readouterr().out)
+    exact = exact_log_partition(est)  # 2**6 hidden states
+    assert abs(report["log_z"] - exact) < 5 * report["log_z_std_error"] + 0.05
+    assert report["test_log_likelihood"] < 0
