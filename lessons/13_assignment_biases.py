@@ -424,9 +424,13 @@ plt.show()
 # How much of the blank-patch routing moves after so short a run, and how much of that is
 # position rather than image, depends on the run; what does not depend on it is the plain model's
 # zero (asserted above): Model R cannot route a blank patch by anything but $\beta$, at any stage of
-# training. Whether the freed routing buys likelihood is a
-# question for longer training and for AIS (lesson 9), which handles the biases by scaling $W$,
-# $C$ and $A$ together along its path (docs/MODEL_RB.md, "Evaluation").
+# training. Whether the freed routing buys likelihood takes longer training and AIS (lesson 9),
+# which handles the biases by scaling $W$, $C$ and $A$ together along its path
+# (docs/MODEL_RB.md, "Evaluation"). docs/results.md section 8 has the answer for two capsules of
+# 250 units trained for 100 epochs on all of MNIST with the RBM-500's recipe: -95.4 nats per test
+# image with the biases against -101.8 without (the RBM-500: -90.5), the share of weights that
+# get no data statistic down from 40% to 25%, and fresh chains from noise that are clean,
+# readable digits where the plain model's are malformed.
 #
 # ## Summary
 #
@@ -447,7 +451,7 @@ plt.show()
 #   rounding error.
 # * On MNIST the plain model's blank patches route exactly by $\beta$. With the biases they are
 #   routed through $C_{ij}\cdot\mu_j$: after a short run mostly by position, a learned prior, and a
-#   little by the image.
+#   little by the image. Trained fully (docs/results.md sec. 8) the biases gain 6.3 nats.
 #
 # ## Exercises
 #
