@@ -49,6 +49,8 @@ def mean_field(params, v, tol=1e-3, max_iter=30, damping=0.0):
     From ``c = softmax_j(beta)``, iterate ``mu = sigmoid(gamma + s(c))``,
     ``c_new = softmax_j(beta + u_hat . mu)``, ``c <- (1 - damping) c_new + damping c``; an image
     stops after the update with ``max |c_new - c| < tol``, or after ``max_iter`` updates.
+    With assignment biases (RBParams) beta reads ``b(v) = beta + A . v`` (4b.3) and u_hat
+    includes C (4b.2).
 
     Parameters
     ----------
