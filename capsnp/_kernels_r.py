@@ -19,7 +19,6 @@ from . import _kernels_jit as _jit
 from . import model_r as _ref
 from .ops import softmax
 
-
 __all__ = ["mean_field", "gibbs_sweep", "data_statistics", "model_statistics"]
 
 
@@ -159,7 +158,7 @@ def data_statistics(params, v, c, mu, weights=None):
     _jit.run_chunks(_jit.r_statistics, I, w, v, c, mu, dW, d_alpha, d_beta)
     d_gamma = np.einsum("b,bjk->jk", w, mu)  # (J, d_h), small
     return type(params)(W=dW, alpha=d_alpha, gamma=d_gamma, beta=d_beta,
-                   **_ref.bias_statistics(params, v, c, mu, w))  # C, A (4b.5): small einsums
+                        **_ref.bias_statistics(params, v, c, mu, w))  # C, A (4b.5): small products
 
 
 def model_statistics(params, v, h, resp, weights=None):

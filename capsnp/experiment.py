@@ -30,6 +30,9 @@ from .plots import image_grids
 
 __all__ = ["PRESETS", "make_estimator", "test_log_likelihood", "run"]
 
+# The RBM-500's training recipe (`rbm-pcd-long`) as RoutedCapsuleRBM settings, for the *-rbm rows
+_RBM_RECIPE = dict(n_chains=100, learning_rate=0.01, momentum=0.8, weight_decay=2e-4)
+
 # Named configurations. Weight counts: RBM-500 has 784 * 500 = 392,000 weights; a capsule model
 # with 4x4 patches has 784 * J * d_h weights.
 PRESETS = {
@@ -72,23 +75,20 @@ PRESETS = {
     # The RBM-500's own recipe (`rbm-pcd-long`: rate 0.01 decayed linearly, momentum 0.8,
     # weight decay 2e-4, 100 chains): the *-c100 rows used rate 0.05 and momentum 0.5, an
     # effective step twice the RBM's. J = 1 is the RBM-500 itself, so it must reproduce -90.45.
-    "r-1x500-rbm": (RoutedCapsuleRBM, dict(n_capsules=1, capsule_dim=500, n_chains=100, learning_rate=0.01,
-                                           momentum=0.8, weight_decay=2e-4)),
-    "r-2x250-rbm": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, n_chains=100, learning_rate=0.01,
-                                           momentum=0.8, weight_decay=2e-4)),
+    "r-1x500-rbm": (RoutedCapsuleRBM, dict(n_capsules=1, capsule_dim=500, **_RBM_RECIPE)),
+    "r-2x250-rbm": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, **_RBM_RECIPE)),
     # The same with assignment biases (docs/MODEL_RB.md): prediction biases C_ij and visible
     # biases A_ij per child and parent, so a blank patch carries routing information and a
     # capsule can keep the patches routed to it blank without spending its weights on it.
-    "rb-2x250-rbm": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, n_chains=100, learning_rate=0.01,
-                                            momentum=0.8, weight_decay=2e-4, assignment_biases=True)),
+    "rb-2x250-rbm": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, assignment_biases=True,
+                                            **_RBM_RECIPE)),
     # ... and under the *-c100 recipe (rate 0.05, momentum 0.5), the better one for J = 2
     "rb-2x250-c100": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, n_chains=100, momentum=0.5,
                                              assignment_biases=True)),
     # rb-2x250-rbm at the RBM-500's training time: an epoch costs about 3 times the RBM's
     # (docs/results/epoch_cost.py), so run with --epochs 33 (the rate decays over those epochs)
-    "rb-2x250-rbm-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, n_chains=100,
-                                                       learning_rate=0.01, momentum=0.8, weight_decay=2e-4,
-                                                       assignment_biases=True)),
+    "rb-2x250-rbm-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, assignment_biases=True,
+                                                       **_RBM_RECIPE)),
     "p": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, sampler="mh")),
     "p-reconstruct": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, sampler="reconstruct")),
     # Model G (docs/MODEL_G.md): at learning rates >= 0.05 its training diverged

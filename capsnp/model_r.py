@@ -20,16 +20,16 @@ predictions ``u_hat_{j|i} = W_ij v_i`` (B, I, J, d_h). Equation labels:
 * (4.10) importance-sampling estimate ``log p~(v) ~ log (1/S) sum_s p~(v, a^s) / q(a^s)``,
   ``q(a) = prod_i c_{i a_i}``.
 
-Assignment biases (docs/MODEL_RB.md, sec. 4b). ``RParams`` may carry ``C`` (I, J, d_h) and
-``A`` (I, J, d_v); the energy becomes
+Assignment biases (docs/MODEL_RB.md, sec. 4b). Every function also takes an ``RBParams``, which
+adds ``C`` (I, J, d_h) and ``A`` (I, J, d_v); the energy becomes
 
 * (4b.1) ``E = -alpha.v - gamma.h - sum_i [beta_{i a_i} + A_{i a_i}.v_i + h_{a_i}.(W_{i a_i} v_i + C_{i a_i})]``
 
 and every function above holds with two substitutions: the prediction
 ``u_hat_{j|i} = W_ij v_i + C_ij`` (4b.2, :func:`prediction`) and the per-image prior routing
 logit ``b_ij(v) = beta_ij + A_ij.v_i`` (4b.3, :func:`prior_logits`) in place of beta_ij; the
-visible conditional (4.5) gains ``A_{i a_i}`` (4b.4). With ``C = A = None`` (zero) this is
-Model R exactly.
+visible conditional (4.5) gains ``A_{i a_i}`` (4b.4). With ``C = A = 0`` (or an RParams) this
+is Model R exactly.
 
 Every function is pure and keeps the floating dtype of its inputs. Routing assignments are
 int64 arrays with values 0..J-1. Samplers take an explicit ``np.random.Generator`` and say in
@@ -850,8 +850,8 @@ def as_rbm(params):
     ``E = -alpha.v - gamma_0.h - sum_i h^T W_i0 v_i - sum_i beta_i0``, a Bernoulli RBM over the
     flattened visible vector (index ``i * d_v + l``) with ``W_rbm[i d_v + l, k] = W[i, 0, k, l]``,
     ``a = alpha.ravel()``, ``b = gamma[0]`` (with assignment biases (4b.1),
-    ``a = (alpha + A[:, 0]).ravel()`` and ``b = gamma[0] + sum_i C_i0``), plus the CONSTANT ``-sum_i beta_i0``. The constant
-    cancels in every conditional and in p(v), but shifts free energies and log Z:
+    ``a = (alpha + A[:, 0]).ravel()`` and ``b = gamma[0] + sum_i C_i0``), plus the CONSTANT
+    ``-sum_i beta_i0``. The constant cancels in every conditional and in p(v), but shifts free energies and log Z:
     ``log p~_R(v) = -F_rbm(v) + sum_i beta_i0`` and ``log Z_R = log Z_rbm + sum_i beta_i0``.
 
     Parameters
