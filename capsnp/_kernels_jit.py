@@ -862,7 +862,29 @@ def _r_posterior(beta, u, h, logits, out):
 _r_posterior = _jit(_r_posterior)
 
 
-def r_mean_field(start, stop, gamma, prior, c0, u, tol, max_iter, damping, c_out, mu_out, n_out):
+def _r_image_predictions(Wt, C, v, idx, u):
+    """(4b.2) one image's predictions ``u_ij = W_ij v_i + C_ij``: v (I, d_v) -> u (I, J, d_h).
+
+    Adds the rows ``Wt[i, j, l]`` (Wt: (I, J, d_v, d_h), W with its last two axes swapped) of
+    the pixels that are on only; idx (d_v,) int64 is scratch.
+    """
+    I, J, d_v, d_h = Wt.shape
+    for i in range(I):
+        for j in range(J):
+            for k in range(d_h):
+                u[i, j, k] = C[i, j, k]
+        for m in range(_nonzero_index(v[i], idx)):
+            l = idx[m]
+            vl = v[i, l]
+            for j in range(J):
+                for k in range(d_h):
+                    u[i, j, k] += Wt[i, j, l, k] * vl
+
+
+_r_image_predictions = _jit(_r_image_predictions)
+
+
+def r_mean_field(start, stop, Wt, C, gamma, prior, c0, v, tol, max_iter, damping, c_out, mu_out, n_out):
     """(4.6) mean-field routing of images b in [start, stop), each stopping on its own.
 
     From ``c = softmax(b)``: ``mu = sigmoid(gamma + s(c))``, ``c_new = softmax(b + u . mu)``,
@@ -870,21 +892,28 @@ def r_mean_field(start, stop, gamma, prior, c0, u, tol, max_iter, damping, c_out
     ``max |c_new - c| < tol`` (n_out = that update's number) or after ``max_iter`` updates.
     ``mu_out`` is recomputed from the returned c.
 
+    Each image's predictions u (I, J, d_h) are built in a scratch buffer that stays in cache
+    while it iterates, rather than for the whole batch (B I J d_h numbers) up front.
+
     Parameters
     ----------
     start, stop : int, range of images
-    gamma (J, d_h), prior (B, I, J) prior routing logits b(v) (4b.3; beta for every image without
-    assignment biases), c0 = softmax(prior) (B, I, J), u (B, I, J, d_h) predictions (4b.2)
+    Wt : (I, J, d_v, d_h) W with its last two axes swapped; C : (I, J, d_h) prediction biases
+    (zeros without them); gamma (J, d_h); prior (B, I, J) prior routing logits b(v) (4b.3;
+    beta for every image without assignment biases); c0 = softmax(prior) (B, I, J);
+    v (B, I, d_v)
     c_out (B, I, J), mu_out (B, J, d_h), n_out (B,) int64 : out
     """
-    B, I, J, d_h = u.shape
-    dt = u.dtype
+    I, J, d_v, d_h = Wt.shape
+    dt = Wt.dtype
+    ub = np.empty((I, J, d_h), dtype=dt)
+    idx = np.empty(d_v, dtype=np.int64)
     logits = np.empty((I, J), dtype=dt)
     c_new = np.empty((I, J), dtype=dt)
     mu = np.empty((J, d_h), dtype=dt)
     keep = 1.0 - damping
     for b in range(start, stop):
-        ub = u[b]  # (I, J, d_h)
+        _r_image_predictions(Wt, C, v[b], idx, ub)  # (I, J, d_h)
         c = c_out[b]  # (I, J), updated in place
         _copy_2d(c0[b], c)
         n_out[b] = max_iter
@@ -907,46 +936,81 @@ def r_mean_field(start, stop, gamma, prior, c0, u, tol, max_iter, damping, c_out
 r_mean_field = _jit(r_mean_field)
 
 
-def r_gibbs_sweep(start, stop, W, alpha, gamma, prior, u, a, u_h, u_a, u_v, v_out, h_out, a_out, resp_out):
-    """(4.7) one 3-block Gibbs sweep of chains b in [start, stop).
+def r_hidden_draw(start, stop, Wt, C, gamma, v, a, u_h, h_out):
+    """(4.4) ``h ~ U(v, a)`` of chains b in [start, stop), from the sparse v, without u_hat.
 
-    ``h ~ U(v, a)`` (4.4) from u_h (B, J, d_h); ``a_new ~ R(v, h)`` (4.3) by inverse CDF from
-    u_a (B, I) (``a_i`` = number of ``j < J-1`` with normalised cumulative probability
-    ``C_j <= u_i``); ``v_new ~ D(h, a_new)`` (4.5) from u_v (B, I, d_v).
-    ``resp_out = R(v, h)`` (B, I, J).
+    ``h_jk ~ sigmoid(gamma_jk + sum_{i: a_i = j} (W_ij v_i + C_ij)_k)``: each child adds
+    ``C_{i a_i}`` and the rows ``Wt[i, a_i, l]`` of its pixels that are on, so an image costs
+    ``I d_h + nnz(v) d_h`` instead of the ``I J d_h d_v`` of the predictions (4b.2).
 
     Parameters
     ----------
     start, stop : int, range of chains
-    W (I, J, d_h, d_v), gamma (J, d_h) : Model R parameters
-    alpha : (I, J, d_v) visible biases of child i under parent j, ``alpha_i + A_ij`` (4b.4)
-    prior : (B, I, J) prior routing logits of the current v, ``b(v) = beta + A . v`` (4b.3)
-    u : (B, I, J, d_h) predictions of the current v (4b.2); a : (B, I) int64 current assignments
-    v_out (B, I, d_v), h_out (B, J, d_h), a_out (B, I) int64, resp_out (B, I, J) : out
+    Wt : (I, J, d_v, d_h) W with its last two axes swapped, C-contiguous
+    C : (I, J, d_h) prediction biases (zeros without them); gamma : (J, d_h)
+    v : (B, I, d_v); a : (B, I) int64; u_h : (B, J, d_h) uniforms; h_out : (B, J, d_h) out
     """
-    I, J, d_h, d_v = W.shape
-    dt = u.dtype
-    logits = np.empty((I, J), dtype=dt)
-    x = np.empty((J, d_h), dtype=dt)
-    t = np.empty(d_v, dtype=dt)
-    cum = np.empty(J, dtype=dt)
+    I, J, d_v, d_h = Wt.shape
+    x = np.empty((J, d_h), dtype=Wt.dtype)
+    idx = np.empty(d_v, dtype=np.int64)
     for b in range(start, stop):
-        ub = u[b]  # (I, J, d_h)
-        h = h_out[b]  # (J, d_h)
-        resp = resp_out[b]  # (I, J)
-        # U (4.4): h_jk ~ sigmoid(gamma_jk + sum_{i: a_i = j} u_ijk)
         for j in range(J):
             for k in range(d_h):
-                x[j, k] = 0.0
+                x[j, k] = gamma[j, k]
         for i in range(I):
             j = a[b, i]
             for k in range(d_h):
-                x[j, k] += ub[i, j, k]
+                x[j, k] += C[i, j, k]
+            for m in range(_nonzero_index(v[b, i], idx)):
+                l = idx[m]
+                vl = v[b, i, l]
+                for k in range(d_h):
+                    x[j, k] += Wt[i, j, l, k] * vl
         for j in range(J):
             for k in range(d_h):
-                h[j, k] = 1.0 if u_h[b, j, k] < _sigmoid(gamma[j, k] + x[j, k]) else 0.0
-        # R (4.3): resp = softmax_j(b_ij + u_ij . h_j); a_i by inverse CDF over parents
-        _r_posterior(prior[b], ub, h, logits, resp)
+                h_out[b, j, k] = 1.0 if u_h[b, j, k] < _sigmoid(x[j, k]) else 0.0
+
+
+r_hidden_draw = _jit(r_hidden_draw)
+
+
+def r_route_visible_draw(start, stop, W, Wt, C, alpha, prior, v, h, u_a, u_v, a_out, v_out, resp_out):
+    """(4.3) ``a_new ~ R(v, h)`` and (4.5) ``v_new ~ D(h, a_new)`` of chains b in [start, stop).
+
+    The routing logit ``b_ij + u_ij . h_j = prior_bij + C_ij . h_j + sum_{l: v_il = 1}
+    v_il Wt[i, j, l] . h_j`` reads the rows of the pixels that are on only (u_hat is never
+    formed); the visible logit ``alpha_{i a_i} + W_{i a_i}^T h_{a_i}`` is computed for the
+    drawn parent only, over the hidden units that are on. ``a_i`` is drawn by inverse CDF from
+    u_a (the number of ``j < J-1`` with normalised cumulative probability ``<= u_i``), v from u_v.
+
+    Parameters
+    ----------
+    start, stop : int, range of chains
+    W : (I, J, d_h, d_v); Wt : (I, J, d_v, d_h) the same with its last two axes swapped
+    C : (I, J, d_h) prediction biases (zeros without them)
+    alpha : (I, J, d_v) ``alpha_i + A_ij`` (4b.4); prior : (B, I, J) ``b(v)`` (4b.3)
+    v : (B, I, d_v) current visible states; h : (B, J, d_h) the drawn hidden states
+    u_a : (B, I), u_v : (B, I, d_v) uniforms
+    a_out (B, I) int64, v_out (B, I, d_v), resp_out (B, I, J) : out
+    """
+    I, J, d_h, d_v = W.shape
+    dt = W.dtype
+    logits = np.empty((I, J), dtype=dt)
+    cum = np.empty(J, dtype=dt)
+    t = np.empty(d_v, dtype=dt)
+    idx = np.empty(d_v, dtype=np.int64)
+    for b in range(start, stop):
+        resp = resp_out[b]  # (I, J)
+        hb = h[b]  # (J, d_h)
+        for i in range(I):
+            n_on = _nonzero_index(v[b, i], idx)
+            for j in range(J):
+                x = prior[b, i, j] + _dot(C[i, j], hb[j])
+                for m in range(n_on):
+                    l = idx[m]
+                    x += v[b, i, l] * _dot(Wt[i, j, l], hb[j])
+                logits[i, j] = x
+        _softmax_rows(logits, resp)
         for i in range(I):
             acc = dt.type(0)
             for j in range(J):
@@ -957,20 +1021,19 @@ def r_gibbs_sweep(start, stop, W, alpha, gamma, prior, u, a, u_h, u_a, u_v, v_ou
                 if cum[j] / cum[J - 1] <= u_a[b, i]:
                     n += 1
             a_out[b, i] = n
-        # D (4.5, 4b.4): v_il ~ sigmoid(alpha_{i a_i l} + (W_{i a_i}^T h_{a_i})_l)
-        for i in range(I):
-            j = a_out[b, i]
             for l in range(d_v):
-                t[l] = 0.0
+                t[l] = alpha[i, n, l]
             for k in range(d_h):
-                hk = h[j, k]
+                hk = hb[n, k]
+                if hk == 0.0:  # binary h: a zero adds exactly 0 (finite W), skip its row
+                    continue
                 for l in range(d_v):
-                    t[l] += W[i, j, k, l] * hk
+                    t[l] += W[i, n, k, l] * hk
             for l in range(d_v):
-                v_out[b, i, l] = 1.0 if u_v[b, i, l] < _sigmoid(alpha[i, j, l] + t[l]) else 0.0
+                v_out[b, i, l] = 1.0 if u_v[b, i, l] < _sigmoid(t[l]) else 0.0
 
 
-r_gibbs_sweep = _jit(r_gibbs_sweep)
+r_route_visible_draw = _jit(r_route_visible_draw)
 
 
 def r_statistics(start, stop, w, v, c, mu, dW, dalpha, dbeta):

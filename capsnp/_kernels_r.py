@@ -29,17 +29,15 @@ def __getattr__(name):
     return getattr(_ref, name)
 
 
-def _inputs(params, v, dt):
-    """Predictions (4b.2) and prior routing logits (4b.3) of a batch, C-contiguous in ``dt``.
-
-    Returns u (B, I, J, d_h) ``= W v (+ C)`` and prior (B, I, J) ``= beta (+ A . v)``.
-    """
-    u = _jit.batch_predictions(_jit.as_c(params.W, dt), v)  # (B, I, J, d_h)
+def _transposed_weights(params, dt):
+    """W with its last two axes swapped, Wt (I, J, d_v, d_h), and C (I, J, d_h) (zeros without
+    assignment biases), C-contiguous in ``dt``: the layout in which a pixel that is on adds one
+    contiguous row per parent to the predictions (4b.2)."""
+    W = params.W
+    Wt = np.ascontiguousarray(W.swapaxes(2, 3), dtype=dt)  # (I, J, d_v, d_h)
     C, _ = _ref.assignment_biases(params)
-    if C is not None:
-        u += _jit.as_c(C, dt)  # (B, I, J, d_h)
-    prior = _jit.as_c(_ref.prior_logits(params, v), dt)  # (B, I, J)
-    return u, prior
+    C = np.zeros(W.shape[:3], dtype=dt) if C is None else _jit.as_c(C, dt)  # (I, J, d_h)
+    return Wt, C
 
 
 def mean_field(params, v, tol=1e-3, max_iter=30, damping=0.0):
@@ -71,13 +69,14 @@ def mean_field(params, v, tol=1e-3, max_iter=30, damping=0.0):
     gamma, v = (_jit.as_c(x, dt) for x in (params.gamma, v))
     B = v.shape[0]
     I, J, d_h = params.W.shape[:3]
-    u, prior = _inputs(params, v, dt)  # (B, I, J, d_h), (B, I, J)
+    Wt, C = _transposed_weights(params, dt)  # (I, J, d_v, d_h), (I, J, d_h)
+    prior = _jit.as_c(_ref.prior_logits(params, v), dt)  # (B, I, J)
     c0 = softmax(prior, axis=-1)  # (B, I, J), the routing at h = 0: each image's starting point
     c = np.empty((B, I, J), dtype=dt)
     mu = np.empty((B, J, d_h), dtype=dt)
     n_iter = np.empty(B, dtype=np.int64)
-    _jit.run_chunks(_jit.r_mean_field, B, gamma, prior, c0, u, float(tol), int(max_iter), float(damping),
-                    c, mu, n_iter)
+    _jit.run_chunks(_jit.r_mean_field, B, Wt, C, gamma, prior, c0, v, float(tol), int(max_iter),
+                    float(damping), c, mu, n_iter)
     return c, mu, n_iter
 
 
@@ -118,12 +117,17 @@ def gibbs_sweep(params, v, a, rng):
     u_h = rng.random((B, J, d_h))  # (B, J, d_h)
     u_a = rng.random((B, I))  # (B, I)
     u_v = rng.random((B, I, d_v))  # (B, I, d_v)
-    v_new = np.empty((B, I, d_v), dtype=dt)
+    Wt, C_dt = _transposed_weights(params, dt)  # (I, J, d_v, d_h), (I, J, d_h)
+    # U (4.4): h from the sparse v, never forming u_hat (B, I, J, d_h)
     h = np.empty((B, J, d_h), dtype=dt)
+    _jit.run_chunks(_jit.r_hidden_draw, B, Wt, C_dt, gamma, v, a, u_h, h)
+    # R (4.3) and D (4.5) from the sparse v and the drawn h
+    prior = _jit.as_c(_ref.prior_logits(params, v), dt)  # (B, I, J)
+    v_new = np.empty((B, I, d_v), dtype=dt)
     a_new = np.empty((B, I), dtype=np.int64)
     resp = np.empty((B, I, J), dtype=dt)
-    u, prior = _inputs(params, v, dt)  # (B, I, J, d_h), (B, I, J)
-    _jit.run_chunks(_jit.r_gibbs_sweep, B, W, alpha, gamma, prior, u, a, u_h, u_a, u_v, v_new, h, a_new, resp)
+    _jit.run_chunks(_jit.r_route_visible_draw, B, W, Wt, C_dt, alpha, prior, v, h, u_a, u_v,
+                    a_new, v_new, resp)
     return v_new, h, a_new, resp
 
 
