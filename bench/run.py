@@ -271,7 +271,10 @@ def bench_throughput(quick, ceiling):
         repeats, small = 1, dict(n_capsules=2, capsule_dim=2, batch_size=10)
     configs = [("P mh", CapsulePoE, dict(sampler="mh")),
                ("P reconstruct", CapsulePoE, dict(sampler="reconstruct")),
-               ("R", RoutedCapsuleRBM, {})]
+               ("R", RoutedCapsuleRBM, {}),
+               # the likelihood table's best capsule configuration (docs/results.md sec. 8)
+               ("R 2x250 biases", RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250,
+                                                         assignment_biases=True))]
     rows = []
     for name, cls, kw in configs:
         for backend in ("numba", "numpy"):
@@ -282,7 +285,7 @@ def bench_throughput(quick, ceiling):
             ips, mf = [], []
             for rep in range(reps + 1):  # the first fit loads the kernels
                 est = cls(n_iter=1, random_state=rep, monitor_fraction=0.01, backend=backend,
-                          **kw, **small)
+                          **{**kw, **small})
                 data = V if not (backend == "numpy" and name == "P mh") else V[:200]
                 est.fit(data)
                 if rep:
@@ -479,7 +482,8 @@ def table(results):
         lines.append("")
     t = results.get("throughput")
     if t:
-        lines += [f"4. training throughput, float64, default configurations (GEMM ceiling "
+        lines += [f"4. training throughput, float64, default configurations and R 2 x 250 with "
+                  f"assignment biases (GEMM ceiling "
                   f"{t['ceiling_gflops']:.1f} GFLOP/s)",
                   f"{'model':14s} {'backend':7s} {'B,I,d_v,J,d_h':18s} {'images/s':>9s} "
                   f"{'MFLOP/img':>10s} {'GFLOP/s':>8s} {'of ceiling':>10s}"]

@@ -56,7 +56,9 @@ def r_step_flops(B, I, J, d_h, d_v, n_mf):
     """A Model R training step, PCD-1 (4.6-4.8): mean field on the batch (predictions, then
     ``n_mf`` updates of ``4 I J d_h`` each), the data statistics ``2 I J d_h d_v``, one Gibbs
     sweep (predictions, ``2 I J d_h`` for the posterior over routes, ``2 I d_h (d_v + 1)`` for
-    h and v) and the model statistics ``2 I J d_h d_v``."""
+    h and v) and the model statistics ``2 I J d_h d_v``. A nominal dense count, like
+    :func:`rbm_step_flops`: the kernels touch only the pixels and hidden units that are on, and
+    the sweep never forms the predictions."""
     per_image = (2 * I * J * d_h * d_v + n_mf * 4 * I * J * d_h + 2 * I * J * d_h * d_v
                  + 2 * I * J * d_h * d_v + 2 * I * J * d_h + 2 * I * d_h * (d_v + 1)
                  + 2 * I * J * d_h * d_v)

@@ -85,8 +85,9 @@ PRESETS = {
     # ... and under the *-c100 recipe (rate 0.05, momentum 0.5), the better one for J = 2
     "rb-2x250-c100": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, n_chains=100, momentum=0.5,
                                              assignment_biases=True)),
-    # rb-2x250-rbm at the RBM-500's training time: an epoch costs about 3 times the RBM's
-    # (docs/results/epoch_cost.py), so run with --epochs 33 (the rate decays over those epochs)
+    # rb-2x250-rbm at the RBM-500's training time: an epoch costs about 2.5 times the RBM's
+    # (docs/results/epoch_cost.py; 3.1 times before the kernels stopped forming the batch's
+    # predictions), so run with --epochs 40 (the rate decays over those epochs)
     "rb-2x250-rbm-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, assignment_biases=True,
                                                        **_RBM_RECIPE)),
     "p": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, sampler="mh")),

@@ -52,7 +52,8 @@ def test_quick_bench_rows(quick_run):
     for row in results["rbm"]["rows"]:
         assert {"capsnp_median_s", "sklearn_median_s", "speedup", "target_met"} <= set(row)
     models = {(r["model"], r["backend"]) for r in results["throughput"]["rows"]}
-    assert models == {(m, b) for m in ("P mh", "P reconstruct", "R") for b in ("numba", "numpy")}
+    assert models == {(m, b) for m in ("P mh", "P reconstruct", "R", "R 2x250 biases")
+                      for b in ("numba", "numpy")}
     assert [r["doubled"] for r in results["scaling"]["rows"]] == ["base", "B", "I", "J", "d_h"]
     for row in results["memory"]["rows"]:
         assert row["traced_peak_mb"] >= 0 and row["peak_mb"] > 0
