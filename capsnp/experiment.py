@@ -90,6 +90,10 @@ PRESETS = {
     # predictions), so run with --epochs 40 (the rate decays over those epochs)
     "rb-2x250-rbm-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, assignment_biases=True,
                                                        **_RBM_RECIPE)),
+    # ... and with twice the rate (0.02, decayed), for a shorter budget. Run with --epochs 40.
+    "rb-2x250-rbm-rate2-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250,
+                                                             assignment_biases=True,
+                                                             **{**_RBM_RECIPE, "learning_rate": 0.02})),
     "p": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, sampler="mh")),
     "p-reconstruct": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, sampler="reconstruct")),
     # Model G (docs/MODEL_G.md): at learning rates >= 0.05 its training diverged

@@ -16,6 +16,7 @@ from capsnp.cli import load_estimator, main
 from capsnp.datasets import binarize, load_dataset
 from capsnp.estimators import BernoulliRBM, CapsulePoE, RoutedCapsuleRBM
 from capsnp.exact import enumerate_binary
+from capsnp.experiment import PRESETS, make_estimator
 from capsnp.likelihood import MAX_EXACT_STATES, log_joint_h
 from capsnp.params import PParams, RBMParams, RParams
 
@@ -308,3 +309,21 @@ def test_evaluate_likelihood_options_need_their_flag(trained, capsys):
     assert "--ais" in capsys.readouterr().err
     assert main(["evaluate", "--model-file", trained["rbm"], "--is-samples", "5"]) == 1
     assert main(["evaluate", "--model-file", trained["rbm"], "--ais", "--ais-runs", "0"]) == 2
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_is_a_valid_estimator_within_the_weight_budget(name):
+    """Each likelihood-table preset validates, lays out MNIST, and has at most the RBM-500's
+    784 x 500 = 392,000 weights (the budget every row is compared at)."""
+    from capsnp.experiment import make_estimator
+
+    est = make_estimator(name, 1)
+    est._check_training_hyperparameters()
+    if hasattr(est, "n_components"):
+        n_weights = 784 * est.n_components
+    else:
+        est._setup(784)
+        n_weights = (est.n_visible_capsules_ * est.visible_capsule_dim_ * est.n_capsules
+                     * est.capsule_dim)
+        assert est.n_visible_capsules_ * est.visible_capsule_dim_ == 784
+    assert 0 < n_weights <= 392_000
