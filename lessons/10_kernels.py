@@ -698,7 +698,9 @@ else:
 # * A compiled kernel keeps the math and changes the schedule: one image at a time, its
 #   predictions in cache through all passes, 2 trips through RAM. Our 40-line `@numba.njit`
 #   kernel equals `capsnp.routing.dynamic_routing` and `capsnp.kernels.routing.dynamic_routing`
-#   to $10^{-12}$ (to rounding: only the order of additions differs).
+#   to $10^{-12}$ (to rounding: only the order of additions differs). Model R's mean field (4.6)
+#   uses the same schedule: each image's predictions are built in cache from its pixels that
+#   are on, then iterated on, and its Gibbs sweep (4.7) never forms them at all.
 # * Compiling costs time on the first call per dtype; `cache=True` stores the machine code on
 #   disk so that a new process loads it. `.py_func` runs the same loops in Python for tests and
 #   debugging. float32 halves the bytes but keeps 7 digits: check in float64.
