@@ -94,6 +94,9 @@ PRESETS = {
     "rb-2x250-rbm-rate2-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250,
                                                              assignment_biases=True,
                                                              **{**_RBM_RECIPE, "learning_rate": 0.02})),
+    # rb-2x250-c100 at the same budget (run with --epochs 40)
+    "rb-2x250-c100-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, n_chains=100,
+                                                        momentum=0.5, assignment_biases=True)),
     "p": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, sampler="mh")),
     "p-reconstruct": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, sampler="reconstruct")),
     # Model G (docs/MODEL_G.md): at learning rates >= 0.05 its training diverged
