@@ -315,8 +315,6 @@ def test_evaluate_likelihood_options_need_their_flag(trained, capsys):
 def test_every_preset_is_a_valid_estimator_within_the_weight_budget(name):
     """Each likelihood-table preset validates, lays out MNIST, and has at most the RBM-500's
     784 x 500 = 392,000 weights (the budget every row is compared at)."""
-    from capsnp.experiment import make_estimator
-
     est = make_estimator(name, 1)
     est._check_training_hyperparameters()
     if hasattr(est, "n_components"):
