@@ -1357,8 +1357,7 @@ def mean_field_elbo(params, v, c):
     -------
     ndarray of shape (B,)
     """
-    u_hat = _model_r_ref.prediction(params, v)  # (B, I, J, d_h), W v + C with biases (4b.2)
-    s = np.einsum("bij,bijk->bjk", c, u_hat, optimize=True)  # (B, J, d_h)
+    s = _model_r_ref.routed_prediction(params, v, c)  # (B, J, d_h), from W v + C (4b.2)
     with np.errstate(divide="ignore", invalid="ignore"):
         c_log_c = np.where(c > 0, c * np.log(c), 0.0)  # (B, I, J), 0 log 0 = 0
     prior = _model_r_ref.prior_logits(params, v)  # (B, I, J), beta + A.v with biases (4b.3)
@@ -1609,7 +1608,12 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
     @staticmethod
     def _reconstruction(params, c, mu):
         """Mean-field reconstruction ``sigmoid(alpha_i + sum_j c_ij W_ij^T mu_j)``: (B, I, d_v)."""
-        field = params.alpha + np.einsum("bij,ijkl,bjk->bil", c, params.W, mu, optimize=True)
+        W = params.W  # (I, J, d_h, d_v)
+        I, J, d_h, d_v = W.shape
+        W_j = np.moveaxis(W, 1, 0).reshape(J, I, d_h, d_v).swapaxes(1, 2)  # (J, d_h, I, d_v)
+        top_down = np.matmul(np.moveaxis(mu, 1, 0), W_j.reshape(J, d_h, I * d_v))  # (J, B, I d_v)
+        top_down = np.moveaxis(top_down.reshape(J, -1, I, d_v), 0, 2)  # (B, I, J, d_v)
+        field = params.alpha + np.einsum("bij,bijl->bil", c, top_down)  # (B, I, d_v)
         _, A = _model_r_ref.assignment_biases(params)
         if A is not None:  # (4b.4): + sum_j c_ij A_ij
             field = field + np.einsum("bij,ijl->bil", c, A, optimize=True)

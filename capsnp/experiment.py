@@ -47,6 +47,11 @@ PRESETS = {
     "rbm-pcd-long": (BernoulliRBM, dict(n_components=500, learning_rate=0.01, batch_size=100,
                                         cd_k=1, persistent=True, momentum=0.8, weight_decay=2e-4,
                                         lr_schedule="linear")),
+    # The RBM-250 (196,000 weights: one capsule of the J = 2, d_h = 250 models) under the same
+    # recipe: what the second capsule of rb-2x250-rbm adds
+    "rbm-250-pcd-long": (BernoulliRBM, dict(n_components=250, learning_rate=0.01, batch_size=100,
+                                            cd_k=1, persistent=True, momentum=0.8,
+                                            weight_decay=2e-4, lr_schedule="linear")),
     "r": (RoutedCapsuleRBM, dict(n_capsules=16, capsule_dim=8, n_chains=500)),
     "r-500": (RoutedCapsuleRBM, dict(n_capsules=50, capsule_dim=10, n_chains=500)),
     # The same 392,000 weights split into fewer, larger capsules (J * d_h = 500). J = 1 is the
@@ -97,6 +102,10 @@ PRESETS = {
     # rb-2x250-c100 at the same budget (run with --epochs 40)
     "rb-2x250-c100-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, n_chains=100,
                                                         momentum=0.5, assignment_biases=True)),
+    # rb-2x250-rbm with 2x2 patches (I = 196, d_v = 4): section 7 found 2x2 patches as good in 28
+    # epochs as 4x4 in 100. Its biases: C (196, 2, 250) and A (196, 2, 4), 99,568 parameters.
+    "rb-2x250-p2-rbm": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, patch=2,
+                                               assignment_biases=True, **_RBM_RECIPE)),
     "p": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, sampler="mh")),
     "p-reconstruct": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, sampler="reconstruct")),
     # Model G (docs/MODEL_G.md): at learning rates >= 0.05 its training diverged

@@ -56,6 +56,7 @@ __all__ = [
     "energy",
     "prediction",
     "prior_logits",
+    "routed_prediction",
     "bias_statistics",
     "routing_posterior",
     "hidden_probability",
@@ -146,6 +147,35 @@ def prediction(params, v):
     if C is not None:
         u_hat = u_hat + C  # (B, I, J, d_h)
     return u_hat
+
+
+def routed_prediction(params, v, c):
+    """Routed input (4.6) ``s_j = sum_i c_ij u_hat_{j|i}`` without forming u_hat (B, I, J, d_h).
+
+    With (4b.2), ``s_jk = sum_{i,l} c_ij v_il W_ijkl + sum_i c_ij C_ijk``: for each parent j one
+    matrix product of the routed pixels ``c_ij v_i`` (B, I d_v) with W_j (I d_v, d_h), and one of
+    c_j (B, I) with C_j (I, d_h). Equal to ``_routed_input(prediction(params, v), c)``.
+
+    Parameters
+    ----------
+    params : RParams or RBParams
+    v : ndarray of shape (B, I, d_v)
+    c : ndarray of shape (B, I, J)
+
+    Returns
+    -------
+    ndarray of shape (B, J, d_h)
+    """
+    W = params.W  # (I, J, d_h, d_v)
+    I, J, d_h, d_v = W.shape
+    B = v.shape[0]
+    routed = np.moveaxis(c[:, :, :, None] * v[:, :, None, :], 2, 0)  # (J, B, I, d_v)
+    W_j = np.moveaxis(W, 1, 0).swapaxes(2, 3)  # (J, I, d_v, d_h)
+    s = np.matmul(routed.reshape(J, B, I * d_v), W_j.reshape(J, I * d_v, d_h))  # (J, B, d_h)
+    C, _ = assignment_biases(params)
+    if C is not None:
+        s = s + np.matmul(np.moveaxis(c, 2, 0), np.moveaxis(C, 1, 0))  # (J, B, I) @ (J, I, d_h)
+    return np.moveaxis(s, 0, 1)  # (B, J, d_h)
 
 
 def prior_logits(params, v):

@@ -218,3 +218,27 @@ def test_mean_field_elbo_and_reconstruction_with_biases(seed):
                                              for j in range(2)) for l in range(2)] for i in range(3)]
                       for b in range(64)])
     np.testing.assert_allclose(RoutedCapsuleRBM._reconstruction(p, c, mu), 1 / (1 + np.exp(-loops)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("biases", [False, True])
+def test_routed_prediction_and_reconstruction_match_loops_at_distinct_sizes(biases):
+    """The matrix-product forms of s_j = sum_i c_ij u_hat_{j|i} (4.6) and of the monitor's
+    reconstruction agree with explicit sums when I, J, d_h and d_v all differ."""
+    rng = np.random.default_rng(3)
+    I, J, d_h, d_v, B = 3, 2, 5, 4, 7
+    p = make_params(3, I=I, J=J, d_h=d_h, d_v=d_v)
+    if not biases:
+        p = RParams(W=p.W, alpha=p.alpha, gamma=p.gamma, beta=p.beta)
+    v = (rng.random((B, I, d_v)) < 0.5).astype(float)  # (B, I, d_v)
+    c = rng.dirichlet(np.ones(J), size=(B, I))  # (B, I, J)
+    mu = rng.random((B, J, d_h))  # (B, J, d_h)
+    C = p.C if biases else np.zeros((I, J, d_h))
+    A = p.A if biases else np.zeros((I, J, d_v))
+    s = np.array([[[sum(c[b, i, j] * (p.W[i, j, k] @ v[b, i] + C[i, j, k]) for i in range(I))
+                    for k in range(d_h)] for j in range(J)] for b in range(B)])
+    np.testing.assert_allclose(mr.routed_prediction(p, v, c), s, rtol=1e-12)
+    field = np.array([[[p.alpha[i, l] + sum(c[b, i, j] * (A[i, j, l] + p.W[i, j, :, l] @ mu[b, j])
+                                            for j in range(J)) for l in range(d_v)] for i in range(I)]
+                      for b in range(B)])
+    np.testing.assert_allclose(RoutedCapsuleRBM._reconstruction(p, c, mu), 1 / (1 + np.exp(-field)),
+                               rtol=1e-12)
