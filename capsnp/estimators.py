@@ -1416,6 +1416,13 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         (I, J, d_v) of child i when parent j explains it. They are what a centred Model R
         needs, and they let a patch with no pixel on carry routing information. Both start at
         zero; weight decay does not apply to them.
+    tie_weights : bool, default=False
+        Share one weight tensor between the parents, ``W_ij = W_i1`` for every j
+        (docs/MODEL_RB.md, tied weights): J instances of one capsule type, each patch explained
+        by one of them, with I d_v d_h weights rather than J times as many. The copies are
+        updated by the summed gradient (4b.6) and stay equal. Needs ``assignment_biases``: the
+        prediction biases C start at N(0, init_scale^2) so that the parents differ. With J = 2
+        the model contains the RBM with d_h hidden units (every patch routed to one parent).
     dtype : float64 or float32, default=np.float64
         Dtype of data and parameters throughout. Input of any real dtype is converted to it,
         so with float32 every fitted array, transform, score and sample is float32. A float32
@@ -1471,7 +1478,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
                  chain_init="data", learning_rate=0.05, lr_schedule="linear",
                  lr_final_ratio=0.04, momentum=0.9, weight_decay=1e-4, batch_size=100,
                  n_iter=10, init_scale=0.01, learn_prior=False, assignment_biases=False,
-                 dtype=np.float64, random_state=None, verbose=0, monitor_fraction=0.05,
+                 tie_weights=False, dtype=np.float64, random_state=None, verbose=0, monitor_fraction=0.05,
                  checkpoint_path=None, checkpoint_every=1, resume=False, backend="numba"):
         self.n_capsules = n_capsules
         self.capsule_dim = capsule_dim
@@ -1493,6 +1500,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         self.init_scale = init_scale
         self.learn_prior = learn_prior
         self.assignment_biases = assignment_biases
+        self.tie_weights = tie_weights
         self.dtype = dtype
         self.random_state = random_state
         self.verbose = verbose
@@ -1506,14 +1514,24 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         super()._setup(n_features)
         _check_number("routing_tol", self.routing_tol, 0)
         _check_number("max_routing", self.max_routing, 1, integer=True)
+        if self.tie_weights and not self.assignment_biases:
+            raise ValueError("tie_weights=True needs assignment_biases=True: with one weight "
+                             "tensor only the prediction biases C tell the parents apart")
 
     def _init_params(self, X, rng):
-        """W ~ N(0, init_scale^2); alpha = data log-odds; gamma = 0; beta = 0; C = A = 0."""
+        """W ~ N(0, init_scale^2); alpha = data log-odds; gamma = 0; beta = 0; C = A = 0.
+
+        With ``tie_weights`` every parent gets the first parent's weights, and C ~ N(0,
+        init_scale^2) (drawn after W) so that the parents are not interchangeable.
+        """
         W = self._init_weights(X, rng)  # (I, J, d_h, d_v)
         dt = X.dtype
         I, J, d_h, d_v = W.shape
         biases = dict(C=np.zeros((I, J, d_h), dtype=dt), A=np.zeros((I, J, d_v), dtype=dt)) \
             if self.assignment_biases else {}
+        if self.tie_weights:
+            W = np.ascontiguousarray(np.broadcast_to(W[:, :1], W.shape))  # (I, J, d_h, d_v)
+            biases["C"] = (rng.normal(0.0, 1.0, (I, J, d_h)) * float(self.init_scale)).astype(dt)
         return self._params_kind()(W=W, alpha=_data_logits(X, dt), gamma=np.zeros(W.shape[1:3], dtype=dt),
                                    beta=np.zeros(W.shape[:2], dtype=dt), **biases)
 
@@ -1590,6 +1608,8 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         grad = type(params)(*(p - n for p, n in zip(positive, negative)))
         if not self.learn_prior:
             grad = grad._replace(beta=np.zeros_like(params.beta))
+        if self.tie_weights:  # (4b.6): one weight tensor shared by the parents
+            grad = grad._replace(W=model_r.tied_gradient(grad.W))
         return grad, ((v, a) if self.persistent else None), {
             "train_mean_field_iterations": float(np.mean(n_mf))}
 

@@ -106,6 +106,10 @@ PRESETS = {
     # epochs as 4x4 in 100. Its biases: C (196, 2, 250) and A (196, 2, 4), 99,568 parameters.
     "rb-2x250-p2-rbm": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, patch=2,
                                                assignment_biases=True, **_RBM_RECIPE)),
+    # Two capsules of 500 units sharing one weight tensor (docs/MODEL_RB.md, tied weights):
+    # 392,000 weights, the RBM-500's, which it contains (route every patch to one parent)
+    "rt-2x500-rbm": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=500, assignment_biases=True,
+                                            tie_weights=True, **_RBM_RECIPE)),
     "p": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, sampler="mh")),
     "p-reconstruct": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, sampler="reconstruct")),
     # Model G (docs/MODEL_G.md): at learning rates >= 0.05 its training diverged
@@ -127,7 +131,10 @@ def make_estimator(name, n_iter, random_state=0, **overrides):
 
 
 def _n_weights(est):
-    return int(est.components_.size if hasattr(est, "components_") else est.W_.size)
+    """Distinct weights: tied parents (``tie_weights``) share one I x d_h x d_v tensor."""
+    if hasattr(est, "components_"):
+        return int(est.components_.size)
+    return int(est.W_[:, 0].size if getattr(est, "tie_weights", False) else est.W_.size)
 
 
 def test_log_likelihood(est, X_test, log_z, rng, n_is=100):

@@ -57,6 +57,7 @@ __all__ = [
     "prediction",
     "prior_logits",
     "routed_prediction",
+    "tied_gradient",
     "bias_statistics",
     "routing_posterior",
     "hidden_probability",
@@ -475,6 +476,23 @@ def bias_statistics(params, v, c, mu, w):
         wc_t, v_t = np.ascontiguousarray(wc.transpose(1, 2, 0)), np.ascontiguousarray(np.swapaxes(v, 0, 1))
         out["A"] = np.matmul(wc_t, v_t)  # (I, J, d_v)
     return out
+
+
+def tied_gradient(dW):
+    """Gradient of weights shared by the parents (4b.6): ``sum_j dW_ij``, the same for every j.
+
+    With ``W_ij = theta_i`` for all j the chain rule gives ``d/dtheta_i = sum_j d/dW_ij``; an
+    update that adds it to every copy keeps the copies equal.
+
+    Parameters
+    ----------
+    dW : ndarray of shape (I, J, d_h, d_v), the gradient as if the copies were free
+
+    Returns
+    -------
+    ndarray of shape (I, J, d_h, d_v)
+    """
+    return np.broadcast_to(dW.sum(axis=1, keepdims=True), dW.shape).copy()  # (I, J, d_h, d_v)
 
 
 def model_statistics(params, v, h, resp, weights=None):

@@ -242,3 +242,67 @@ def test_routed_prediction_and_reconstruction_match_loops_at_distinct_sizes(bias
                       for b in range(B)])
     np.testing.assert_allclose(RoutedCapsuleRBM._reconstruction(p, c, mu), 1 / (1 + np.exp(-field)),
                                rtol=1e-12)
+
+
+def tied(p):
+    """p with every parent's weights replaced by parent 0's (4b.6)."""
+    return p._replace(W=np.ascontiguousarray(np.broadcast_to(p.W[:, :1], p.W.shape)))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_tied_gradient_is_the_gradient_of_the_shared_weights(seed):
+    """(4b.6): with W_ij = theta_i for every j, the exact statistics' W gradient summed over the
+    parents equals the central-difference gradient of the exact mean log-likelihood in theta."""
+    p = tied(make_params(seed, I=2, J=2, d_h=2, d_v=2))
+    V, Hs, _ = states(p)
+    nv, nh = len(V), len(Hs)
+    data = V[np.random.default_rng(seed + 100).integers(0, nv, size=5)]
+    p_vh = mr.exact_probability_vha(p).reshape(nv, nh, -1).sum(axis=2)  # (Nv, Nh)
+    rows = [np.flatnonzero((V == d).all(axis=(1, 2)))[0] for d in data]
+    p_h_given_v = p_vh[rows] / p_vh[rows].sum(axis=1, keepdims=True)  # (5, Nh)
+    Vd, Hd = np.repeat(data, nh, axis=0), np.tile(Hs, (5, 1, 1))
+    Vg, Hg = np.repeat(V, nh, axis=0), np.tile(Hs, (nv, 1, 1))
+    dW = (mr.model_statistics(p, Vd, Hd, mr.routing_posterior(p, Vd, Hd), weights=p_h_given_v.ravel() / 5).W
+          - mr.model_statistics(p, Vg, Hg, mr.routing_posterior(p, Vg, Hg), weights=p_vh.ravel()).W)
+    theta = p.W[:, 0]  # (I, d_h, d_v)
+    eps, fd = 1e-5, np.zeros_like(theta)
+    for idx in np.ndindex(theta.shape):
+        step = np.zeros_like(theta)
+        step[idx] = eps
+        up, down = (tied(p._replace(W=np.repeat((theta + s)[:, None], 2, axis=1))) for s in (step, -step))
+        fd[idx] = (np.mean(mr.exact_log_marginal(up, data)) - np.mean(mr.exact_log_marginal(down, data))) / (2 * eps)
+    g = mr.tied_gradient(dW)  # (I, J, d_h, d_v)
+    np.testing.assert_array_equal(g[:, 0], g[:, 1])
+    np.testing.assert_allclose(g[:, 0], fd, atol=1e-7)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_tied_parents_contain_the_rbm(seed):
+    """Tied weights, J = 2: with every patch routed to parent 0 (beta_i1 = beta_i0 - 60 and
+    A_i1 = A_i0, C_i1 = 0, so no h can overturn it) the model is parent 0's J = 1 model, the RBM
+    of (4b.1) with its biases folded in: the same exact log-likelihood of every image."""
+    p = tied(make_params(seed, I=3, J=2, d_h=2, d_v=2))
+    p = p._replace(beta=np.stack([p.beta[:, 0], p.beta[:, 0] - 60.0], axis=1),
+                   A=np.repeat(p.A[:, :1], 2, axis=1), C=p.C * np.array([1.0, 0.0])[None, :, None])
+    one = RBParams(W=p.W[:, :1], alpha=p.alpha, gamma=p.gamma[:1], beta=p.beta[:, :1], C=p.C[:, :1], A=p.A[:, :1])
+    V = enumerate_binary(6).reshape(-1, 3, 2)
+    np.testing.assert_allclose(mr.exact_log_marginal(p, V), mr.exact_log_marginal(one, V), atol=1e-20 + 1e-9)
+    np.testing.assert_allclose(mr.exact_log_marginal(one, V),
+                               -rbm.free_energy(mr.as_rbm(one), V.reshape(-1, 6)) - rbm.exact_log_partition(mr.as_rbm(one)),
+                               rtol=1e-12)
+
+
+def test_estimator_keeps_tied_weights_equal_on_both_backends():
+    """tie_weights: the parents' weight copies stay exactly equal through training with momentum
+    and weight decay, the Numba and NumPy fits agree, and the option needs the biases."""
+    X = (np.random.default_rng(0).random((60, 16)) < 0.3).astype(float)
+    kw = dict(n_capsules=2, capsule_dim=3, image_shape=(4, 4), patch=2, assignment_biases=True,
+              tie_weights=True, n_iter=3, batch_size=20, momentum=0.8, weight_decay=1e-2,
+              learning_rate=0.1, init_scale=0.5, random_state=0, monitor_fraction=0)
+    fits = [RoutedCapsuleRBM(backend=b, **kw).fit(X) for b in ("numba", "numpy")]
+    for est in fits:
+        np.testing.assert_array_equal(est.W_[:, 0], est.W_[:, 1])
+        assert not np.allclose(est.C_[:, 0], est.C_[:, 1])
+    np.testing.assert_allclose(fits[0].W_, fits[1].W_, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="assignment_biases"):
+        RoutedCapsuleRBM(**{**kw, "assignment_biases": False}).fit(X)
