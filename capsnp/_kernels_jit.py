@@ -974,41 +974,35 @@ def r_hidden_draw(start, stop, Wt, C, gamma, v, a, u_h, h_out):
 r_hidden_draw = _jit(r_hidden_draw)
 
 
-def r_route_visible_draw(start, stop, W, Wt, C, alpha, prior, v, h, u_a, u_v, a_out, v_out, resp_out):
+def r_route_visible_draw(start, stop, T, alpha, logits0, v, u_a, u_v, a_out, v_out, resp_out):
     """(4.3) ``a_new ~ R(v, h)`` and (4.5) ``v_new ~ D(h, a_new)`` of chains b in [start, stop).
 
-    The routing logit ``b_ij + u_ij . h_j = prior_bij + C_ij . h_j + sum_{l: v_il = 1}
-    v_il Wt[i, j, l] . h_j`` reads the rows of the pixels that are on only (u_hat is never
-    formed); the visible logit ``alpha_{i a_i} + W_{i a_i}^T h_{a_i}`` is computed for the
-    drawn parent only, over the hidden units that are on. ``a_i`` is drawn by inverse CDF from
-    u_a (the number of ``j < J-1`` with normalised cumulative probability ``<= u_i``), v from u_v.
+    From the top-down fields ``T[j, b, i] = W_ij^T h_j`` (``model_r.top_down``, one matrix
+    product per parent), the routing logit is ``logits0_bij + v_i . T[j, b, i]`` with
+    ``logits0 = b(v) + C_ij . h_j`` (4b.3), i.e. ``b_ij + u_hat_{j|i} . h_j``; the visible logit
+    of the drawn parent n is ``alpha[i, n] + T[n, b, i]`` (4b.4). ``a_i`` is drawn by inverse
+    CDF from u_a (the number of ``j < J-1`` with normalised cumulative probability ``<= u_i``),
+    v from u_v.
 
     Parameters
     ----------
     start, stop : int, range of chains
-    W : (I, J, d_h, d_v); Wt : (I, J, d_v, d_h) the same with its last two axes swapped
-    C : (I, J, d_h) prediction biases (zeros without them)
-    alpha : (I, J, d_v) ``alpha_i + A_ij`` (4b.4); prior : (B, I, J) ``b(v)`` (4b.3)
-    v : (B, I, d_v) current visible states; h : (B, J, d_h) the drawn hidden states
+    T : (J, B, I, d_v) top-down fields; alpha : (I, J, d_v) ``alpha_i + A_ij`` (4b.4)
+    logits0 : (B, I, J) ``b(v) + C . h``; v : (B, I, d_v) current visible states
     u_a : (B, I), u_v : (B, I, d_v) uniforms
     a_out (B, I) int64, v_out (B, I, d_v), resp_out (B, I, J) : out
     """
-    I, J, d_h, d_v = W.shape
-    dt = W.dtype
+    J, _, I, d_v = T.shape
+    dt = T.dtype
     logits = np.empty((I, J), dtype=dt)
     cum = np.empty(J, dtype=dt)
-    t = np.empty(d_v, dtype=dt)
-    idx = np.empty(d_v, dtype=np.int64)
     for b in range(start, stop):
         resp = resp_out[b]  # (I, J)
-        hb = h[b]  # (J, d_h)
         for i in range(I):
-            n_on = _nonzero_index(v[b, i], idx)
             for j in range(J):
-                x = prior[b, i, j] + _dot(C[i, j], hb[j])
-                for m in range(n_on):
-                    l = idx[m]
-                    x += v[b, i, l] * _dot(Wt[i, j, l], hb[j])
+                x = logits0[b, i, j]
+                for l in range(d_v):
+                    x += v[b, i, l] * T[j, b, i, l]
                 logits[i, j] = x
         _softmax_rows(logits, resp)
         for i in range(I):
@@ -1022,15 +1016,8 @@ def r_route_visible_draw(start, stop, W, Wt, C, alpha, prior, v, h, u_a, u_v, a_
                     n += 1
             a_out[b, i] = n
             for l in range(d_v):
-                t[l] = alpha[i, n, l]
-            for k in range(d_h):
-                hk = hb[n, k]
-                if hk == 0.0:  # binary h: a zero adds exactly 0 (finite W), skip its row
-                    continue
-                for l in range(d_v):
-                    t[l] += W[i, n, k, l] * hk
-            for l in range(d_v):
-                v_out[b, i, l] = 1.0 if u_v[b, i, l] < _sigmoid(t[l]) else 0.0
+                t = alpha[i, n, l] + T[n, b, i, l]
+                v_out[b, i, l] = 1.0 if u_v[b, i, l] < _sigmoid(t) else 0.0
 
 
 r_route_visible_draw = _jit(r_route_visible_draw)

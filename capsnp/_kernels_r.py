@@ -121,13 +121,14 @@ def gibbs_sweep(params, v, a, rng):
     # U (4.4): h from the sparse v, never forming u_hat (B, I, J, d_h)
     h = np.empty((B, J, d_h), dtype=dt)
     _jit.run_chunks(_jit.r_hidden_draw, B, Wt, C_dt, gamma, v, a, u_h, h)
-    # R (4.3) and D (4.5) from the sparse v and the drawn h
-    prior = _jit.as_c(_ref.prior_logits(params, v), dt)  # (B, I, J)
+    # R (4.3) and D (4.5) from the top-down fields W_ij^T h_j: one matrix product per parent
+    T = _jit.as_c(_ref.top_down(params, h), dt)  # (J, B, I, d_v)
+    Ch = np.matmul(np.moveaxis(h, 1, 0), np.moveaxis(C_dt, 1, 0).swapaxes(1, 2))  # (J, B, I): C_ij . h_j
+    logits0 = _jit.as_c(_ref.prior_logits(params, v) + np.moveaxis(Ch, 0, 2), dt)  # (B, I, J)
     v_new = np.empty((B, I, d_v), dtype=dt)
     a_new = np.empty((B, I), dtype=np.int64)
     resp = np.empty((B, I, J), dtype=dt)
-    _jit.run_chunks(_jit.r_route_visible_draw, B, W, Wt, C_dt, alpha, prior, v, h, u_a, u_v,
-                    a_new, v_new, resp)
+    _jit.run_chunks(_jit.r_route_visible_draw, B, T, alpha, logits0, v, u_a, u_v, a_new, v_new, resp)
     return v_new, h, a_new, resp
 
 

@@ -1628,12 +1628,8 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
     @staticmethod
     def _reconstruction(params, c, mu):
         """Mean-field reconstruction ``sigmoid(alpha_i + sum_j c_ij W_ij^T mu_j)``: (B, I, d_v)."""
-        W = params.W  # (I, J, d_h, d_v)
-        I, J, d_h, d_v = W.shape
-        W_j = np.moveaxis(W, 1, 0).reshape(J, I, d_h, d_v).swapaxes(1, 2)  # (J, d_h, I, d_v)
-        top_down = np.matmul(np.moveaxis(mu, 1, 0), W_j.reshape(J, d_h, I * d_v))  # (J, B, I d_v)
-        top_down = np.moveaxis(top_down.reshape(J, -1, I, d_v), 0, 2)  # (B, I, J, d_v)
-        field = params.alpha + np.einsum("bij,bijl->bil", c, top_down)  # (B, I, d_v)
+        top_down = _model_r_ref.top_down(params, mu)  # (J, B, I, d_v): W_ij^T mu_j
+        field = params.alpha + np.einsum("bij,jbil->bil", c, top_down)  # (B, I, d_v)
         _, A = _model_r_ref.assignment_biases(params)
         if A is not None:  # (4b.4): + sum_j c_ij A_ij
             field = field + np.einsum("bij,ijl->bil", c, A, optimize=True)

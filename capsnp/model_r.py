@@ -57,6 +57,7 @@ __all__ = [
     "prediction",
     "prior_logits",
     "routed_prediction",
+    "top_down",
     "tied_gradient",
     "bias_statistics",
     "routing_posterior",
@@ -297,6 +298,20 @@ def _visible_logits(params, h, a):
     if A is not None:
         field = field + A[np.arange(I)[None, :], a]  # (B, I, d_v): + A_{i a_i}
     return field
+
+
+def top_down(params, h):
+    """Top-down fields of (4.5) for every child and parent, ``W_ij^T h_j``: (B, J, d_h) -> (J, B, I, d_v).
+
+    One matrix product per parent, (B, d_h) @ (d_h, I d_v). The visible logit of child i
+    routed to j is ``alpha_i + A_ij + top_down[j, :, i]`` (4b.4), and the routing logit's
+    agreement term is ``u_hat_{j|i} . h_j = v_i . top_down[j, :, i] + C_ij . h_j``.
+    """
+    W = params.W  # (I, J, d_h, d_v)
+    I, J, d_h, d_v = W.shape
+    W_j = np.moveaxis(W, 1, 0).swapaxes(1, 2).reshape(J, d_h, I * d_v)  # (J, d_h, I d_v)
+    fields = np.matmul(np.moveaxis(np.asarray(h, dtype=W.dtype), 1, 0), W_j)  # (J, B, I d_v)
+    return fields.reshape(J, -1, I, d_v)  # (J, B, I, d_v)
 
 
 def visible_probability(params, h, a):

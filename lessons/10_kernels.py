@@ -700,7 +700,10 @@ else:
 #   kernel equals `capsnp.routing.dynamic_routing` and `capsnp.kernels.routing.dynamic_routing`
 #   to $10^{-12}$ (to rounding: only the order of additions differs). Model R's mean field (4.6)
 #   uses the same schedule: each image's predictions are built in cache from its pixels that
-#   are on, then iterated on, and its Gibbs sweep (4.7) never forms them at all.
+#   are on, then iterated on. Its Gibbs sweep (4.7) never forms them at all: h is drawn from
+#   the pixels that are on, and the routing and visible logits read the top-down fields
+#   $W_{ij}^\top h_j$, which are one BLAS matrix product per parent (a kernel is not always
+#   the fastest schedule: a dense product belongs to BLAS).
 # * Compiling costs time on the first call per dtype; `cache=True` stores the machine code on
 #   disk so that a new process loads it. `.py_func` runs the same loops in Python for tests and
 #   debugging. float32 halves the bytes but keeps 7 digits: check in float64.
