@@ -47,6 +47,11 @@ PRESETS = {
     "rbm-pcd-long": (BernoulliRBM, dict(n_components=500, learning_rate=0.01, batch_size=100,
                                         cd_k=1, persistent=True, momentum=0.8, weight_decay=2e-4,
                                         lr_schedule="linear")),
+    # The same recipe over 40 epochs (the rate decays over them): the RBM-500 at the epochs of
+    # the 40-epoch capsule rows. Run with --epochs 40.
+    "rbm-pcd-long-40": (BernoulliRBM, dict(n_components=500, learning_rate=0.01, batch_size=100,
+                                           cd_k=1, persistent=True, momentum=0.8, weight_decay=2e-4,
+                                           lr_schedule="linear")),
     # The RBM-250 (196,000 weights: one capsule of the J = 2, d_h = 250 models) under the same
     # recipe: what the second capsule of rb-2x250-rbm adds
     "rbm-250-pcd-long": (BernoulliRBM, dict(n_components=250, learning_rate=0.01, batch_size=100,

@@ -9,6 +9,7 @@ shorter schedule's downward bias (and so by how much the reported log-likelihood
 
     CAPSNP_DATA_DIR=../shared/data python docs/results/ais_schedule_check.py p mnist 3
     CAPSNP_DATA_DIR=../shared/data python docs/results/ais_schedule_check.py r-2x250 mnist x3
+    CAPSNP_DATA_DIR=../shared/data python docs/results/ais_schedule_check.py rbm-250-pcd-long mnist x3
 """
 
 import json
@@ -20,14 +21,16 @@ import numpy as np
 from capsnp.ais import ais_log_partition, default_betas
 from capsnp.capsules import to_capsules
 from capsnp.datasets import binarize, load_dataset
-from capsnp.estimators import load_estimator
+from capsnp.estimators import BernoulliRBM, load_estimator
 
 
 def main(name, dataset="mnist", thin=3):
     est = load_estimator(f"docs/results/{dataset}/{name}_model.npz")
     X, _ = load_dataset(dataset, "train")
     V = binarize(X, "stochastic", random_state=0)  # the experiment's training binarisation
-    base = to_capsules(V.mean(axis=0)[None], est.image_shape_, est.patch_)[0]  # (I, d_v)
+    base = V.mean(axis=0)  # (D,): the experiment's base-rate model, in the model's layout
+    if not isinstance(est, BernoulliRBM):
+        base = to_capsules(base[None], est.image_shape_, est.patch_)[0]  # (I, d_v)
     full = default_betas()
     if str(thin).startswith("x"):  # k times denser, the same shape of schedule
         k = int(str(thin)[1:])
