@@ -486,7 +486,10 @@ def test_cli_sigint_in_a_real_process_saves_a_checkpoint(tmp_path):
     child = subprocess.Popen(
         [sys.executable, "-m", "capsnp", "train", "--model", "rbm", "--hidden", "8", "--epochs",
          "100000", "--max-images", "100", "--batch-size", "10", "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env,
+        # a test run started in the background of a non-interactive shell ignores SIGINT, and
+        # the child would inherit that: give it the default disposition, as a terminal would
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in child.stdout:
             if "epoch 2:" in line:
