@@ -115,6 +115,9 @@ PRESETS = {
     # 392,000 weights, the RBM-500's, which it contains (route every patch to one parent)
     "rt-2x500-rbm": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=500, assignment_biases=True,
                                             tie_weights=True, **_RBM_RECIPE)),
+    # ... over 40 epochs, the epochs of the other 40-epoch rows. Run with --epochs 40.
+    "rt-2x500-rbm-40": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=500, assignment_biases=True,
+                                               tie_weights=True, **_RBM_RECIPE)),
     "p": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, sampler="mh")),
     "p-reconstruct": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, sampler="reconstruct")),
     # Model G (docs/MODEL_G.md): at learning rates >= 0.05 its training diverged

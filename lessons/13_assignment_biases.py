@@ -77,7 +77,8 @@
 # Section 3 derives the gradient (4b.5).
 #
 # Labels (docs/MODEL_RB.md, `capsnp.model_r`): (4b.1) `energy`, (4b.2) `prediction`, (4b.3)
-# `prior_logits`, (4b.4) `visible_probability`, (4b.5) `bias_statistics`; lesson 7's (4.1)-(4.9)
+# `prior_logits`, (4b.4) `visible_probability`, (4b.5) `bias_statistics`, (4b.6) `tied_gradient`
+# (section 6); lesson 7's (4.1)-(4.9)
 # for the rest. The parameters live in `capsnp.params.RBParams(W, alpha, gamma, beta, C, A)`,
 # which every function of `capsnp.model_r` accepts in place of `RParams`.
 
@@ -104,6 +105,7 @@ except ImportError:  # not installed: use the repository this lesson lives in (l
 
 from capsnp import datasets
 from capsnp import model_r as mr
+from capsnp import rbm
 from capsnp.capsules import to_capsules
 from capsnp.estimators import RoutedCapsuleRBM
 from capsnp.exact import enumerate_assignments, enumerate_binary, stationary_distance
@@ -432,6 +434,70 @@ plt.show()
 # get no data statistic down from 40% to 25%, and fresh chains from noise that are clean,
 # readable digits where the plain model's are malformed.
 #
+# ## 6. Tied weights: J instances of one capsule type (4b.6)
+#
+# At the RBM-500's weight budget, two untied capsules of 250 units each reach a pixel with only
+# 250 hidden units, and docs/results.md (section 10) measures what that costs: the two-capsule
+# model is no better than an RBM-250, one of its capsules alone. Tying the parents' weights,
+# $W_{ij} = \theta_i$ for every $j$ (`tie_weights=True`), keeps $I d_v d_h$ weights for any $J$: with
+# $J = 2$ and $d_h = 500$ the RBM-500's 392,000. The parents become two instances of one capsule
+# type, each with its own hidden state $h_j$; each patch is explained by one of them, and only
+# $\beta$, $C$ and $A$ tell them apart. By the chain rule
+#
+# $$ \frac{\partial\log p(v)}{\partial\theta_i} = \sum_j\frac{\partial\log p(v)}{\partial W_{ij}}, \tag{4b.6} $$
+#
+# so the statistics (4.8, 4b.5) are computed as for free copies and summed over $j$
+# (`model_r.tied_gradient`); adding the sum to every copy keeps them equal.
+#
+# The tied model contains the RBM with $d_h$ hidden units: with $\beta_{i1}$ far below $\beta_{i0}$ every
+# patch goes to parent 0, $h_1$ is coupled to nothing, and (4b.1) is parent 0's $J = 1$ model,
+# the RBM with the biases folded in (exercise 1). Both facts, checked on the tiny model:
+
+# %%
+tied_p = p._replace(W=np.ascontiguousarray(np.broadcast_to(p.W[:, :1], p.W.shape)))  # W_ij = theta_i
+p_vh = mr.exact_probability_vha(tied_p).reshape(Nv, Nh, Na).sum(axis=2)  # (Nv, Nh)
+p_h_given_v = p_vh[data_index] / p_vh[data_index].sum(axis=1, keepdims=True)  # (B, Nh)
+dW = (mr.model_statistics(tied_p, Vd, Hd, mr.routing_posterior(tied_p, Vd, Hd), weights=p_h_given_v.ravel() / B).W
+      - mr.model_statistics(tied_p, Vg, Hg, mr.routing_posterior(tied_p, Vg, Hg), weights=p_vh.ravel()).W)
+g_theta = mr.tied_gradient(dW)[:, 0]  # (I, d_h, d_v): (4b.6)
+
+
+def with_theta(theta):
+    """tied_p with every parent's weights set to theta (I, d_h, d_v)."""
+    return tied_p._replace(W=np.repeat(theta[:, None], J, axis=1))  # (I, J, d_h, d_v)
+
+
+theta, eps = tied_p.W[:, 0], 1e-5
+fd_theta = np.zeros_like(theta)
+for idx in np.ndindex(theta.shape):
+    step = np.zeros_like(theta)
+    step[idx] = eps
+    fd_theta[idx] = (np.mean(mr.exact_log_marginal(with_theta(theta + step), Vs[data_index]))
+                     - np.mean(mr.exact_log_marginal(with_theta(theta - step), Vs[data_index]))) / (2 * eps)
+rel_tied = np.max(np.abs(g_theta - fd_theta)) / np.max(np.abs(fd_theta))
+print(f"(4b.6): summed statistics against central differences in theta, relative error {rel_tied:.1e}")
+assert rel_tied < 1e-6
+
+# every patch routed to parent 0: beta_i1 = beta_i0 - 60, the same A, C_i1 = 0 (no h can overturn it)
+pinned = tied_p._replace(beta=np.stack([tied_p.beta[:, 0], tied_p.beta[:, 0] - 60.0], axis=1),
+                         A=np.repeat(tied_p.A[:, :1], J, axis=1), C=tied_p.C * np.array([1.0, 0.0])[None, :, None])
+rbm_of_parent_0 = mr.as_rbm(RBParams(W=pinned.W[:, :1], alpha=pinned.alpha, gamma=pinned.gamma[:1],
+                                     beta=pinned.beta[:, :1], C=pinned.C[:, :1], A=pinned.A[:, :1]))
+log_p_rbm = -rbm.free_energy(rbm_of_parent_0, Vs.reshape(Nv, -1)) - rbm.exact_log_partition(rbm_of_parent_0)
+gap = np.max(np.abs(mr.exact_log_marginal(pinned, Vs) - log_p_rbm))
+print(f"tied J = 2 with the routing pinned to parent 0 against the RBM of parent 0: max |log p difference| {gap:.1e}")
+assert gap < 1e-9
+
+# %% [markdown]
+# Containing the RBM does not mean finding it. On MNIST (docs/results.md section 10), two tied
+# instances of a 500-unit capsule trained with the RBM-500's recipe for 40 epochs reach -101.5
+# nats per test image, behind both the RBM-500 of the same epochs (-96.2) and the untied
+# two-capsule model (-99.6). Their routing is positional, as every two-capsule model's in
+# docs/results.md: a few central positions go to one instance and the rest of the image to the
+# other, whatever the digit. Given the routing, the two instances' hidden states are
+# independent, so a positional routing cuts each image into two parts that no hidden unit
+# explains together; the route to the RBM (every patch to one instance) is never taken.
+#
 # ## Summary
 #
 # * In Model R (4.1) a blank patch predicts $\hat u_{j\mid i} = W_{ij}0 = 0$, so it routes by the prior
@@ -452,6 +518,10 @@ plt.show()
 # * On MNIST the plain model's blank patches route exactly by $\beta$. With the biases they are
 #   routed through $C_{ij}\cdot\mu_j$: after a short run mostly by position, a learned prior, and a
 #   little by the image. Trained fully (docs/results.md sec. 8) the biases gain 6.3 nats.
+# * Tied weights (4b.6), $W_{ij} = \theta_i$, make the parents instances of one capsule type; the
+#   gradient of $\theta_i$ is the sum over the parents (checked by central differences), and with
+#   $J = 2$ the model contains the RBM (checked by enumeration). Trained on MNIST it does not
+#   find the RBM: its routing stays positional and its likelihood below the untied model's.
 #
 # ## Exercises
 #
