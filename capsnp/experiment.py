@@ -32,6 +32,13 @@ __all__ = ["PRESETS", "make_estimator", "test_log_likelihood", "run"]
 
 # The RBM-500's training recipe (`rbm-pcd-long`) as RoutedCapsuleRBM settings, for the *-rbm rows
 _RBM_RECIPE = dict(n_chains=100, learning_rate=0.01, momentum=0.8, weight_decay=2e-4)
+# ... and that recipe itself for the Bernoulli RBM (`rbm-pcd-long`), for any hidden layer size
+_RBM_PCD_LONG = dict(learning_rate=0.01, batch_size=100, cd_k=1, persistent=True, momentum=0.8,
+                     weight_decay=2e-4, lr_schedule="linear")
+# Two capsules of 500 units sharing one weight tensor (docs/MODEL_RB.md, tied weights):
+# 392,000 weights, the RBM-500's, which the model contains (route every patch to one parent)
+_TIED_2X500 = dict(n_capsules=2, capsule_dim=500, assignment_biases=True, tie_weights=True,
+                   **_RBM_RECIPE)
 
 # Named configurations. Weight counts: RBM-500 has 784 * 500 = 392,000 weights; a capsule model
 # with 4x4 patches has 784 * J * d_h weights.
@@ -44,19 +51,13 @@ PRESETS = {
                                    persistent=True, momentum=0.8, weight_decay=2e-4)),
     # The PCD baseline given a capsule run's time budget (100 epochs took 1,017 s, the R runs at
     # 392,000 weights 1,500 to 1,700 s), the rate decaying linearly to 4% of its start
-    "rbm-pcd-long": (BernoulliRBM, dict(n_components=500, learning_rate=0.01, batch_size=100,
-                                        cd_k=1, persistent=True, momentum=0.8, weight_decay=2e-4,
-                                        lr_schedule="linear")),
+    "rbm-pcd-long": (BernoulliRBM, dict(n_components=500, **_RBM_PCD_LONG)),
     # The same recipe over 40 epochs (the rate decays over them): the RBM-500 at the epochs of
     # the 40-epoch capsule rows. Run with --epochs 40.
-    "rbm-pcd-long-40": (BernoulliRBM, dict(n_components=500, learning_rate=0.01, batch_size=100,
-                                           cd_k=1, persistent=True, momentum=0.8, weight_decay=2e-4,
-                                           lr_schedule="linear")),
+    "rbm-pcd-long-40": (BernoulliRBM, dict(n_components=500, **_RBM_PCD_LONG)),
     # The RBM-250 (196,000 weights: one capsule of the J = 2, d_h = 250 models) under the same
     # recipe: what the second capsule of rb-2x250-rbm adds
-    "rbm-250-pcd-long": (BernoulliRBM, dict(n_components=250, learning_rate=0.01, batch_size=100,
-                                            cd_k=1, persistent=True, momentum=0.8,
-                                            weight_decay=2e-4, lr_schedule="linear")),
+    "rbm-250-pcd-long": (BernoulliRBM, dict(n_components=250, **_RBM_PCD_LONG)),
     "r": (RoutedCapsuleRBM, dict(n_capsules=16, capsule_dim=8, n_chains=500)),
     "r-500": (RoutedCapsuleRBM, dict(n_capsules=50, capsule_dim=10, n_chains=500)),
     # The same 392,000 weights split into fewer, larger capsules (J * d_h = 500). J = 1 is the
@@ -111,13 +112,10 @@ PRESETS = {
     # epochs as 4x4 in 100. Its biases: C (196, 2, 250) and A (196, 2, 4), 99,568 parameters.
     "rb-2x250-p2-rbm": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, patch=2,
                                                assignment_biases=True, **_RBM_RECIPE)),
-    # Two capsules of 500 units sharing one weight tensor (docs/MODEL_RB.md, tied weights):
-    # 392,000 weights, the RBM-500's, which it contains (route every patch to one parent)
-    "rt-2x500-rbm": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=500, assignment_biases=True,
-                                            tie_weights=True, **_RBM_RECIPE)),
-    # ... over 40 epochs, the epochs of the other 40-epoch rows. Run with --epochs 40.
-    "rt-2x500-rbm-40": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=500, assignment_biases=True,
-                                               tie_weights=True, **_RBM_RECIPE)),
+    # Tied capsules (_TIED_2X500), 100 epochs; and over 40 epochs, the epochs of the other
+    # 40-epoch rows (run with --epochs 40)
+    "rt-2x500-rbm": (RoutedCapsuleRBM, _TIED_2X500),
+    "rt-2x500-rbm-40": (RoutedCapsuleRBM, _TIED_2X500),
     "p": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, sampler="mh")),
     "p-reconstruct": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, sampler="reconstruct")),
     # Model G (docs/MODEL_G.md): at learning rates >= 0.05 its training diverged

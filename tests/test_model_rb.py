@@ -117,21 +117,28 @@ def test_three_block_gibbs_leaves_p_invariant(seed):
     assert stationary_distance(pi, T) < 1e-12
 
 
+def exact_statistics_gradient(p, data_index):
+    """Exact data minus model statistics (4.8, 4b.5) of the mean log-likelihood of the
+    enumerated visible states ``V[data_index]``: RBParams of the gradient."""
+    V, Hs, _ = states(p)
+    nv, nh, B = len(V), len(Hs), len(data_index)
+    p_vh = mr.exact_probability_vha(p).reshape(nv, nh, -1).sum(axis=2)  # (Nv, Nh)
+    p_h_given_v = p_vh[data_index] / p_vh[data_index].sum(axis=1, keepdims=True)  # (B, Nh)
+    Vd, Hd = np.repeat(V[data_index], nh, axis=0), np.tile(Hs, (B, 1, 1))
+    data_term = mr.model_statistics(p, Vd, Hd, mr.routing_posterior(p, Vd, Hd), weights=p_h_given_v.ravel() / B)
+    Vg, Hg = np.repeat(V, nh, axis=0), np.tile(Hs, (nv, 1, 1))
+    model_term = mr.model_statistics(p, Vg, Hg, mr.routing_posterior(p, Vg, Hg), weights=p_vh.ravel())
+    assert isinstance(data_term, RBParams)
+    return RBParams(*(d - m for d, m in zip(data_term, model_term)))
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_statistics_give_exact_log_likelihood_gradient(seed):
     """Data minus model statistics (4.8, 4b.5), both exact, equal the central-difference gradient."""
     p = make_params(seed)
-    V, Hs, _ = states(p)
-    nv, nh = len(V), len(Hs)
-    data_index = np.random.default_rng(seed + 100).integers(0, nv, size=5)
-    p_vh = mr.exact_probability_vha(p).reshape(nv, nh, -1).sum(axis=2)  # (Nv, Nh)
-    p_h_given_v = p_vh[data_index] / p_vh[data_index].sum(axis=1, keepdims=True)  # (5, Nh)
-    Vd, Hd = np.repeat(V[data_index], nh, axis=0), np.tile(Hs, (5, 1, 1))
-    data_term = mr.model_statistics(p, Vd, Hd, mr.routing_posterior(p, Vd, Hd), weights=p_h_given_v.ravel() / 5)
-    Vg, Hg = np.repeat(V, nh, axis=0), np.tile(Hs, (nv, 1, 1))
-    model_term = mr.model_statistics(p, Vg, Hg, mr.routing_posterior(p, Vg, Hg), weights=p_vh.ravel())
-    assert isinstance(data_term, RBParams)
-    grad = RBParams(*(d - m for d, m in zip(data_term, model_term)))
+    V = states(p)[0]
+    data_index = np.random.default_rng(seed + 100).integers(0, len(V), size=5)
+    grad = exact_statistics_gradient(p, data_index)
     fd = finite_difference_gradient(lambda q: np.mean(mr.exact_log_marginal(q, V[data_index])), p)
     for name, g, f in zip(RBParams._fields, grad, fd):
         np.testing.assert_allclose(g, f, atol=1e-7, err_msg=name)
@@ -254,16 +261,10 @@ def test_tied_gradient_is_the_gradient_of_the_shared_weights(seed):
     """(4b.6): with W_ij = theta_i for every j, the exact statistics' W gradient summed over the
     parents equals the central-difference gradient of the exact mean log-likelihood in theta."""
     p = tied(make_params(seed, I=2, J=2, d_h=2, d_v=2))
-    V, Hs, _ = states(p)
-    nv, nh = len(V), len(Hs)
-    data = V[np.random.default_rng(seed + 100).integers(0, nv, size=5)]
-    p_vh = mr.exact_probability_vha(p).reshape(nv, nh, -1).sum(axis=2)  # (Nv, Nh)
-    rows = [np.flatnonzero((V == d).all(axis=(1, 2)))[0] for d in data]
-    p_h_given_v = p_vh[rows] / p_vh[rows].sum(axis=1, keepdims=True)  # (5, Nh)
-    Vd, Hd = np.repeat(data, nh, axis=0), np.tile(Hs, (5, 1, 1))
-    Vg, Hg = np.repeat(V, nh, axis=0), np.tile(Hs, (nv, 1, 1))
-    dW = (mr.model_statistics(p, Vd, Hd, mr.routing_posterior(p, Vd, Hd), weights=p_h_given_v.ravel() / 5).W
-          - mr.model_statistics(p, Vg, Hg, mr.routing_posterior(p, Vg, Hg), weights=p_vh.ravel()).W)
+    V = states(p)[0]
+    data_index = np.random.default_rng(seed + 100).integers(0, len(V), size=5)
+    data = V[data_index]
+    dW = exact_statistics_gradient(p, data_index).W  # (I, J, d_h, d_v), as if the copies were free
     theta = p.W[:, 0]  # (I, d_h, d_v)
     eps, fd = 1e-5, np.zeros_like(theta)
     for idx in np.ndindex(theta.shape):
