@@ -1410,6 +1410,17 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
     init_scale : float, default=0.01
     learn_prior : bool, default=False
         Learn the prior routing logits beta.
+    first_parent_logit : float, default=0.0
+        Initial prior logit of the first parent, ``beta_i1`` for every child (the others start
+        at 0). A large value routes nearly every patch to parent 1 at the start: a tied model
+        with J = 2 then begins as the RBM it contains. It stays fixed unless ``learn_prior``.
+    posterior_sweeps : int, default=0
+        Data statistics of the gradient. 0: the mean-field ones (4.8), the gradient of the
+        bound ``L(v) - log Z``, which rewards models whose routing posterior mean field fits.
+        k > 0: sampled ones, as the model statistics (Rao-Blackwellised over a) but at the data:
+        routes drawn from the mean-field c, then k Gibbs sweeps on (h, a) with v clamped, which
+        leave ``p(h, a | v)`` invariant (docs/MODEL_RB.md, sampled data statistics); the
+        gradient of ``log p(v)`` as k grows.
     assignment_biases : bool, default=False
         Add and learn the assignment biases of docs/MODEL_RB.md (4b.1): prediction biases
         ``C_ij`` (I, J, d_h), ``u_hat_{j|i} = W_ij v_i + C_ij``, and visible biases ``A_ij``
@@ -1477,8 +1488,9 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
                  routing_tol=1e-3, max_routing=30, cd_k=1, persistent=True, n_chains=None,
                  chain_init="data", learning_rate=0.05, lr_schedule="linear",
                  lr_final_ratio=0.04, momentum=0.9, weight_decay=1e-4, batch_size=100,
-                 n_iter=10, init_scale=0.01, learn_prior=False, assignment_biases=False,
-                 tie_weights=False, dtype=np.float64, random_state=None, verbose=0, monitor_fraction=0.05,
+                 n_iter=10, init_scale=0.01, learn_prior=False, first_parent_logit=0.0,
+                 posterior_sweeps=0, assignment_biases=False, tie_weights=False, dtype=np.float64,
+                 random_state=None, verbose=0, monitor_fraction=0.05,
                  checkpoint_path=None, checkpoint_every=1, resume=False, backend="numba"):
         self.n_capsules = n_capsules
         self.capsule_dim = capsule_dim
@@ -1499,6 +1511,8 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         self.n_iter = n_iter
         self.init_scale = init_scale
         self.learn_prior = learn_prior
+        self.first_parent_logit = first_parent_logit
+        self.posterior_sweeps = posterior_sweeps
         self.assignment_biases = assignment_biases
         self.tie_weights = tie_weights
         self.dtype = dtype
@@ -1514,12 +1528,15 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         super()._setup(n_features)
         _check_number("routing_tol", self.routing_tol, 0)
         _check_number("max_routing", self.max_routing, 1, integer=True)
+        _check_number("first_parent_logit", self.first_parent_logit)
+        _check_number("posterior_sweeps", self.posterior_sweeps, 0, integer=True)
         if self.tie_weights and not self.assignment_biases:
             raise ValueError("tie_weights=True needs assignment_biases=True: with one weight "
                              "tensor only the prediction biases C tell the parents apart")
 
     def _init_params(self, X, rng):
-        """W ~ N(0, init_scale^2); alpha = data log-odds; gamma = 0; beta = 0; C = A = 0.
+        """W ~ N(0, init_scale^2); alpha = data log-odds; gamma = 0; C = A = 0; beta = 0 but for
+        ``beta_i1 = first_parent_logit``.
 
         With ``tie_weights`` every parent gets the first parent's weights, and C ~ N(0,
         init_scale^2) (drawn after W) so that the parents are not interchangeable.
@@ -1532,8 +1549,10 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         if self.tie_weights:
             W = np.ascontiguousarray(np.broadcast_to(W[:, :1], W.shape))  # (I, J, d_h, d_v)
             biases["C"] = (rng.normal(0.0, 1.0, (I, J, d_h)) * float(self.init_scale)).astype(dt)
-        return self._params_kind()(W=W, alpha=_data_logits(X, dt), gamma=np.zeros(W.shape[1:3], dtype=dt),
-                                   beta=np.zeros(W.shape[:2], dtype=dt), **biases)
+        beta = np.zeros((I, J), dtype=dt)
+        beta[:, 0] = self.first_parent_logit  # (I, J)
+        return self._params_kind()(W=W, alpha=_data_logits(X, dt), gamma=np.zeros((J, d_h), dtype=dt),
+                                   beta=beta, **biases)
 
     def _params(self):
         return self._params_kind()(*(getattr(self, name) for name in self._param_attributes))
@@ -1592,11 +1611,29 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         h = (rng.random(ph.shape) < ph).astype(ph.dtype)
         return model_r.visible_probability(params, h, a)  # (B, I, d_v)
 
+    def _data_statistics(self, params, v, c, mu, rng):
+        """Data statistics (4.8) of the batch v (B, I, d_v) with mean-field routing c (B, I, J),
+        mu (B, J, d_h): the mean-field ones, or with ``posterior_sweeps`` = k > 0 sampled ones.
+
+        Sampled: routes ``a ~ c``, then k sweeps ``h ~ p(h | v, a)``, ``a ~ p(a | v, h)`` with v
+        clamped (the h and a blocks of :func:`model_r.gibbs_sweep`, whose v draw is dropped);
+        statistics of the last (h, resp) pair, Rao-Blackwellised over a like the chains'.
+        """
+        model_r = self._kernels("model_r")
+        k = int(self.posterior_sweeps)
+        if k == 0:
+            return model_r.data_statistics(params, v, c, mu)
+        a = model_r._categorical_draw(c, rng.random(c.shape[:2]))  # (B, I)
+        for _ in range(k):
+            _, h, a, resp = model_r.gibbs_sweep(params, v, a, rng)  # (B, J, d_h), (B, I), (B, I, J)
+        return model_r.model_statistics(params, v, h, resp)
+
     def _step(self, params, batch, chains, rng):
-        """PCD gradient (4.8): mean-field data statistics minus Rao-Blackwellised chain ones."""
+        """PCD gradient (4.8): data statistics (mean-field or sampled, see ``posterior_sweeps``)
+        minus Rao-Blackwellised chain ones."""
         model_r = self._kernels("model_r")
         c, mu, n_mf = self._mean_field(params, batch)  # (B, I, J), (B, J, d_h), (B,)
-        positive = model_r.data_statistics(params, batch, c, mu)
+        positive = self._data_statistics(params, batch, c, mu, rng)
         if chains is None:  # CD-k: start at the batch, routes drawn from its mean field
             chains = (batch, model_r._categorical_draw(c, rng.random(c.shape[:2])))
         v, a = chains

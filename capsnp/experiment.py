@@ -116,6 +116,14 @@ PRESETS = {
     # 40-epoch rows (run with --epochs 40)
     "rt-2x500-rbm": (RoutedCapsuleRBM, _TIED_2X500),
     "rt-2x500-rbm-40": (RoutedCapsuleRBM, _TIED_2X500),
+    # The same started at the RBM it contains: a learned prior logit beta_i1 = 6 routes 99.75% of
+    # every patch to parent 1 at the start; and a softer start, beta_i1 = 2 (88%). Run with
+    # --epochs 40.
+    "rt-2x500-pin6-40": (RoutedCapsuleRBM, dict(_TIED_2X500, learn_prior=True, first_parent_logit=6.0)),
+    "rt-2x500-pin2-40": (RoutedCapsuleRBM, dict(_TIED_2X500, learn_prior=True, first_parent_logit=2.0)),
+    # The same with sampled data statistics (3 clamped sweeps on (h, a) from the mean-field
+    # routing) in place of the mean-field ones. Run with --epochs 40.
+    "rt-2x500-post3-40": (RoutedCapsuleRBM, dict(_TIED_2X500, posterior_sweeps=3)),
     "p": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, sampler="mh")),
     "p-reconstruct": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, sampler="reconstruct")),
     # Model G (docs/MODEL_G.md): at learning rates >= 0.05 its training diverged

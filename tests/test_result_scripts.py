@@ -96,3 +96,20 @@ def test_as_rbm_log_z(tmp_path, capsys):
     exact = exact_log_partition(est)  # 2**6 hidden states
     assert abs(report["log_z"] - exact) < 5 * report["log_z_std_error"] + 0.05
     assert report["test_log_likelihood"] < 0
+
+
+def test_elbo_gap(saved_r, capsys):
+    """The gap log p~(v) - L(v; c) is >= 0 up to importance-sampling error, and exactly 0 with one
+    capsule (one routing; h factorises given v, so the mean-field bound is tight)."""
+    _script("elbo_gap").main("tiny", "embedded", 60, saved_r)
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 60 and 0.5 <= report["decisiveness_on_patches_with_ink"] <= 1.0
+    assert report["mean_gap"] > -3 * report["mean_is_se"]
+    assert report["gap_quantiles_10_50_90"] == sorted(report["gap_quantiles_10_50_90"])
+    X, _ = load_dataset("embedded", "train")
+    V = binarize(X[:200], "stochastic", random_state=0)
+    RoutedCapsuleRBM(1, 6, n_iter=1, n_chains=50, random_state=0).fit(V).save(saved_r / "one_model.npz")
+    _script("elbo_gap").main("one", "embedded", 60, saved_r)
+    one = json.loads(capsys.readouterr().out)
+    assert abs(one["mean_gap"]) < 1e-6 and one["gap_quantiles_10_50_90"] == [0.0, 0.0, 0.0]
+    assert one["decisiveness_on_patches_with_ink"] == 1.0
