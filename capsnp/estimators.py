@@ -1427,6 +1427,11 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         (I, J, d_v) of child i when parent j explains it. They are what a centred Model R
         needs, and they let a patch with no pixel on carry routing information. Both start at
         zero; weight decay does not apply to them.
+    assignment_bias_rate : float, default=1.0
+        Learning rate of C and A relative to the other parameters (their gradient is scaled by
+        it). Every patch routed to parent j adds its C_ij to h_j's input, so with the whole image
+        on one parent ``sum_i C_ij`` acts as a hidden bias that moves I times as fast as gamma;
+        ``1 / I`` moves it at gamma's rate.
     tie_weights : bool, default=False
         Share one weight tensor between the parents, ``W_ij = W_i1`` for every j
         (docs/MODEL_RB.md, tied weights): J instances of one capsule type, each patch explained
@@ -1489,7 +1494,8 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
                  chain_init="data", learning_rate=0.05, lr_schedule="linear",
                  lr_final_ratio=0.04, momentum=0.9, weight_decay=1e-4, batch_size=100,
                  n_iter=10, init_scale=0.01, learn_prior=False, first_parent_logit=0.0,
-                 posterior_sweeps=0, assignment_biases=False, tie_weights=False, dtype=np.float64,
+                 posterior_sweeps=0, assignment_biases=False, assignment_bias_rate=1.0,
+                 tie_weights=False, dtype=np.float64,
                  random_state=None, verbose=0, monitor_fraction=0.05,
                  checkpoint_path=None, checkpoint_every=1, resume=False, backend="numba"):
         self.n_capsules = n_capsules
@@ -1514,6 +1520,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         self.first_parent_logit = first_parent_logit
         self.posterior_sweeps = posterior_sweeps
         self.assignment_biases = assignment_biases
+        self.assignment_bias_rate = assignment_bias_rate
         self.tie_weights = tie_weights
         self.dtype = dtype
         self.random_state = random_state
@@ -1530,6 +1537,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         _check_number("max_routing", self.max_routing, 1, integer=True)
         _check_number("first_parent_logit", self.first_parent_logit)
         _check_number("posterior_sweeps", self.posterior_sweeps, 0, integer=True)
+        _check_number("assignment_bias_rate", self.assignment_bias_rate, 0)
         if self.tie_weights and not self.assignment_biases:
             raise ValueError("tie_weights=True needs assignment_biases=True: with one weight "
                              "tensor only the prediction biases C tell the parents apart")
@@ -1645,6 +1653,9 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         grad = type(params)(*(p - n for p, n in zip(positive, negative)))
         if not self.learn_prior:
             grad = grad._replace(beta=np.zeros_like(params.beta))
+        if self.assignment_biases and self.assignment_bias_rate != 1.0:
+            rate = float(self.assignment_bias_rate)
+            grad = grad._replace(C=rate * grad.C, A=rate * grad.A)
         if self.tie_weights:  # (4b.6): one weight tensor shared by the parents
             grad = grad._replace(W=model_r.tied_gradient(grad.W))
         return grad, ((v, a) if self.persistent else None), {

@@ -121,6 +121,10 @@ PRESETS = {
     # --epochs 40.
     "rt-2x500-pin6-40": (RoutedCapsuleRBM, dict(_TIED_2X500, learn_prior=True, first_parent_logit=6.0)),
     "rt-2x500-pin2-40": (RoutedCapsuleRBM, dict(_TIED_2X500, learn_prior=True, first_parent_logit=2.0)),
+    # rt-2x500-pin6-40 with C and A learning at 1/49 of the rate, so that sum_i C_ij, a hidden
+    # bias when the image is on one parent, moves at gamma's rate. Run with --epochs 40.
+    "rt-2x500-pin6-slowc-40": (RoutedCapsuleRBM, dict(_TIED_2X500, learn_prior=True, first_parent_logit=6.0,
+                                                      assignment_bias_rate=1 / 49)),
     # The same with sampled data statistics (3 clamped sweeps on (h, a) from the mean-field
     # routing) in place of the mean-field ones. Run with --epochs 40.
     "rt-2x500-post3-40": (RoutedCapsuleRBM, dict(_TIED_2X500, posterior_sweeps=3)),

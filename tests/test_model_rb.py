@@ -370,3 +370,23 @@ def test_sampled_data_statistics_match_the_exact_data_term(backend):
     for name, s, e, m in zip(RBParams._fields, sampled, exact, mean_field):
         np.testing.assert_allclose(s, e, atol=5 * 0.5 / np.sqrt(n), err_msg=name)
     assert max(np.max(np.abs(m - e)) for m, e in zip(mean_field, exact)) > 0.1
+
+
+def test_assignment_bias_rate_scales_only_the_bias_gradient():
+    """assignment_bias_rate = r: the step's C and A gradients are r times those at r = 1 (same
+    draws), every other gradient unchanged."""
+    X = (np.random.default_rng(2).random((40, 16)) < 0.3).astype(float)
+    kw = dict(n_capsules=2, capsule_dim=3, image_shape=(4, 4), patch=2, assignment_biases=True,
+              n_iter=1, batch_size=20, init_scale=0.5, random_state=0, monitor_fraction=0)
+    est = RoutedCapsuleRBM(**kw).fit(X)
+    params, batch = est._params(), est._checked(X[:20])
+    steps = {}
+    for rate in (1.0, 0.25):
+        est.set_params(assignment_bias_rate=rate)
+        steps[rate] = est._step(params, batch, None, np.random.default_rng(5))
+    (g1, _, _), (g4, _, _) = steps[1.0], steps[0.25]
+    for name, a, b in zip(RBParams._fields, g1, g4):
+        np.testing.assert_allclose(b, 0.25 * a if name in ("C", "A") else a, rtol=1e-12, atol=1e-15, err_msg=name)
+    assert np.abs(g1.C).max() > 0 and np.abs(g1.A).max() > 0
+    with pytest.raises(ValueError, match="assignment_bias_rate"):
+        RoutedCapsuleRBM(**{**kw, "assignment_bias_rate": -1.0}).fit(X)
