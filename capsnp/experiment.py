@@ -25,7 +25,7 @@ import numpy as np
 from .ais import ais_log_partition, default_betas
 from .capsules import to_capsules
 from .datasets import binarize, load_dataset
-from .estimators import BernoulliRBM, CapsulePoE, RoutedCapsuleRBM
+from .estimators import BernoulliRBM, CapsulePoE, RoutedCapsuleRBM, load_estimator
 from .plots import image_grids
 
 __all__ = ["PRESETS", "make_estimator", "test_log_likelihood", "run"]
@@ -166,11 +166,13 @@ def test_log_likelihood(est, X_test, log_z, rng, n_is=100):
 
 
 def run(dataset, models, epochs, out_dir, n_ais_runs=100, fast_ais=False, n_train=None, n_test=None,
-        sample_steps=1000, seed=0, backend="numba", verbose=0):
+        sample_steps=1000, seed=0, backend="numba", verbose=0, evaluate_only=False):
     """Train, evaluate and record every model of ``models``; returns the list of result dicts.
 
     ``backend`` ("numba" or "numpy") is passed to the estimators and to the AIS runs; ``verbose``
-    to the estimators (1 prints one line per epoch).
+    to the estimators (1 prints one line per epoch). With ``evaluate_only`` each model is loaded
+    from ``<out_dir>/<name>_model.npz`` instead of trained (its training time is the sum of the
+    epoch times in its history) and evaluated as after training.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -183,10 +185,15 @@ def run(dataset, models, epochs, out_dir, n_ais_runs=100, fast_ais=False, n_trai
     betas = default_betas(fast=fast_ais)
     results = []
     for name in models:
-        est = make_estimator(name, epochs, random_state=seed, backend=backend, verbose=verbose)
-        t0 = time.perf_counter()
-        est.fit(V_train)
-        train_seconds = time.perf_counter() - t0
+        if evaluate_only:
+            est = load_estimator(out / f"{name}_model.npz")
+            est.set_params(backend=backend)
+            train_seconds = float(sum(row["seconds"] for row in est.history_))
+        else:
+            est = make_estimator(name, epochs, random_state=seed, backend=backend, verbose=verbose)
+            t0 = time.perf_counter()
+            est.fit(V_train)
+            train_seconds = time.perf_counter() - t0
         base = base_rate if isinstance(est, BernoulliRBM) else to_capsules(base_rate[None], est.image_shape_, est.patch_)[0]
         t0 = time.perf_counter()
         res = ais_log_partition(est, n_runs=n_ais_runs, betas=betas, random_state=seed, base_rate=base,
@@ -205,7 +212,8 @@ def run(dataset, models, epochs, out_dir, n_ais_runs=100, fast_ais=False, n_trai
         est.save(out / f"{name}_model.npz")
         r = {
             "model": name, "class": type(est).__name__, "backend": backend, "params": {k: repr(v) for k, v in est.get_params().items()},
-            "dataset": dataset, "n_train": len(V_train), "n_test": len(V_test), "epochs": epochs,
+            "dataset": dataset, "n_train": len(V_train), "n_test": len(V_test),
+            "epochs": len(est.history_) if evaluate_only else epochs,
             "n_weights": _n_weights(est), "train_seconds": round(train_seconds, 1),
             "ais_seconds": round(ais_seconds, 1), "ais_runs": n_ais_runs, "ais_temperatures": len(betas),
             "log_z": res.log_z, "log_z_std_error": res.std_error, "log_z_interval": list(res.interval),
@@ -249,9 +257,11 @@ def main(argv=None):
                     help="compiled kernels (default) or the NumPy reference")
     ap.add_argument("--verbose", type=int, default=1, help="estimator verbosity (1: a line per epoch)")
     ap.add_argument("--out", default=None, help="output directory (default: docs/results/<dataset>)")
+    ap.add_argument("--evaluate-only", action="store_true",
+                    help="load <out>/<model>_model.npz instead of training, then evaluate as usual")
     a = ap.parse_args(argv)
     run(a.dataset, a.models.split(","), a.epochs, a.out or f"docs/results/{a.dataset}", a.ais_runs, a.fast_ais,
-        a.n_train, a.n_test, a.sample_steps, a.seed, a.backend, a.verbose)
+        a.n_train, a.n_test, a.sample_steps, a.seed, a.backend, a.verbose, a.evaluate_only)
     return 0
 
 

@@ -101,8 +101,17 @@ def _agreement(u_hat, h):
 
 
 def _routed_input(u_hat, weights):
-    """Routed input ``s_j = sum_i w_ij u_hat_{j|i}``: (B, I, J, d_h), (..., B, I, J) -> (..., B, J, d_h)."""
-    return np.einsum("...bij,bijk->...bjk", weights, u_hat, optimize=True)  # (..., B, J, d_h)
+    """Routed input ``s_j = sum_i w_ij u_hat_{j|i}``: (B, I, J, d_h), (..., B, I, J) -> (..., B, J, d_h).
+
+    One batched matrix product per (image, parent): the weights of every leading index (N rows)
+    times that image's predictions ``u_hat_{j|.}`` (I, d_h).
+    """
+    weights = np.asarray(weights)
+    lead = weights.shape[:-3]
+    B, I, J = weights.shape[-3:]
+    w = np.moveaxis(weights.reshape((-1, B, I, J)), (1, 3), (0, 1))  # (B, J, N, I)
+    s = np.matmul(w, np.moveaxis(u_hat, 2, 1))  # (B, J, N, I) @ (B, J, I, d_h) -> (B, J, N, d_h)
+    return np.moveaxis(s, 2, 0).reshape(lead + (B, J, u_hat.shape[-1]))  # (..., B, J, d_h)
 
 
 def _categorical_draw(p, u):
@@ -629,8 +638,13 @@ def log_joint_va(params, v, a):
     -------
     ndarray of shape (B,)
     """
-    v = np.asarray(v, dtype=_float_dtype(params.W, v))
-    return _log_joint_va(params, v, prediction(params, v), np.asarray(a))  # (B,)
+    dt = _float_dtype(params.W, v)
+    v = np.asarray(v, dtype=dt)
+    a = np.asarray(a)
+    s = routed_prediction(params, v, _one_hot(a, params.W.shape[1], dt))  # (B, J, d_h): sum_{i: a_i = j} u_hat_{j|i}
+    prior = np.take_along_axis(prior_logits(params, v), a[..., None], axis=-1)[..., 0]  # (B, I): b_{i a_i}(v)
+    return (np.sum(params.alpha * v, axis=(1, 2)) + np.sum(prior, axis=1)
+            + np.sum(softplus(params.gamma + s), axis=(1, 2)))  # (B,)
 
 
 def log_marginal_is(params, v, n_samples, rng, c=None, log_z=None):
@@ -680,7 +694,8 @@ def log_marginal_is(params, v, n_samples, rng, c=None, log_z=None):
                                   axis=-1)[..., 0]  # (S, B, I)
     log_q = np.sum(np.log(c_chosen), axis=-1)  # (S, B)
     log_w = np.empty(a.shape[:2], dtype=dt)  # (S, B)
-    chunk = max(1, 2**22 // max(u_hat.size, 1))
+    B, _, J, d_h = u_hat.shape
+    chunk = max(1, 2**22 // max(B * J * d_h, 1))  # draws per chunk: hidden inputs (chunk, B, J, d_h)
     for s in range(0, n_samples, chunk):
         log_w[s:s + chunk] = _log_joint_va(params, v, u_hat, a[s:s + chunk]) - log_q[s:s + chunk]
     m = np.max(log_w, axis=0)  # (B,)

@@ -130,3 +130,18 @@ def test_train_model_r_with_assignment_biases(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "--model", "rbm", "--assignment-biases", "--out", str(tmp_path / "b")]) != 0
     assert "--model r" in capsys.readouterr().err
+
+
+def test_experiment_evaluate_only_reproduces_the_evaluation(tmp_path):
+    """``experiment --evaluate-only`` loads the saved model and evaluates it exactly as the run
+    that trained it (same seed: the same log Z, test log-likelihood and epoch count)."""
+    from capsnp import experiment
+
+    kw = dict(n_ais_runs=4, fast_ais=True, n_train=200, n_test=30, sample_steps=2)
+    (trained,) = experiment.run("embedded", ["r"], 1, tmp_path, **kw)
+    (tmp_path / "r.json").unlink()
+    (again,) = experiment.run("embedded", ["r"], 99, tmp_path, evaluate_only=True, **kw)
+    assert again["epochs"] == 1 and 0 < again["train_seconds"] <= trained["train_seconds"]
+    for key in ("log_z", "test_log_likelihood", "n_weights", "importance_sampling_mean_se"):
+        assert again[key] == trained[key], key
+    assert (tmp_path / "r.json").exists()
