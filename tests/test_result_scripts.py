@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from capsnp.capsules import to_capsules
 from capsnp.datasets import binarize, load_dataset
 from capsnp.estimators import RoutedCapsuleRBM
 
@@ -113,3 +114,37 @@ def test_elbo_gap(saved_r, capsys):
     one = json.loads(capsys.readouterr().out)
     assert abs(one["mean_gap"]) < 1e-6 and one["gap_quantiles_10_50_90"] == [0.0, 0.0, 0.0]
     assert one["decisiveness_on_patches_with_ink"] == 1.0
+
+
+def test_as_rbm_log_z_of_one_parent(tmp_path, capsys):
+    """``parent`` p: log Z of the J = 1 model of parent p of a two-capsule model (its W, gamma,
+    beta, C, A at index p) against its exact value."""
+    from capsnp import model_r, rbm
+
+    X, _ = load_dataset("embedded", "train")
+    V = binarize(X[:200], "stochastic", random_state=0)
+    est = RoutedCapsuleRBM(2, 3, n_iter=1, n_chains=50, assignment_biases=True, learn_prior=True,
+                           first_parent_logit=3.0, random_state=0).fit(V)
+    est.save(tmp_path / "two_model.npz")
+    script = _script("as_rbm_log_z")
+    script.main("two", "embedded", tmp_path, 20, True, 0)
+    report = json.loads(capsys.readouterr().out)
+    one = script.one_parent(est._params(), 0)
+    assert one.W.shape[1] == 1 and np.array_equal(one.C[:, 0], est.C_[:, 0])
+    exact = rbm.exact_log_partition(model_r.as_rbm(one)) + one.beta.sum()  # 2**3 hidden states
+    assert report["parent"] == 0
+    assert abs(report["log_z"] - exact) < 5 * report["log_z_std_error"] + 0.05
+    # its test log-likelihood: with one parent the routing is fixed, log p(v) = log p~(v, a = 0) - log Z
+    # (beta_i0 starts at 3, so a slip of sum_i beta_i0, about 147 nats, would show)
+    V_test = to_capsules(binarize(load_dataset("embedded", "test")[0], "stochastic", random_state=1),
+                         est.image_shape_, est.patch_)
+    exact_ll = np.mean(model_r.log_joint_va(one, V_test, np.zeros(V_test.shape[:2], np.int64)) - exact)
+    assert abs(report["test_log_likelihood"] - exact_ll) < 5 * report["log_z_std_error"] + 0.05
+
+
+def test_chain_routing(saved_r, capsys):
+    _script("chain_routing").main("tiny", "embedded", 3, saved_r)
+    report = json.loads(capsys.readouterr().out)
+    assert report["sweeps"] == 3 and report["chains"] == 50
+    assert abs(sum(report["patch_share_per_parent"]) - 1.0) < 1e-4
+    assert report["patch_share_per_parent"][-1] <= report["largest_share_of_last_parent"] <= 1.0
