@@ -608,14 +608,21 @@ def log_joint_vh(params, v, h):
     return np.sum(params.alpha * v, axis=(1, 2)) + np.sum(params.gamma * h, axis=(1, 2)) + mixture
 
 
-def _log_joint_va(params, v, u_hat, a):
-    """(4.9) for assignments a of shape (..., B, I) sharing v (B, I, d_v): returns (..., B)."""
+def _log_joint_from_routed(params, v, a, routed):
+    """(4.9) from the routed inputs ``routed_j = sum_{i: a_i = j} u_hat_{j|i}`` (..., B, J, d_h) of
+    assignments a (..., B, I) sharing v (B, I, d_v): returns (..., B)."""
     prior = prior_logits(params, v)  # (B, I, J)
     beta_chosen = np.take_along_axis(
         np.broadcast_to(prior, np.shape(a) + prior.shape[-1:]), a[..., None], axis=-1
     )[..., 0]  # (..., B, I): b_{i a_i}(v)
-    hidden_term = np.sum(softplus(_hidden_logits(params, v, a, u_hat)), axis=(-2, -1))  # (..., B)
+    hidden_term = np.sum(softplus(params.gamma + routed), axis=(-2, -1))  # (..., B)
     return np.sum(params.alpha * v, axis=(-2, -1)) + np.sum(beta_chosen, axis=-1) + hidden_term
+
+
+def _log_joint_va(params, v, u_hat, a):
+    """(4.9) for assignments a of shape (..., B, I) sharing v and its predictions u_hat."""
+    onehot = _one_hot(a, params.W.shape[1], u_hat.dtype)  # (..., B, I, J)
+    return _log_joint_from_routed(params, v, a, _routed_input(u_hat, onehot))  # (..., B)
 
 
 def log_joint_va(params, v, a):
@@ -641,10 +648,9 @@ def log_joint_va(params, v, a):
     dt = _float_dtype(params.W, v)
     v = np.asarray(v, dtype=dt)
     a = np.asarray(a)
-    s = routed_prediction(params, v, _one_hot(a, params.W.shape[1], dt))  # (B, J, d_h): sum_{i: a_i = j} u_hat_{j|i}
-    prior = np.take_along_axis(prior_logits(params, v), a[..., None], axis=-1)[..., 0]  # (B, I): b_{i a_i}(v)
-    return (np.sum(params.alpha * v, axis=(1, 2)) + np.sum(prior, axis=1)
-            + np.sum(softplus(params.gamma + s), axis=(1, 2)))  # (B,)
+    # routed inputs by one matrix product per parent, without forming u_hat (B, I, J, d_h)
+    routed = routed_prediction(params, v, _one_hot(a, params.W.shape[1], dt))  # (B, J, d_h)
+    return _log_joint_from_routed(params, v, a, routed)  # (B,)
 
 
 def log_marginal_is(params, v, n_samples, rng, c=None, log_z=None):
