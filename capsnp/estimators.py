@@ -63,6 +63,7 @@ from .io import load_model, remove_temporary_files, save_model
 from .ops import sigmoid, softplus
 from .model_p import PARAMS_TYPES as _P_PARAMS_TYPES
 from . import model_r as _model_r_ref
+from . import rbm as _rbm_ref
 from .params import PParams, RBMParams, RBParams, RParams
 from .ais import annealing_path
 from .tempering import default_temperatures, parallel_tempering
@@ -1439,6 +1440,14 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         updated by the summed gradient (4b.6) and stay equal. Needs ``assignment_biases``: the
         prediction biases C start at N(0, init_scale^2) so that the parents differ. With J = 2
         the model contains the RBM with d_h hidden units (every patch routed to one parent).
+    centring : bool, default=False
+        Take the gradient steps in centred coordinates (docs/MODEL_RB.md, centring; (4b.8),
+        (4b.9)): the energy written with ``v_i - m_i`` and ``h_j - l_j``, the offsets being the
+        minibatch's data means of v and h (its data statistics of alpha and gamma), so that the
+        W step is a covariance, ``<[a_i = j](h_j - l_j)(v_i - m_i)^T>_data - <.>_model``. The
+        model is the same; only the update direction changes, and with it the plain C, A and
+        beta, which absorb the offsets (beta moves even without ``learn_prior``, which then
+        holds the centred beta' fixed). Needs ``assignment_biases``. Weight decay acts on W.
     dtype : float64 or float32, default=np.float64
         Dtype of data and parameters throughout. Input of any real dtype is converted to it,
         so with float32 every fitted array, transform, score and sample is float32. A float32
@@ -1495,7 +1504,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
                  lr_final_ratio=0.04, momentum=0.9, weight_decay=1e-4, batch_size=100,
                  n_iter=10, init_scale=0.01, learn_prior=False, first_parent_logit=0.0,
                  posterior_sweeps=0, assignment_biases=False, assignment_bias_rate=1.0,
-                 tie_weights=False, dtype=np.float64,
+                 tie_weights=False, centring=False, dtype=np.float64,
                  random_state=None, verbose=0, monitor_fraction=0.05,
                  checkpoint_path=None, checkpoint_every=1, resume=False, backend="numba"):
         self.n_capsules = n_capsules
@@ -1522,6 +1531,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         self.assignment_biases = assignment_biases
         self.assignment_bias_rate = assignment_bias_rate
         self.tie_weights = tie_weights
+        self.centring = centring
         self.dtype = dtype
         self.random_state = random_state
         self.verbose = verbose
@@ -1541,6 +1551,10 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         if self.tie_weights and not self.assignment_biases:
             raise ValueError("tie_weights=True needs assignment_biases=True: with one weight "
                              "tensor only the prediction biases C tell the parents apart")
+        _check_bool("centring", self.centring)
+        if self.centring and not self.assignment_biases:
+            raise ValueError("centring=True needs assignment_biases=True: the centred energy "
+                             "(4b.8) has prediction and assignment biases, which Model R lacks")
 
     def _init_params(self, X, rng):
         """W ~ N(0, init_scale^2); alpha = data log-odds; gamma = 0; C = A = 0; beta = 0 but for
@@ -1651,6 +1665,9 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         # resp belongs to the pair (v_in, h) of the last sweep (see model_r.gibbs_sweep)
         negative = model_r.model_statistics(params, v_in, h, resp)
         grad = type(params)(*(p - n for p, n in zip(positive, negative)))
+        if self.centring:  # (4b.9): offsets are the batch's data means of v and h
+            m, l = positive.alpha, positive.gamma  # (I, d_v), (J, d_h)
+            grad = _model_r_ref.centred_gradient(grad, m, l)
         if not self.learn_prior:
             grad = grad._replace(beta=np.zeros_like(params.beta))
         if self.assignment_biases and self.assignment_bias_rate != 1.0:
@@ -1658,6 +1675,8 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
             grad = grad._replace(C=rate * grad.C, A=rate * grad.A)
         if self.tie_weights:  # (4b.6): one weight tensor shared by the parents
             grad = grad._replace(W=model_r.tied_gradient(grad.W))
+        if self.centring:  # the plain parameters' step (4b.8 is linear)
+            grad = _model_r_ref.from_centred(grad, m, l)
         return grad, ((v, a) if self.persistent else None), {
             "train_mean_field_iterations": float(np.mean(n_mf))}
 
@@ -1835,6 +1854,12 @@ class BernoulliRBM(_EnergyEstimator):
         float32 rounding can flip the outcome, after which the chains differ, so the two then
         agree only statistically.
     chain_init : {"noise", "data"}, default="noise"
+    centring : bool, default=False
+        Take the gradient steps in centred coordinates (5.9), ``E = -a'.v - b'.h - (v - m)^T W
+        (h - l)`` with the minibatch's data means as offsets m (of v) and l (of p(h = 1 | v)):
+        the W step becomes ``<(v - m)(p(h|v) - l)^T>_data - <.>_model`` and the plain biases
+        absorb the offsets. The model is the same; the update direction changes. It costs one
+        more hidden-layer pass over the minibatch per step.
     checkpoint_path : str, os.PathLike or None, default=None
         File to which :meth:`fit` writes checkpoints (see :meth:`fit`); its directory must
         exist. Not for use inside ``GridSearchCV`` and the like (every clone would write the
@@ -1869,7 +1894,7 @@ class BernoulliRBM(_EnergyEstimator):
     def __init__(self, n_components=256, *, learning_rate=0.1, batch_size=10, n_iter=10,
                  verbose=0, random_state=None, cd_k=1, persistent=True, momentum=0.0,
                  weight_decay=0.0, lr_schedule="constant", lr_final_ratio=0.04,
-                 dtype=np.float64, chain_init="noise", checkpoint_path=None,
+                 dtype=np.float64, chain_init="noise", centring=False, checkpoint_path=None,
                  checkpoint_every=1, resume=False, backend="numba"):
         self.n_components = n_components
         self.learning_rate = learning_rate
@@ -1885,6 +1910,7 @@ class BernoulliRBM(_EnergyEstimator):
         self.lr_final_ratio = lr_final_ratio
         self.dtype = dtype
         self.chain_init = chain_init
+        self.centring = centring
         self.checkpoint_path = checkpoint_path
         self.checkpoint_every = checkpoint_every
         self.resume = resume
@@ -1892,6 +1918,7 @@ class BernoulliRBM(_EnergyEstimator):
 
     def _setup(self, n_features):
         _check_number("n_components", self.n_components, 1, integer=True)
+        _check_bool("centring", self.centring)
         _check_choice("lr_schedule", self.lr_schedule, ("constant", "linear"))
         _check_number("lr_final_ratio", self.lr_final_ratio, 0)
         self.n_features_ = n_features
@@ -1978,12 +2005,21 @@ class BernoulliRBM(_EnergyEstimator):
             v = batch
             for _ in range(int(self.cd_k)):
                 v, _ = rbm.gibbs_sweep(params, v, rng)  # (B, D)
-            return rbm.cd_gradient(params, batch, v), None, {}
+            return self._centred(params, batch, rbm.cd_gradient(params, batch, v)), None, {}
         v, p = chains
         if p is None:
             p = rbm.hidden_probability(params, v)  # (n_chains, H)
         grad, v, p = rbm.pcd_step(params, batch, v, p, rng, int(self.cd_k))
-        return grad, (v, p), {}
+        return self._centred(params, batch, grad), (v, p), {}
+
+    def _centred(self, params, batch, grad):
+        """With ``centring``, the plain step of the centred gradient (5.9), offsets the batch's
+        data means; otherwise ``grad`` itself."""
+        if not self.centring:
+            return grad
+        m = batch.mean(axis=0)  # (D,)
+        l = self._kernels("rbm").hidden_probability(params, batch).mean(axis=0)  # (H,)
+        return _rbm_ref.from_centred(_rbm_ref.centred_gradient(grad, m, l), m, l)
 
     def _monitor(self, params, X, rng):
         rbm = self._kernels("rbm")

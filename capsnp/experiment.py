@@ -58,6 +58,9 @@ PRESETS = {
     # The RBM-250 (196,000 weights: one capsule of the J = 2, d_h = 250 models) under the same
     # recipe: what the second capsule of rb-2x250-rbm adds
     "rbm-250-pcd-long": (BernoulliRBM, dict(n_components=250, **_RBM_PCD_LONG)),
+    # The RBM-500's recipe with centred gradient steps (5.9); 100 epochs, and 40 (--epochs 40)
+    "rbm-pcd-long-centred": (BernoulliRBM, dict(n_components=500, centring=True, **_RBM_PCD_LONG)),
+    "rbm-pcd-long-centred-40": (BernoulliRBM, dict(n_components=500, centring=True, **_RBM_PCD_LONG)),
     "r": (RoutedCapsuleRBM, dict(n_capsules=16, capsule_dim=8, n_chains=500)),
     "r-500": (RoutedCapsuleRBM, dict(n_capsules=50, capsule_dim=10, n_chains=500)),
     # The same 392,000 weights split into fewer, larger capsules (J * d_h = 500). J = 1 is the
@@ -128,6 +131,15 @@ PRESETS = {
     # The same with sampled data statistics (3 clamped sweeps on (h, a) from the mean-field
     # routing) in place of the mean-field ones. Run with --epochs 40.
     "rt-2x500-post3-40": (RoutedCapsuleRBM, dict(_TIED_2X500, posterior_sweeps=3)),
+    # ... started at beta_i1 = 2 (learned), the softer start of rt-2x500-pin2-40. Run with --epochs 40.
+    "rt-2x500-pin2-post3-40": (RoutedCapsuleRBM, dict(_TIED_2X500, posterior_sweeps=3, learn_prior=True,
+                                                      first_parent_logit=2.0)),
+    # Centred gradient steps (docs/MODEL_RB.md, centring; offsets the batch's data means), the
+    # model unchanged: the tied model and the untied biased one (the latter at the RBM-500's
+    # training time). Run with --epochs 40.
+    "rt-2x500-centred-40": (RoutedCapsuleRBM, dict(_TIED_2X500, centring=True)),
+    "rb-2x250-centred-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, assignment_biases=True,
+                                                           centring=True, **_RBM_RECIPE)),
     "p": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, sampler="mh")),
     "p-reconstruct": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, sampler="reconstruct")),
     # Model G (docs/MODEL_G.md): at learning rates >= 0.05 its training diverged

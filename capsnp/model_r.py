@@ -31,6 +31,11 @@ logit ``b_ij(v) = beta_ij + A_ij.v_i`` (4b.3, :func:`prior_logits`) in place of 
 visible conditional (4.5) gains ``A_{i a_i}`` (4b.4). With ``C = A = 0`` (or an RParams) this
 is Model R exactly.
 
+Centring (docs/MODEL_RB.md, "Centring"): the same model written with offsets m (I, d_v) and
+l (J, d_h) as ``- sum_i [beta'_{i a_i} + A'_{i a_i}.(v_i - m_i) + (h_{a_i} - l_{a_i}).(W_{i a_i}
+(v_i - m_i) + C'_{i a_i})]`` (4b.8, :func:`to_centred`, :func:`from_centred`), and the gradient
+in those coordinates (4b.9, :func:`centred_gradient`).
+
 Every function is pure and keeps the floating dtype of its inputs. Routing assignments are
 int64 arrays with values 0..J-1. Samplers take an explicit ``np.random.Generator`` and say in
 which order they call ``rng.random``; a binary unit is ``x = (u < p)`` (compared in float64).
@@ -59,6 +64,9 @@ __all__ = [
     "routed_prediction",
     "top_down",
     "tied_gradient",
+    "to_centred",
+    "from_centred",
+    "centred_gradient",
     "bias_statistics",
     "routing_posterior",
     "hidden_probability",
@@ -575,6 +583,92 @@ def pcd_gradient(params, v_data, v_chain, h_chain, resp_chain, c=None, mu=None, 
     pos = data_statistics(params, v_data, c, mu, data_weights)
     neg = model_statistics(params, v_chain, h_chain, resp_chain, model_weights)
     return type(pos)(*(p - n for p, n in zip(pos, neg)))
+
+
+# --------------------------------------------------------------------------------------------
+# (4b.8), (4b.9): centring
+# --------------------------------------------------------------------------------------------
+
+
+def to_centred(params, m, l):
+    """Centred coordinates (4b.8) of an RBParams, with offsets m (I, d_v) and l (J, d_h).
+
+    The centred energy writes each child's term with v and h measured from their offsets,
+
+    .. math::
+        -\\beta'_{ij} - A'_{ij} \\cdot (v_i - m_i) - (h_j - l_j)^T (W_{ij} (v_i - m_i) + C'_{ij})
+        \\quad (j = a_i),
+
+    and equals (4b.1) when ``C' = C + W m``, ``A' = A + W^T l`` and
+    ``beta' = beta + A'.m + l.C' - l^T W m`` (alpha, gamma, W unchanged).
+
+    Parameters
+    ----------
+    params : RBParams
+    m : ndarray of shape (I, d_v), visible offsets
+    l : ndarray of shape (J, d_h), hidden offsets
+
+    Returns
+    -------
+    RBParams, the centred parameters
+    """
+    Wm = np.einsum("ijkl,il->ijk", params.W, m)  # (I, J, d_h): W_ij m_i
+    C = params.C + Wm  # (I, J, d_h)
+    A = params.A + np.einsum("ijkl,jk->ijl", params.W, l)  # (I, J, d_v): + W_ij^T l_j
+    beta = params.beta + np.einsum("ijl,il->ij", A, m) + np.einsum("ijk,jk->ij", C - Wm, l)  # (I, J)
+    return params._replace(C=C, A=A, beta=beta)
+
+
+def from_centred(centred, m, l):
+    """Plain parameters (4b.1) of centred ones (4b.8): ``W = W'``, ``C = C' - W' m``,
+    ``A = A' - W'^T l``, ``beta = beta' - A'.m - l.C' + l^T W' m``; alpha, gamma unchanged.
+
+    The map is linear in the centred parameters, so it also turns a step taken in centred
+    coordinates into the step of the plain parameters.
+
+    Parameters
+    ----------
+    centred : RBParams, parameters or a step in centred coordinates
+    m : ndarray of shape (I, d_v)
+    l : ndarray of shape (J, d_h)
+
+    Returns
+    -------
+    RBParams
+    """
+    Wm = np.einsum("ijkl,il->ijk", centred.W, m)  # (I, J, d_h)
+    C = centred.C - Wm  # (I, J, d_h)
+    A = centred.A - np.einsum("ijkl,jk->ijl", centred.W, l)  # (I, J, d_v)
+    beta = centred.beta - np.einsum("ijl,il->ij", centred.A, m) - np.einsum("ijk,jk->ij", C, l)  # (I, J)
+    return centred._replace(C=C, A=A, beta=beta)
+
+
+def centred_gradient(grad, m, l):
+    """The log-likelihood gradient in centred coordinates (4b.9), from the plain one (4.8, 4b.5).
+
+    By the chain rule through :func:`from_centred`:
+
+    * ``g_W'_ij = g_W_ij - g_C_ij m_i^T - l_j g_A_ij^T + g_beta_ij l_j m_i^T``
+    * ``g_C'_ij = g_C_ij - g_beta_ij l_j``, ``g_A'_ij = g_A_ij - g_beta_ij m_i``
+    * ``g_beta' = g_beta``, ``g_alpha' = g_alpha``, ``g_gamma' = g_gamma``
+
+    With statistics: ``<[a_i = j] (h_j - l_j)(v_i - m_i)^T>_data - <.>_model`` and likewise for
+    C' and A'. For tied weights (4b.6) sum ``g_W'`` over the parents afterwards.
+
+    Parameters
+    ----------
+    grad : RBParams, data minus model statistics
+    m : ndarray of shape (I, d_v)
+    l : ndarray of shape (J, d_h)
+
+    Returns
+    -------
+    RBParams
+    """
+    C = grad.C - grad.beta[..., None] * l  # (I, J, d_h)
+    A = grad.A - grad.beta[..., None] * m[:, None, :]  # (I, J, d_v)
+    W = grad.W - C[..., None] * m[:, None, None, :] - l[None, :, :, None] * grad.A[:, :, None, :]  # (I, J, d_h, d_v)
+    return grad._replace(W=W, C=C, A=A)
 
 
 # --------------------------------------------------------------------------------------------

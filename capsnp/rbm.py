@@ -14,6 +14,10 @@ a (D,), b (H,))``. Equation labels:
   where ``v^{(i)}`` is v with bit i flipped
 * (5.8) exact ``log Z`` by enumerating the smaller layer, exact ``log p(v)``, exact transition
   matrices of the Gibbs sampler (tiny models only, MODEL.md sec. 6 and 7).
+* (5.9) centring (docs/MODEL_RB.md, "Centring"): the same model written with offsets m (D,), l (H,)
+  as ``E = -a'.v - b'.h - (v - m)^T W (h - l)``; its gradient in (W, a', b') is the centred
+  gradient ``<(v - m)(p(h=1|v) - l)^T>_data - <.>_model`` (:func:`centred_gradient`), a step in
+  those coordinates changes the plain ones by :func:`from_centred`.
 
 Every function is pure and keeps the floating dtype of its inputs. Samplers take an explicit
 ``np.random.Generator`` and document the order of their ``rng.random`` calls: a uniform ``u`` is
@@ -45,6 +49,9 @@ __all__ = [
     "exact_probability_vh",
     "exact_transition_matrix",
     "exact_block_kernels",
+    "to_centred",
+    "from_centred",
+    "centred_gradient",
 ]
 
 # Largest number of entries of an enumerated (states x states) table built at once.
@@ -573,3 +580,66 @@ def exact_block_kernels(params):
     K_h = np.einsum("vw,vc,h->vhwc", eye_v, P_hv, ones_h)  # (nv, nh, nv, nh)
     K_v = np.einsum("hc,hw,v->vhwc", eye_h, P_vh, ones_v)  # (nv, nh, nv, nh)
     return K_h.reshape(nv * nh, nv * nh), K_v.reshape(nv * nh, nv * nh)
+
+
+# --------------------------------------------------------------------------------------------
+# (5.9): centring
+# --------------------------------------------------------------------------------------------
+
+
+def to_centred(params, m, l):
+    """Centred coordinates (5.9) of an RBM: ``W' = W``, ``a' = a + W l``, ``b' = b + W^T m``.
+
+    ``E = -a'.v - b'.h - (v - m)^T W (h - l)`` then equals (5.1) up to the constant
+    ``m^T W l``, which cancels in p(v, h).
+
+    Parameters
+    ----------
+    params : RBMParams
+    m : ndarray of shape (D,), visible offsets
+    l : ndarray of shape (H,), hidden offsets
+
+    Returns
+    -------
+    RBMParams, the centred parameters (W', a', b')
+    """
+    return RBMParams(W=params.W, a=params.a + params.W @ l, b=params.b + params.W.T @ m)
+
+
+def from_centred(centred, m, l):
+    """Plain parameters (5.1) of centred ones (5.9): ``W = W'``, ``a = a' - W' l``, ``b = b' - W'^T m``.
+
+    The map is linear in (W', a', b'), so it also turns a step taken in centred coordinates into
+    the step of the plain parameters.
+
+    Parameters
+    ----------
+    centred : RBMParams, parameters or a step in centred coordinates
+    m : ndarray of shape (D,)
+    l : ndarray of shape (H,)
+
+    Returns
+    -------
+    RBMParams
+    """
+    return RBMParams(W=centred.W, a=centred.a - centred.W @ l, b=centred.b - centred.W.T @ m)
+
+
+def centred_gradient(grad, m, l):
+    """The log-likelihood gradient in centred coordinates (5.9), from the plain one (5.6).
+
+    By the chain rule through :func:`from_centred`: ``g_W' = g_W - m g_b^T - g_a l^T``,
+    ``g_a' = g_a``, ``g_b' = g_b``. With statistics it is
+    ``<(v - m)(p(h=1|v) - l)^T>_data - <.>_model`` (the ``m l^T`` terms cancel).
+
+    Parameters
+    ----------
+    grad : RBMParams, data minus model statistics (:func:`cd_gradient`)
+    m : ndarray of shape (D,)
+    l : ndarray of shape (H,)
+
+    Returns
+    -------
+    RBMParams
+    """
+    return RBMParams(W=grad.W - np.outer(m, grad.b) - np.outer(grad.a, l), a=grad.a, b=grad.b)  # (D, H)

@@ -390,3 +390,101 @@ def test_assignment_bias_rate_scales_only_the_bias_gradient():
     assert np.abs(g1.C).max() > 0 and np.abs(g1.A).max() > 0
     with pytest.raises(ValueError, match="assignment_bias_rate"):
         RoutedCapsuleRBM(**{**kw, "assignment_bias_rate": -1.0}).fit(X)
+
+
+def centred_energy_by_loops(p, v, h, a, m, l):
+    """The centred energy (4b.8) of one state, p holding the centred parameters."""
+    e = -np.sum(p.alpha * v) - np.sum(p.gamma * h)
+    for i, j in enumerate(a):
+        e -= p.beta[i, j] + p.A[i, j] @ (v[i] - m[i]) + (h[j] - l[j]) @ (p.W[i, j] @ (v[i] - m[i]) + p.C[i, j])
+    return e
+
+
+def offsets(seed, p):
+    I, J, d_h, d_v = p.W.shape
+    rng = np.random.default_rng(seed + 300)
+    return rng.random((I, d_v)), rng.random((J, d_h))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_centred_coordinates_are_the_same_model(seed):
+    """(4b.8): the centred energy at theta' equals (4b.1) at from_centred(theta') in every
+    state, exactly (beta absorbs the constants); to_centred inverts from_centred."""
+    centred = make_params(seed, I=2, J=2, d_h=2, d_v=2)
+    m, l = offsets(seed, centred)
+    plain = mr.from_centred(centred, m, l)
+    V, Hs, A = states(plain)
+    for v in V[::3]:
+        for h in Hs[::2]:
+            for a in A:
+                assert centred_energy_by_loops(centred, v, h, a, m, l) == pytest.approx(
+                    energy_by_loops(plain, v, h, a), abs=1e-12)
+    for name, x, y in zip(RBParams._fields, mr.to_centred(plain, m, l), centred):
+        np.testing.assert_allclose(x, y, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_centred_gradient_is_the_gradient_in_centred_coordinates(seed):
+    """(4b.9): centred_gradient of the exact data-minus-model statistics equals the central
+    differences of the exact mean log-likelihood as a function of the centred parameters."""
+    centred = make_params(seed, I=2, J=2, d_h=2, d_v=2)
+    m, l = offsets(seed, centred)
+    plain = mr.from_centred(centred, m, l)
+    V = states(plain)[0]
+    data_index = np.random.default_rng(seed + 100).integers(0, len(V), size=5)
+    exact = exact_statistics_gradient(plain, data_index)
+    g = mr.centred_gradient(exact, m, l)
+    fd = finite_difference_gradient(
+        lambda q: np.mean(mr.exact_log_marginal(mr.from_centred(q, m, l), V[data_index])), centred)
+    for name, x, f in zip(RBParams._fields, g, fd):
+        np.testing.assert_allclose(x, f, atol=1e-7, err_msg=name)
+    assert np.max(np.abs(g.W - exact.W)) > 1e-3
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_centred_tied_gradient_is_the_gradient_of_the_shared_centred_weights(seed):
+    """Tied weights (4b.6) in centred coordinates: W' shared by the parents stays shared under
+    from_centred, and the centred W gradient summed over the parents equals the central
+    differences of the exact mean log-likelihood in the shared theta'."""
+    centred = tied(make_params(seed, I=2, J=2, d_h=2, d_v=2))
+    m, l = offsets(seed, centred)
+    plain = mr.from_centred(centred, m, l)
+    np.testing.assert_array_equal(plain.W[:, 0], plain.W[:, 1])
+    V = states(plain)[0]
+    data_index = np.random.default_rng(seed + 100).integers(0, len(V), size=5)
+    data = V[data_index]
+    g = mr.tied_gradient(mr.centred_gradient(exact_statistics_gradient(plain, data_index), m, l).W)
+    theta = centred.W[:, 0]  # (I, d_h, d_v)
+    eps, fd = 1e-5, np.zeros_like(theta)
+    for idx in np.ndindex(theta.shape):
+        step = np.zeros_like(theta)
+        step[idx] = eps
+        up, down = (mr.from_centred(centred._replace(W=np.repeat((theta + s)[:, None], 2, axis=1)), m, l)
+                    for s in (step, -step))
+        fd[idx] = (np.mean(mr.exact_log_marginal(up, data)) - np.mean(mr.exact_log_marginal(down, data))) / (2 * eps)
+    np.testing.assert_allclose(g[:, 0], fd, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("numba", marks=needs_numba)])
+def test_estimator_centring_steps_along_the_centred_gradient(backend):
+    """centring=True: the step is from_centred of the centred gradient of the same draws'
+    statistics, the offsets being the batch's data means of v and h; tied copies stay equal
+    through a fit, and the option needs the assignment biases."""
+    X = (np.random.default_rng(3).random((40, 16)) < 0.3).astype(float)
+    kw = dict(n_capsules=2, capsule_dim=3, image_shape=(4, 4), patch=2, assignment_biases=True,
+              tie_weights=True, learn_prior=True, n_iter=2, batch_size=20, init_scale=0.5,
+              random_state=0, monitor_fraction=0, backend=backend)
+    est = RoutedCapsuleRBM(**kw).fit(X)
+    params, batch = est._params(), est._checked(X[:20])
+    _, mu, _ = est._mean_field(params, batch)
+    m, l = batch.mean(axis=0), mu.mean(axis=0)  # (I, d_v), (J, d_h)
+    plain, _, _ = est.set_params(tie_weights=False)._step(params, batch, None, np.random.default_rng(5))
+    centred, _, _ = est.set_params(tie_weights=True, centring=True)._step(params, batch, None, np.random.default_rng(5))
+    g = mr.centred_gradient(plain, m, l)
+    expected = mr.from_centred(g._replace(W=mr.tied_gradient(g.W)), m, l)
+    for name, x, y in zip(RBParams._fields, centred, expected):
+        np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-12, err_msg=name)
+    fitted = RoutedCapsuleRBM(**kw, centring=True).fit(X)
+    np.testing.assert_array_equal(fitted.W_[:, 0], fitted.W_[:, 1])
+    with pytest.raises(ValueError, match="centring=True needs assignment_biases"):
+        RoutedCapsuleRBM(**{**kw, "assignment_biases": False, "tie_weights": False}, centring=True).fit(X)

@@ -128,6 +128,34 @@ def test_cd_gradient_with_exact_expectation_is_exact_gradient(seed):
         assert np.max(np.abs(g - f)) / np.max(np.abs(f)) < 1e-6
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_centred_gradient_is_the_gradient_in_centred_coordinates(seed):
+    """(5.9): the centred energy -a'.v - b'.h - (v - m)^T W (h - l) differs from (5.1) at
+    from_centred(theta') by one constant over all states; centred_gradient of the exact
+    gradient equals the central differences of the exact log-likelihood in theta'; and
+    to_centred inverts from_centred."""
+    rng = np.random.default_rng(seed + 200)
+    centred = make_params(seed, D=4, H=3)
+    m, l = rng.random(4), rng.random(3)
+    plain = rbm.from_centred(centred, m, l)
+    V, Hs = enumerate_binary(4), enumerate_binary(3)
+    e_centred = -(V @ centred.a)[:, None] - (Hs @ centred.b)[None, :] \
+        - np.einsum("vd,dk,hk->vh", V - m, centred.W, Hs - l)  # (2^D, 2^H)
+    e_plain = np.array([[rbm.energy(plain, v[None], h[None])[0] for h in Hs] for v in V])
+    shift = e_centred - e_plain
+    np.testing.assert_allclose(shift, shift[0, 0], atol=1e-12)
+    assert abs(shift[0, 0]) > 1e-3  # m^T W l: the forms do differ by a constant
+    for a, b in zip(rbm.to_centred(plain, m, l), centred):
+        np.testing.assert_allclose(a, b, atol=1e-12)
+    v_data = (rng.random((7, 4)) < 0.5).astype(float)
+    exact = rbm.cd_gradient(plain, v_data, V, model_weights=rbm.exact_probability_v(plain))
+    fd = finite_difference_gradient(
+        lambda q: np.mean(rbm.exact_log_marginal(rbm.from_centred(q, m, l), v_data)), centred)
+    for name, g, f in zip(RBMParams._fields, rbm.centred_gradient(exact, m, l), fd):
+        np.testing.assert_allclose(g, f, atol=1e-7, err_msg=name)
+    assert np.max(np.abs(rbm.centred_gradient(exact, m, l).W - exact.W)) > 1e-3
+
+
 def test_cd_gradient_sign_and_shapes():
     params = make_params(0)
     v = (np.random.default_rng(0).random((5, 4)) < 0.5).astype(float)
