@@ -1440,14 +1440,16 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         updated by the summed gradient (4b.6) and stay equal. Needs ``assignment_biases``: the
         prediction biases C start at N(0, init_scale^2) so that the parents differ. With J = 2
         the model contains the RBM with d_h hidden units (every patch routed to one parent).
-    centring : bool, default=False
+    centring : {False, True, "interaction", "all"}, default=False
         Take the gradient steps in centred coordinates (docs/MODEL_RB.md, centring; (4b.8),
-        (4b.9)): the energy written with ``v_i - m_i`` and ``h_j - l_j``, the offsets being the
-        minibatch's data means of v and h (its data statistics of alpha and gamma), so that the
-        W step is a covariance, ``<[a_i = j](h_j - l_j)(v_i - m_i)^T>_data - <.>_model``. The
-        model is the same; only the update direction changes, and with it the plain C, A and
-        beta, which absorb the offsets (beta moves even without ``learn_prior``, which then
-        holds the centred beta' fixed). Needs ``assignment_biases``. Weight decay acts on W.
+        (4b.9)), the offsets m and l being the minibatch's data means of v and h (its data
+        statistics of alpha and gamma). True or ``"interaction"``: each child's interaction is
+        written ``(h_j - l_j)^T W_ij (v_i - m_i)``, the W step becomes a covariance and the plain
+        C and A absorb the offsets; beta is untouched (with J = 1, the centred RBM).
+        ``"all"``: the assignment biases are centred too, and beta absorbs the constants (it
+        then moves even without ``learn_prior``, which holds the centred beta' fixed); on MNIST
+        this drove beta to hundreds (docs/results.md section 12). The model is the same; only
+        the update direction changes. Needs ``assignment_biases``. Weight decay acts on W.
     dtype : float64 or float32, default=np.float64
         Dtype of data and parameters throughout. Input of any real dtype is converted to it,
         so with float32 every fitted array, transform, score and sample is float32. A float32
@@ -1551,7 +1553,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         if self.tie_weights and not self.assignment_biases:
             raise ValueError("tie_weights=True needs assignment_biases=True: with one weight "
                              "tensor only the prediction biases C tell the parents apart")
-        _check_bool("centring", self.centring)
+        _check_choice("centring", self.centring, (False, True, "interaction", "all"))
         if self.centring and not self.assignment_biases:
             raise ValueError("centring=True needs assignment_biases=True: the centred energy "
                              "(4b.8) has prediction and assignment biases, which Model R lacks")
@@ -1667,7 +1669,8 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         grad = type(params)(*(p - n for p, n in zip(positive, negative)))
         if self.centring:  # (4b.9): offsets are the batch's data means of v and h
             m, l = positive.alpha, positive.gamma  # (I, d_v), (J, d_h)
-            grad = _model_r_ref.centred_gradient(grad, m, l)
+            centre_biases = self.centring == "all"
+            grad = _model_r_ref.centred_gradient(grad, m, l, centre_biases)
         if not self.learn_prior:
             grad = grad._replace(beta=np.zeros_like(params.beta))
         if self.assignment_biases and self.assignment_bias_rate != 1.0:
@@ -1676,7 +1679,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         if self.tie_weights:  # (4b.6): one weight tensor shared by the parents
             grad = grad._replace(W=model_r.tied_gradient(grad.W))
         if self.centring:  # the plain parameters' step (4b.8 is linear)
-            grad = _model_r_ref.from_centred(grad, m, l)
+            grad = _model_r_ref.from_centred(grad, m, l, centre_biases)
         return grad, ((v, a) if self.persistent else None), {
             "train_mean_field_iterations": float(np.mean(n_mf))}
 

@@ -136,10 +136,15 @@ PRESETS = {
                                                       first_parent_logit=2.0)),
     # Centred gradient steps (docs/MODEL_RB.md, centring; offsets the batch's data means), the
     # model unchanged: the tied model and the untied biased one (the latter at the RBM-500's
-    # training time). Run with --epochs 40.
-    "rt-2x500-centred-40": (RoutedCapsuleRBM, dict(_TIED_2X500, centring=True)),
+    # training time), with the interaction centred, and with the assignment biases centred too
+    # ("all", which moves beta). Run with --epochs 40.
+    "rt-2x500-centred-40": (RoutedCapsuleRBM, dict(_TIED_2X500, centring="interaction")),
     "rb-2x250-centred-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, assignment_biases=True,
-                                                           centring=True, **_RBM_RECIPE)),
+                                                           centring="interaction", **_RBM_RECIPE)),
+    "rt-2x500-centred-all-40": (RoutedCapsuleRBM, dict(_TIED_2X500, centring="all")),
+    "rb-2x250-centred-all-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250,
+                                                               assignment_biases=True, centring="all",
+                                                               **_RBM_RECIPE)),
     "p": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, sampler="mh")),
     "p-reconstruct": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, sampler="reconstruct")),
     # Model G (docs/MODEL_G.md): at learning rates >= 0.05 its training diverged

@@ -32,9 +32,9 @@ visible conditional (4.5) gains ``A_{i a_i}`` (4b.4). With ``C = A = 0`` (or an 
 is Model R exactly.
 
 Centring (docs/MODEL_RB.md, "Centring"): the same model written with offsets m (I, d_v) and
-l (J, d_h) as ``- sum_i [beta'_{i a_i} + A'_{i a_i}.(v_i - m_i) + (h_{a_i} - l_{a_i}).(W_{i a_i}
-(v_i - m_i) + C'_{i a_i})]`` (4b.8, :func:`to_centred`, :func:`from_centred`), and the gradient
-in those coordinates (4b.9, :func:`centred_gradient`).
+l (J, d_h), each child's interaction ``(h_{a_i} - l_{a_i})^T W_{i a_i} (v_i - m_i)`` (4b.8,
+:func:`to_centred`, :func:`from_centred`), and the gradient in those coordinates (4b.9,
+:func:`centred_gradient`).
 
 Every function is pure and keeps the floating dtype of its inputs. Routing assignments are
 int64 arrays with values 0..J-1. Samplers take an explicit ``np.random.Generator`` and say in
@@ -590,23 +590,28 @@ def pcd_gradient(params, v_data, v_chain, h_chain, resp_chain, c=None, mu=None, 
 # --------------------------------------------------------------------------------------------
 
 
-def to_centred(params, m, l):
+def to_centred(params, m, l, biases=False):
     """Centred coordinates (4b.8) of an RBParams, with offsets m (I, d_v) and l (J, d_h).
 
-    The centred energy writes each child's term with v and h measured from their offsets,
+    The centred energy measures v and h from their offsets in each child's interaction
+    (``j = a_i``)::
 
-    .. math::
-        -\\beta'_{ij} - A'_{ij} \\cdot (v_i - m_i) - (h_j - l_j)^T (W_{ij} (v_i - m_i) + C'_{ij})
-        \\quad (j = a_i),
+        beta'_ij + A'_ij . v_i + h_j . C'_ij + (h_j - l_j)^T W_ij (v_i - m_i) - l_j^T W_ij m_i
 
-    and equals (4b.1) when ``C' = C + W m``, ``A' = A + W^T l`` and
-    ``beta' = beta + A'.m + l.C' - l^T W m`` (alpha, gamma, W unchanged).
+    and equals (4b.1) when ``C' = C + W m``, ``A' = A + W^T l`` (W, alpha, gamma, beta unchanged).
+    The last term keeps the routing prior at beta, so that the map leaves beta alone; with one
+    parent it is a constant and this is the centred RBM (:func:`capsnp.rbm.to_centred`).
+
+    ``biases=True`` centres the assignment biases as well, ``beta'_ij + A'_ij . (v_i - m_i)
+    + (h_j - l_j) . (W_ij (v_i - m_i) + C'_ij)``; then beta absorbs the constants:
+    ``beta' = beta + A'.m + l.C' - l^T W m``.
 
     Parameters
     ----------
     params : RBParams
     m : ndarray of shape (I, d_v), visible offsets
     l : ndarray of shape (J, d_h), hidden offsets
+    biases : bool, default=False
 
     Returns
     -------
@@ -615,13 +620,16 @@ def to_centred(params, m, l):
     Wm = np.einsum("ijkl,il->ijk", params.W, m)  # (I, J, d_h): W_ij m_i
     C = params.C + Wm  # (I, J, d_h)
     A = params.A + np.einsum("ijkl,jk->ijl", params.W, l)  # (I, J, d_v): + W_ij^T l_j
+    if not biases:
+        return params._replace(C=C, A=A)
     beta = params.beta + np.einsum("ijl,il->ij", A, m) + np.einsum("ijk,jk->ij", C - Wm, l)  # (I, J)
     return params._replace(C=C, A=A, beta=beta)
 
 
-def from_centred(centred, m, l):
+def from_centred(centred, m, l, biases=False):
     """Plain parameters (4b.1) of centred ones (4b.8): ``W = W'``, ``C = C' - W' m``,
-    ``A = A' - W'^T l``, ``beta = beta' - A'.m - l.C' + l^T W' m``; alpha, gamma unchanged.
+    ``A = A' - W'^T l``; beta unchanged, or with ``biases=True``
+    ``beta = beta' - A'.m - l.C' + l^T W' m``; alpha, gamma unchanged.
 
     The map is linear in the centred parameters, so it also turns a step taken in centred
     coordinates into the step of the plain parameters.
@@ -631,6 +639,7 @@ def from_centred(centred, m, l):
     centred : RBParams, parameters or a step in centred coordinates
     m : ndarray of shape (I, d_v)
     l : ndarray of shape (J, d_h)
+    biases : bool, default=False (see :func:`to_centred`)
 
     Returns
     -------
@@ -639,34 +648,40 @@ def from_centred(centred, m, l):
     Wm = np.einsum("ijkl,il->ijk", centred.W, m)  # (I, J, d_h)
     C = centred.C - Wm  # (I, J, d_h)
     A = centred.A - np.einsum("ijkl,jk->ijl", centred.W, l)  # (I, J, d_v)
+    if not biases:
+        return centred._replace(C=C, A=A)
     beta = centred.beta - np.einsum("ijl,il->ij", centred.A, m) - np.einsum("ijk,jk->ij", C, l)  # (I, J)
     return centred._replace(C=C, A=A, beta=beta)
 
 
-def centred_gradient(grad, m, l):
+def centred_gradient(grad, m, l, biases=False):
     """The log-likelihood gradient in centred coordinates (4b.9), from the plain one (4.8, 4b.5).
 
-    By the chain rule through :func:`from_centred`:
+    By the chain rule through :func:`from_centred`,
+    ``g_W'_ij = g_W_ij - g_C_ij m_i^T - l_j g_A_ij^T``, every other part unchanged: with
+    statistics, ``<[a_i = j](h_j - l_j)(v_i - m_i)^T>_data - <.>_model`` less its
+    ``[a_i = j] l_j m_i^T`` term. With ``biases=True``:
 
     * ``g_W'_ij = g_W_ij - g_C_ij m_i^T - l_j g_A_ij^T + g_beta_ij l_j m_i^T``
     * ``g_C'_ij = g_C_ij - g_beta_ij l_j``, ``g_A'_ij = g_A_ij - g_beta_ij m_i``
-    * ``g_beta' = g_beta``, ``g_alpha' = g_alpha``, ``g_gamma' = g_gamma``
 
-    With statistics: ``<[a_i = j] (h_j - l_j)(v_i - m_i)^T>_data - <.>_model`` and likewise for
-    C' and A'. For tied weights (4b.6) sum ``g_W'`` over the parents afterwards.
+    For tied weights (4b.6) sum ``g_W'`` over the parents afterwards.
 
     Parameters
     ----------
     grad : RBParams, data minus model statistics
     m : ndarray of shape (I, d_v)
     l : ndarray of shape (J, d_h)
+    biases : bool, default=False (see :func:`to_centred`)
 
     Returns
     -------
     RBParams
     """
-    C = grad.C - grad.beta[..., None] * l  # (I, J, d_h)
-    A = grad.A - grad.beta[..., None] * m[:, None, :]  # (I, J, d_v)
+    C, A = grad.C, grad.A  # (I, J, d_h), (I, J, d_v)
+    if biases:
+        C = grad.C - grad.beta[..., None] * l  # (I, J, d_h)
+        A = grad.A - grad.beta[..., None] * m[:, None, :]  # (I, J, d_v)
     W = grad.W - C[..., None] * m[:, None, None, :] - l[None, :, :, None] * grad.A[:, :, None, :]  # (I, J, d_h, d_v)
     return grad._replace(W=W, C=C, A=A)
 

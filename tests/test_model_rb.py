@@ -392,11 +392,15 @@ def test_assignment_bias_rate_scales_only_the_bias_gradient():
         RoutedCapsuleRBM(**{**kw, "assignment_bias_rate": -1.0}).fit(X)
 
 
-def centred_energy_by_loops(p, v, h, a, m, l):
+def centred_energy_by_loops(p, v, h, a, m, l, biases):
     """The centred energy (4b.8) of one state, p holding the centred parameters."""
     e = -np.sum(p.alpha * v) - np.sum(p.gamma * h)
     for i, j in enumerate(a):
-        e -= p.beta[i, j] + p.A[i, j] @ (v[i] - m[i]) + (h[j] - l[j]) @ (p.W[i, j] @ (v[i] - m[i]) + p.C[i, j])
+        if biases:
+            e -= p.beta[i, j] + p.A[i, j] @ (v[i] - m[i]) + (h[j] - l[j]) @ (p.W[i, j] @ (v[i] - m[i]) + p.C[i, j])
+        else:
+            e -= (p.beta[i, j] + p.A[i, j] @ v[i] + h[j] @ p.C[i, j] + (h[j] - l[j]) @ p.W[i, j] @ (v[i] - m[i])
+                  - l[j] @ p.W[i, j] @ m[i])
     return e
 
 
@@ -406,39 +410,62 @@ def offsets(seed, p):
     return rng.random((I, d_v)), rng.random((J, d_h))
 
 
+@pytest.mark.parametrize("biases", [False, True])
 @pytest.mark.parametrize("seed", SEEDS)
-def test_centred_coordinates_are_the_same_model(seed):
+def test_centred_coordinates_are_the_same_model(seed, biases):
     """(4b.8): the centred energy at theta' equals (4b.1) at from_centred(theta') in every
-    state, exactly (beta absorbs the constants); to_centred inverts from_centred."""
+    state, exactly; to_centred inverts from_centred; beta moves only when the biases are centred."""
     centred = make_params(seed, I=2, J=2, d_h=2, d_v=2)
     m, l = offsets(seed, centred)
-    plain = mr.from_centred(centred, m, l)
+    plain = mr.from_centred(centred, m, l, biases)
     V, Hs, A = states(plain)
     for v in V[::3]:
         for h in Hs[::2]:
             for a in A:
-                assert centred_energy_by_loops(centred, v, h, a, m, l) == pytest.approx(
+                assert centred_energy_by_loops(centred, v, h, a, m, l, biases) == pytest.approx(
                     energy_by_loops(plain, v, h, a), abs=1e-12)
-    for name, x, y in zip(RBParams._fields, mr.to_centred(plain, m, l), centred):
+    for name, x, y in zip(RBParams._fields, mr.to_centred(plain, m, l, biases), centred):
         np.testing.assert_allclose(x, y, atol=1e-12, err_msg=name)
+    assert np.array_equal(plain.beta, centred.beta) != biases
 
 
+@pytest.mark.parametrize("biases", [False, True])
 @pytest.mark.parametrize("seed", SEEDS)
-def test_centred_gradient_is_the_gradient_in_centred_coordinates(seed):
+def test_centred_gradient_is_the_gradient_in_centred_coordinates(seed, biases):
     """(4b.9): centred_gradient of the exact data-minus-model statistics equals the central
     differences of the exact mean log-likelihood as a function of the centred parameters."""
     centred = make_params(seed, I=2, J=2, d_h=2, d_v=2)
     m, l = offsets(seed, centred)
-    plain = mr.from_centred(centred, m, l)
+    plain = mr.from_centred(centred, m, l, biases)
     V = states(plain)[0]
     data_index = np.random.default_rng(seed + 100).integers(0, len(V), size=5)
     exact = exact_statistics_gradient(plain, data_index)
-    g = mr.centred_gradient(exact, m, l)
+    g = mr.centred_gradient(exact, m, l, biases)
     fd = finite_difference_gradient(
-        lambda q: np.mean(mr.exact_log_marginal(mr.from_centred(q, m, l), V[data_index])), centred)
+        lambda q: np.mean(mr.exact_log_marginal(mr.from_centred(q, m, l, biases), V[data_index])), centred)
     for name, x, f in zip(RBParams._fields, g, fd):
         np.testing.assert_allclose(x, f, atol=1e-7, err_msg=name)
     assert np.max(np.abs(g.W - exact.W)) > 1e-3
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_centred_single_parent_is_the_centred_rbm(seed):
+    """With J = 1 the interaction-centred Model R (4b.8, 4b.9) is the centred RBM (5.9) of
+    model_r.as_rbm, with the offsets flattened: the same plain parameters and the same
+    centred gradient."""
+    centred = make_params(seed, I=3, J=1, d_h=3, d_v=2)
+    m, l = offsets(seed, centred)
+    plain = mr.from_centred(centred, m, l)
+    r_centred, r_plain = mr.as_rbm(centred), mr.as_rbm(plain)
+    for x, y in zip(rbm.from_centred(r_centred, m.ravel(), l[0]), r_plain):
+        np.testing.assert_allclose(x, y, atol=1e-12)
+    V = states(plain)[0]
+    data_index = np.random.default_rng(seed + 100).integers(0, len(V), size=5)
+    g = mr.centred_gradient(exact_statistics_gradient(plain, data_index), m, l)
+    V_flat = V.reshape(len(V), -1)
+    exact_rbm = rbm.cd_gradient(r_plain, V_flat[data_index], V_flat, model_weights=rbm.exact_probability_v(r_plain))
+    g_rbm = rbm.centred_gradient(exact_rbm, m.ravel(), l[0])
+    np.testing.assert_allclose(mr.as_rbm(g._replace(beta=np.zeros_like(g.beta))).W, g_rbm.W, atol=1e-9)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -465,11 +492,13 @@ def test_centred_tied_gradient_is_the_gradient_of_the_shared_centred_weights(see
     np.testing.assert_allclose(g[:, 0], fd, atol=1e-7)
 
 
+@pytest.mark.parametrize("centring", ["interaction", "all"])
 @pytest.mark.parametrize("backend", ["numpy", pytest.param("numba", marks=needs_numba)])
-def test_estimator_centring_steps_along_the_centred_gradient(backend):
-    """centring=True: the step is from_centred of the centred gradient of the same draws'
+def test_estimator_centring_steps_along_the_centred_gradient(backend, centring):
+    """centring: the step is from_centred of the centred gradient of the same draws'
     statistics, the offsets being the batch's data means of v and h; tied copies stay equal
-    through a fit, and the option needs the assignment biases."""
+    through a fit; beta moves without learn_prior only when the biases are centred; the option
+    needs the assignment biases."""
     X = (np.random.default_rng(3).random((40, 16)) < 0.3).astype(float)
     kw = dict(n_capsules=2, capsule_dim=3, image_shape=(4, 4), patch=2, assignment_biases=True,
               tie_weights=True, learn_prior=True, n_iter=2, batch_size=20, init_scale=0.5,
@@ -479,12 +508,17 @@ def test_estimator_centring_steps_along_the_centred_gradient(backend):
     _, mu, _ = est._mean_field(params, batch)
     m, l = batch.mean(axis=0), mu.mean(axis=0)  # (I, d_v), (J, d_h)
     plain, _, _ = est.set_params(tie_weights=False)._step(params, batch, None, np.random.default_rng(5))
-    centred, _, _ = est.set_params(tie_weights=True, centring=True)._step(params, batch, None, np.random.default_rng(5))
-    g = mr.centred_gradient(plain, m, l)
-    expected = mr.from_centred(g._replace(W=mr.tied_gradient(g.W)), m, l)
+    centred, _, _ = est.set_params(tie_weights=True, centring=centring)._step(params, batch, None,
+                                                                              np.random.default_rng(5))
+    biases = centring == "all"
+    g = mr.centred_gradient(plain, m, l, biases)
+    expected = mr.from_centred(g._replace(W=mr.tied_gradient(g.W)), m, l, biases)
     for name, x, y in zip(RBParams._fields, centred, expected):
         np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-12, err_msg=name)
-    fitted = RoutedCapsuleRBM(**kw, centring=True).fit(X)
+    fitted = RoutedCapsuleRBM(**{**kw, "learn_prior": False}, centring=centring).fit(X)
     np.testing.assert_array_equal(fitted.W_[:, 0], fitted.W_[:, 1])
+    assert np.all(fitted.beta_ == 0) != biases
     with pytest.raises(ValueError, match="centring=True needs assignment_biases"):
-        RoutedCapsuleRBM(**{**kw, "assignment_biases": False, "tie_weights": False}, centring=True).fit(X)
+        RoutedCapsuleRBM(**{**kw, "assignment_biases": False, "tie_weights": False}, centring=centring).fit(X)
+    with pytest.raises(ValueError, match="centring must be one of"):
+        RoutedCapsuleRBM(**kw, centring="hidden").fit(X)
