@@ -1440,7 +1440,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         updated by the summed gradient (4b.6) and stay equal. Needs ``assignment_biases``: the
         prediction biases C start at N(0, init_scale^2) so that the parents differ. With J = 2
         the model contains the RBM with d_h hidden units (every patch routed to one parent).
-    centring : {False, True, "interaction", "all"}, default=False
+    centring : {False, True, "interaction", "visible", "all"}, default=False
         Take the gradient steps in centred coordinates (docs/MODEL_RB.md, centring; (4b.8),
         (4b.9)), the offsets m and l being the minibatch's data means of v and h (its data
         statistics of alpha and gamma). True or ``"interaction"``: each child's interaction is
@@ -1449,7 +1449,8 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         ``"all"``: the assignment biases are centred too, and beta absorbs the constants (it
         then moves even without ``learn_prior``, which holds the centred beta' fixed); on MNIST
         this drove beta to hundreds (docs/results.md section 12). The model is the same; only
-        the update direction changes. Needs ``assignment_biases``. Weight decay acts on W.
+        the update direction changes. ``"visible"``: the interaction form with l = 0 (only v
+        centred; A is then untouched). Needs ``assignment_biases``. Weight decay acts on W.
     dtype : float64 or float32, default=np.float64
         Dtype of data and parameters throughout. Input of any real dtype is converted to it,
         so with float32 every fitted array, transform, score and sample is float32. A float32
@@ -1553,7 +1554,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         if self.tie_weights and not self.assignment_biases:
             raise ValueError("tie_weights=True needs assignment_biases=True: with one weight "
                              "tensor only the prediction biases C tell the parents apart")
-        _check_choice("centring", self.centring, (False, True, "interaction", "all"))
+        _check_choice("centring", self.centring, (False, True, "interaction", "visible", "all"))
         if self.centring and not self.assignment_biases:
             raise ValueError("centring=True needs assignment_biases=True: the centred energy "
                              "(4b.8) has prediction and assignment biases, which Model R lacks")
@@ -1669,6 +1670,8 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         grad = type(params)(*(p - n for p, n in zip(positive, negative)))
         if self.centring:  # (4b.9): offsets are the batch's data means of v and h
             m, l = positive.alpha, positive.gamma  # (I, d_v), (J, d_h)
+            if self.centring == "visible":
+                l = np.zeros_like(l)
             centre_biases = self.centring == "all"
             grad = _model_r_ref.centred_gradient(grad, m, l, centre_biases)
         if not self.learn_prior:
@@ -1857,12 +1860,13 @@ class BernoulliRBM(_EnergyEstimator):
         float32 rounding can flip the outcome, after which the chains differ, so the two then
         agree only statistically.
     chain_init : {"noise", "data"}, default="noise"
-    centring : bool, default=False
+    centring : {False, True, "visible"}, default=False
         Take the gradient steps in centred coordinates (5.9), ``E = -a'.v - b'.h - (v - m)^T W
         (h - l)`` with the minibatch's data means as offsets m (of v) and l (of p(h = 1 | v)):
         the W step becomes ``<(v - m)(p(h|v) - l)^T>_data - <.>_model`` and the plain biases
         absorb the offsets. The model is the same; the update direction changes. It costs one
-        more hidden-layer pass over the minibatch per step.
+        more hidden-layer pass over the minibatch per step. ``"visible"``: l = 0 (only v
+        centred; no extra pass).
     checkpoint_path : str, os.PathLike or None, default=None
         File to which :meth:`fit` writes checkpoints (see :meth:`fit`); its directory must
         exist. Not for use inside ``GridSearchCV`` and the like (every clone would write the
@@ -1921,7 +1925,7 @@ class BernoulliRBM(_EnergyEstimator):
 
     def _setup(self, n_features):
         _check_number("n_components", self.n_components, 1, integer=True)
-        _check_bool("centring", self.centring)
+        _check_choice("centring", self.centring, (False, True, "visible"))
         _check_choice("lr_schedule", self.lr_schedule, ("constant", "linear"))
         _check_number("lr_final_ratio", self.lr_final_ratio, 0)
         self.n_features_ = n_features
@@ -2021,7 +2025,10 @@ class BernoulliRBM(_EnergyEstimator):
         if not self.centring:
             return grad
         m = batch.mean(axis=0)  # (D,)
-        l = self._kernels("rbm").hidden_probability(params, batch).mean(axis=0)  # (H,)
+        if self.centring == "visible":
+            l = np.zeros(params.b.shape, dtype=params.b.dtype)  # (H,)
+        else:
+            l = self._kernels("rbm").hidden_probability(params, batch).mean(axis=0)  # (H,)
         return _rbm_ref.from_centred(_rbm_ref.centred_gradient(grad, m, l), m, l)
 
     def _monitor(self, params, X, rng):

@@ -61,6 +61,7 @@ PRESETS = {
     # The RBM-500's recipe with centred gradient steps (5.9); 100 epochs, and 40 (--epochs 40)
     "rbm-pcd-long-centred": (BernoulliRBM, dict(n_components=500, centring=True, **_RBM_PCD_LONG)),
     "rbm-pcd-long-centred-40": (BernoulliRBM, dict(n_components=500, centring=True, **_RBM_PCD_LONG)),
+    "rbm-pcd-long-centred-visible-40": (BernoulliRBM, dict(n_components=500, centring="visible", **_RBM_PCD_LONG)),
     "r": (RoutedCapsuleRBM, dict(n_capsules=16, capsule_dim=8, n_chains=500)),
     "r-500": (RoutedCapsuleRBM, dict(n_capsules=50, capsule_dim=10, n_chains=500)),
     # The same 392,000 weights split into fewer, larger capsules (J * d_h = 500). J = 1 is the
@@ -142,6 +143,9 @@ PRESETS = {
     "rb-2x250-centred-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, assignment_biases=True,
                                                            centring="interaction", **_RBM_RECIPE)),
     "rt-2x500-centred-all-40": (RoutedCapsuleRBM, dict(_TIED_2X500, centring="all")),
+    "rb-2x250-centred-visible-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250,
+                                                                   assignment_biases=True, centring="visible",
+                                                                   **_RBM_RECIPE)),
     "rb-2x250-centred-all-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250,
                                                                assignment_biases=True, centring="all",
                                                                **_RBM_RECIPE)),

@@ -253,3 +253,26 @@ def test_dtype_preserved_and_inputs_untouched():
         assert x.dtype == np.float32
     for x, y in zip(before, (*params, v)):
         np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("centring", [True, "visible"])
+def test_estimator_centring_steps_along_the_centred_gradient(centring):
+    """BernoulliRBM(centring): the step is from_centred of the centred gradient of the same
+    draws' statistics, offsets the batch's mean of v and of p(h | v) (0 with "visible")."""
+    from capsnp.estimators import BernoulliRBM
+
+    X = (np.random.default_rng(4).random((60, 12)) < 0.3).astype(float)
+    est = BernoulliRBM(n_components=5, n_iter=2, batch_size=20, learning_rate=0.1, random_state=0,
+                       backend="numpy").fit(X)
+    params, batch = est._params(), est._checked(X[:20])
+    chains = (batch[::-1].copy(), None)
+    plain, _, _ = est._step(params, batch, chains, np.random.default_rng(5))
+    centred, _, _ = est.set_params(centring=centring)._step(params, batch, chains, np.random.default_rng(5))
+    m = batch.mean(axis=0)
+    l = rbm.hidden_probability(params, batch).mean(axis=0) if centring is True else np.zeros(5)
+    expected = rbm.from_centred(rbm.centred_gradient(plain, m, l), m, l)
+    for name, x, y in zip(RBMParams._fields, centred, expected):
+        np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-13, err_msg=name)
+    assert np.max(np.abs(centred.b - plain.b)) > 1e-6  # b absorbs W^T m
+    with pytest.raises(ValueError, match="centring must be one of"):
+        BernoulliRBM(n_components=5, n_iter=1, centring="all").fit(X)
