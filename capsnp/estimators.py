@@ -1440,7 +1440,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         updated by the summed gradient (4b.6) and stay equal. Needs ``assignment_biases``: the
         prediction biases C start at N(0, init_scale^2) so that the parents differ. With J = 2
         the model contains the RBM with d_h hidden units (every patch routed to one parent).
-    centring : {False, True, "interaction", "visible", "all"}, default=False
+    centring : {False, True, "interaction", "shared", "visible", "all"}, default=False
         Take the gradient steps in centred coordinates (docs/MODEL_RB.md, centring; (4b.8),
         (4b.9)), the offsets m and l being the minibatch's data means of v and h (its data
         statistics of alpha and gamma). True or ``"interaction"``: each child's interaction is
@@ -1449,8 +1449,11 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         ``"all"``: the assignment biases are centred too, and beta absorbs the constants (it
         then moves even without ``learn_prior``, which holds the centred beta' fixed); on MNIST
         this drove beta to hundreds (docs/results.md section 12). The model is the same; only
-        the update direction changes. ``"visible"``: the interaction form with l = 0 (only v
-        centred; A is then untouched). Needs ``assignment_biases``. Weight decay acts on W.
+        the update direction changes. ``"shared"``: the interaction form with one hidden offset
+        for every parent, the mean of theirs; with ``tie_weights`` the offset's share of the A
+        step, ``-W_i^T l``, is then the same for every parent, so it does not touch the routing
+        (it is a step of alpha). ``"visible"``: the interaction form with l = 0 (only v centred;
+        A is then untouched). Needs ``assignment_biases``. Weight decay acts on W.
     dtype : float64 or float32, default=np.float64
         Dtype of data and parameters throughout. Input of any real dtype is converted to it,
         so with float32 every fitted array, transform, score and sample is float32. A float32
@@ -1554,7 +1557,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         if self.tie_weights and not self.assignment_biases:
             raise ValueError("tie_weights=True needs assignment_biases=True: with one weight "
                              "tensor only the prediction biases C tell the parents apart")
-        _check_choice("centring", self.centring, (False, True, "interaction", "visible", "all"))
+        _check_choice("centring", self.centring, (False, True, "interaction", "shared", "visible", "all"))
         if self.centring and not self.assignment_biases:
             raise ValueError("centring=True needs assignment_biases=True: the centred energy "
                              "(4b.8) has prediction and assignment biases, which Model R lacks")
@@ -1672,6 +1675,8 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
             m, l = positive.alpha, positive.gamma  # (I, d_v), (J, d_h)
             if self.centring == "visible":
                 l = np.zeros_like(l)
+            elif self.centring == "shared":
+                l = np.broadcast_to(l.mean(axis=0), l.shape)  # (J, d_h): one offset for all
             centre_biases = self.centring == "all"
             grad = _model_r_ref.centred_gradient(grad, m, l, centre_biases)
         if not self.learn_prior:

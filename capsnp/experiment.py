@@ -143,6 +143,9 @@ PRESETS = {
     "rb-2x250-centred-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, assignment_biases=True,
                                                            centring="interaction", **_RBM_RECIPE)),
     "rt-2x500-centred-all-40": (RoutedCapsuleRBM, dict(_TIED_2X500, centring="all")),
+    # ... one hidden offset for both instances: the A step is then alike for both (a step of
+    # alpha) and leaves the routing alone
+    "rt-2x500-centred-shared-40": (RoutedCapsuleRBM, dict(_TIED_2X500, centring="shared")),
     "rb-2x250-centred-visible-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250,
                                                                    assignment_biases=True, centring="visible",
                                                                    **_RBM_RECIPE)),

@@ -492,7 +492,7 @@ def test_centred_tied_gradient_is_the_gradient_of_the_shared_centred_weights(see
     np.testing.assert_allclose(g[:, 0], fd, atol=1e-7)
 
 
-@pytest.mark.parametrize("centring", ["interaction", "visible", "all"])
+@pytest.mark.parametrize("centring", ["interaction", "shared", "visible", "all"])
 @pytest.mark.parametrize("backend", ["numpy", pytest.param("numba", marks=needs_numba)])
 def test_estimator_centring_steps_along_the_centred_gradient(backend, centring):
     """centring: the step is from_centred of the centred gradient of the same draws'
@@ -509,6 +509,8 @@ def test_estimator_centring_steps_along_the_centred_gradient(backend, centring):
     m, l = batch.mean(axis=0), mu.mean(axis=0)  # (I, d_v), (J, d_h)
     if centring == "visible":
         l = np.zeros_like(l)
+    if centring == "shared":
+        l = np.repeat(l.mean(axis=0, keepdims=True), l.shape[0], axis=0)
     plain, _, _ = est.set_params(tie_weights=False)._step(params, batch, None, np.random.default_rng(5))
     centred, _, _ = est.set_params(tie_weights=True, centring=centring)._step(params, batch, None,
                                                                               np.random.default_rng(5))
@@ -517,6 +519,9 @@ def test_estimator_centring_steps_along_the_centred_gradient(backend, centring):
     expected = mr.from_centred(g._replace(W=mr.tied_gradient(g.W)), m, l, biases)
     for name, x, y in zip(RBParams._fields, centred, expected):
         np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-12, err_msg=name)
+    # what the routing sees of the A step, A_i0 - A_i1: the offsets add nothing to it when shared
+    offset_share = np.abs(np.diff(centred.A - g.A, axis=1)).max()
+    assert (offset_share < 1e-12) == (centring in ("shared", "visible"))
     fitted = RoutedCapsuleRBM(**{**kw, "learn_prior": False}, centring=centring).fit(X)
     np.testing.assert_array_equal(fitted.W_[:, 0], fitted.W_[:, 1])
     assert np.all(fitted.beta_ == 0) != biases
