@@ -143,6 +143,11 @@ PRESETS = {
     "rb-2x250-centred-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, assignment_biases=True,
                                                            centring="interaction", **_RBM_RECIPE)),
     "rt-2x500-centred-all-40": (RoutedCapsuleRBM, dict(_TIED_2X500, centring="all")),
+    # rb-2x250-centred-equal-time with the momentum kept at 0.5 (every centred capsule run's
+    # routing went decisive in the epoch the momentum rose to 0.8)
+    "rb-2x250-centred-m5-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250,
+                                                              assignment_biases=True, centring="interaction",
+                                                              **{**_RBM_RECIPE, "momentum": 0.5})),
     # ... one hidden offset for both instances: the A step is then alike for both (a step of
     # alpha) and leaves the routing alone
     "rt-2x500-centred-shared-40": (RoutedCapsuleRBM, dict(_TIED_2X500, centring="shared")),
