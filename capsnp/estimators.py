@@ -1447,9 +1447,10 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         written ``(h_j - l_j)^T W_ij (v_i - m_i)``, the W step becomes a covariance and the plain
         C and A absorb the offsets; beta is untouched (with J = 1, the centred RBM).
         ``"all"``: the assignment biases are centred too, and beta absorbs the constants (it
-        then moves even without ``learn_prior``, which holds the centred beta' fixed); on MNIST
-        this drove beta to hundreds (docs/results.md section 12). The model is the same; only
-        the update direction changes. ``"shared"``: the interaction form with one hidden offset
+        then moves even without ``learn_prior``, which holds the centred beta' fixed). The model
+        is the same; only the update direction changes. On MNIST every form with a hidden
+        offset let the routing collapse onto its prior when the momentum rose (docs/results.md
+        section 12). ``"shared"``: the interaction form with one hidden offset
         for every parent, the mean of theirs; with ``tie_weights`` the offset's share of the A
         step, ``-W_i^T l``, is then the same for every parent, so it does not touch the routing
         (it is a step of alpha). ``"visible"``: the interaction form with l = 0 (only v centred;
