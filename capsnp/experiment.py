@@ -148,6 +148,11 @@ PRESETS = {
     "rb-2x250-centred-m5-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250,
                                                               assignment_biases=True, centring="interaction",
                                                               **{**_RBM_RECIPE, "momentum": 0.5})),
+    # the tied model centred with the momentum kept at 0.5 (run with --epochs 40)
+    "rt-2x500-centred-m5-40": (RoutedCapsuleRBM, dict(_TIED_2X500, centring="interaction", momentum=0.5)),
+    # ... and rb-2x250-centred-m5-equal-time's control without centring
+    "rb-2x250-m5-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, assignment_biases=True,
+                                                      **{**_RBM_RECIPE, "momentum": 0.5})),
     # ... one hidden offset for both instances: the A step is then alike for both (a step of
     # alpha) and leaves the routing alone
     "rt-2x500-centred-shared-40": (RoutedCapsuleRBM, dict(_TIED_2X500, centring="shared")),
