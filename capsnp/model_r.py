@@ -617,13 +617,9 @@ def to_centred(params, m, l, biases=False):
     -------
     RBParams, the centred parameters
     """
-    Wm = np.einsum("ijkl,il->ijk", params.W, m)  # (I, J, d_h): W_ij m_i
-    C = params.C + Wm  # (I, J, d_h)
-    A = params.A + np.einsum("ijkl,jk->ijl", params.W, l)  # (I, J, d_v): + W_ij^T l_j
-    if not biases:
-        return params._replace(C=C, A=A)
-    beta = params.beta + np.einsum("ijl,il->ij", A, m) + np.einsum("ijk,jk->ij", C - Wm, l)  # (I, J)
-    return params._replace(C=C, A=A, beta=beta)
+    # The inverse of from_centred is from_centred with the offsets negated: C + W m, A + W^T l,
+    # and beta + A.m + l.(C + W m), which is beta + A'.m + l.C' - l^T W m as above.
+    return from_centred(params, -m, -l, biases)
 
 
 def from_centred(centred, m, l, biases=False):
