@@ -153,6 +153,22 @@ PRESETS = {
     # ... and rb-2x250-centred-m5-equal-time's control without centring
     "rb-2x250-m5-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, assignment_biases=True,
                                                       **{**_RBM_RECIPE, "momentum": 0.5})),
+    # rb-2x250-m5-equal-time's step size and momentum taken apart (the effective step rate / (1 -
+    # momentum) was 0.1, 0.05 and 0.02 in the c100, rbm and m5 rows, scoring -100.0, -99.6, -98.6):
+    # half and twice the rate at momentum 0.5, and the m5 row's effective step without momentum
+    "rb-2x250-m5-lr5-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, assignment_biases=True,
+                                                          **{**_RBM_RECIPE, "momentum": 0.5,
+                                                             "learning_rate": 0.005})),
+    "rb-2x250-m5-lr2-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, assignment_biases=True,
+                                                          **{**_RBM_RECIPE, "momentum": 0.5,
+                                                             "learning_rate": 0.02})),
+    "rb-2x250-m0-lr2-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, assignment_biases=True,
+                                                          **{**_RBM_RECIPE, "momentum": 0.0,
+                                                             "learning_rate": 0.02})),
+    # rb-2x250-m5-equal-time with sampled data statistics (4b.7) from one clamped sweep
+    "rb-2x250-m5-post1-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, assignment_biases=True,
+                                                            posterior_sweeps=1,
+                                                            **{**_RBM_RECIPE, "momentum": 0.5})),
     # ... one hidden offset for both instances: the A step is then alike for both (a step of
     # alpha) and leaves the routing alone
     "rt-2x500-centred-shared-40": (RoutedCapsuleRBM, dict(_TIED_2X500, centring="shared")),
