@@ -2,11 +2,12 @@
 
 The likelihood rows' wall-clock times were taken on a shared machine under different loads, so
 they compare only roughly. This script times one epoch of each named preset on the same
-``n`` binarised MNIST training images, alternating the presets ``repeats`` times, and prints the
+``n`` binarised training images (MNIST unless a dataset is named), alternating the presets ``repeats`` times, and prints the
 median seconds per 60,000-image epoch and each preset's ratio to the first one as one JSON line.
 Multiply by a row's epochs for its cost at equal load.
 
     CAPSNP_DATA_DIR=../shared/data python docs/results/epoch_cost.py rbm-pcd-long,r-2x250-c100,r-2x250
+    CAPSNP_DATA_DIR=../shared/data python docs/results/epoch_cost.py rbm-pcd-long,rb-2x250-rbm 6000 3 fashion-mnist
 """
 
 import json
@@ -19,9 +20,9 @@ from capsnp.datasets import binarize, load_dataset
 from capsnp.experiment import make_estimator
 
 
-def main(names, n=6000, repeats=3):
+def main(names, n=6000, repeats=3, dataset="mnist"):
     names, n, repeats = names.split(","), int(n), int(repeats)
-    X, _ = load_dataset("mnist", "train")
+    X, _ = load_dataset(dataset, "train")
     V = binarize(X[:n], "stochastic", random_state=0)
     for name in names:  # compile the kernels before timing
         make_estimator(name, 1, verbose=0).fit(V[:300])
@@ -33,7 +34,7 @@ def main(names, n=6000, repeats=3):
             est.fit(V)
             seconds[name].append((time.perf_counter() - t0) * 60000 / n)
     median = {name: float(np.median(s)) for name, s in seconds.items()}
-    print(json.dumps({"images": n, "repeats": repeats,
+    print(json.dumps({"dataset": dataset, "images": n, "repeats": repeats,
                       "seconds_per_60k_epoch": {k: round(v, 2) for k, v in median.items()},
                       "ratio_to_first": {k: round(v / median[names[0]], 2) for k, v in median.items()}}),
           flush=True)
