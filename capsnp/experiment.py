@@ -70,6 +70,9 @@ PRESETS = {
     # the control that keeps the equal-time comparison fair. Run with --epochs 40.
     "rbm-pcd-long-m5-lr2-40": (BernoulliRBM, dict(n_components=500, **{**_RBM_PCD_LONG, "momentum": 0.5,
                                                                        "learning_rate": 0.02})),
+    # ... over 100 epochs, the control of rb-2x250-m5-lr2 (run with --epochs 100)
+    "rbm-pcd-long-m5-lr2": (BernoulliRBM, dict(n_components=500, **{**_RBM_PCD_LONG, "momentum": 0.5,
+                                                                    "learning_rate": 0.02})),
     "rbm-pcd-long-centred-visible-40": (BernoulliRBM, dict(n_components=500, centring="visible", **_RBM_PCD_LONG)),
     "r": (RoutedCapsuleRBM, dict(n_capsules=16, capsule_dim=8, n_chains=500)),
     "r-500": (RoutedCapsuleRBM, dict(n_capsules=50, capsule_dim=10, n_chains=500)),
@@ -129,6 +132,8 @@ PRESETS = {
     # 40-epoch rows (run with --epochs 40)
     "rt-2x500-rbm": (RoutedCapsuleRBM, _TIED_2X500),
     "rt-2x500-rbm-40": (RoutedCapsuleRBM, _TIED_2X500),
+    # ... with the untied model's better step (rate 0.02, momentum 0.5 throughout). Run with --epochs 40.
+    "rt-2x500-m5-lr2-40": (RoutedCapsuleRBM, dict(_TIED_2X500, momentum=0.5, learning_rate=0.02)),
     # The same started at the RBM it contains: a learned prior logit beta_i1 = 6 routes 99.75% of
     # every patch to parent 1 at the start; and a softer start, beta_i1 = 2 (88%). Run with
     # --epochs 40.
