@@ -73,6 +73,10 @@ PRESETS = {
     # ... over 100 epochs, the control of rb-2x250-m5-lr2 (run with --epochs 100)
     "rbm-pcd-long-m5-lr2": (BernoulliRBM, dict(n_components=500, **{**_RBM_PCD_LONG, "momentum": 0.5,
                                                                     "learning_rate": 0.02})),
+    # ... and with centred steps too (run with --epochs 40)
+    "rbm-pcd-long-centred-m5-lr2-40": (BernoulliRBM, dict(n_components=500, centring=True,
+                                                          **{**_RBM_PCD_LONG, "momentum": 0.5,
+                                                             "learning_rate": 0.02})),
     "rbm-pcd-long-centred-visible-40": (BernoulliRBM, dict(n_components=500, centring="visible", **_RBM_PCD_LONG)),
     "r": (RoutedCapsuleRBM, dict(n_capsules=16, capsule_dim=8, n_chains=500)),
     "r-500": (RoutedCapsuleRBM, dict(n_capsules=50, capsule_dim=10, n_chains=500)),
