@@ -39,6 +39,10 @@ _RBM_PCD_LONG = dict(learning_rate=0.01, batch_size=100, cd_k=1, persistent=True
 # 392,000 weights, the RBM-500's, which the model contains (route every patch to one parent)
 _TIED_2X500 = dict(n_capsules=2, capsule_dim=500, assignment_biases=True, tie_weights=True,
                    **_RBM_RECIPE)
+# Two free capsules of 250 units with assignment biases (docs/MODEL_RB.md) under that recipe
+_BIASED_2X250 = dict(n_capsules=2, capsule_dim=250, assignment_biases=True, **_RBM_RECIPE)
+# The step that suits the capsule model (docs/results.md section 13): a larger rate, momentum 0.5
+_STEP_M5_LR2 = dict(momentum=0.5, learning_rate=0.02)
 
 # Named configurations. Weight counts: RBM-500 has 784 * 500 = 392,000 weights; a capsule model
 # with 4x4 patches has 784 * J * d_h weights.
@@ -68,15 +72,12 @@ PRESETS = {
     "rbm-pcd-long-centred-40": (BernoulliRBM, dict(n_components=500, centring=True, **_RBM_PCD_LONG)),
     # The capsule model's better step (rate 0.02, momentum 0.5 throughout) given to the RBM-500:
     # the control that keeps the equal-time comparison fair. Run with --epochs 40.
-    "rbm-pcd-long-m5-lr2-40": (BernoulliRBM, dict(n_components=500, **{**_RBM_PCD_LONG, "momentum": 0.5,
-                                                                       "learning_rate": 0.02})),
+    "rbm-pcd-long-m5-lr2-40": (BernoulliRBM, dict(n_components=500, **{**_RBM_PCD_LONG, **_STEP_M5_LR2})),
     # ... over 100 epochs, the control of rb-2x250-m5-lr2 (run with --epochs 100)
-    "rbm-pcd-long-m5-lr2": (BernoulliRBM, dict(n_components=500, **{**_RBM_PCD_LONG, "momentum": 0.5,
-                                                                    "learning_rate": 0.02})),
+    "rbm-pcd-long-m5-lr2": (BernoulliRBM, dict(n_components=500, **{**_RBM_PCD_LONG, **_STEP_M5_LR2})),
     # ... and with centred steps too (run with --epochs 40)
     "rbm-pcd-long-centred-m5-lr2-40": (BernoulliRBM, dict(n_components=500, centring=True,
-                                                          **{**_RBM_PCD_LONG, "momentum": 0.5,
-                                                             "learning_rate": 0.02})),
+                                                          **{**_RBM_PCD_LONG, **_STEP_M5_LR2})),
     "rbm-pcd-long-centred-visible-40": (BernoulliRBM, dict(n_components=500, centring="visible", **_RBM_PCD_LONG)),
     "r": (RoutedCapsuleRBM, dict(n_capsules=16, capsule_dim=8, n_chains=500)),
     "r-500": (RoutedCapsuleRBM, dict(n_capsules=50, capsule_dim=10, n_chains=500)),
@@ -111,20 +112,16 @@ PRESETS = {
     # The same with assignment biases (docs/MODEL_RB.md): prediction biases C_ij and visible
     # biases A_ij per child and parent, so a blank patch carries routing information and a
     # capsule can keep the patches routed to it blank without spending its weights on it.
-    "rb-2x250-rbm": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, assignment_biases=True,
-                                            **_RBM_RECIPE)),
+    "rb-2x250-rbm": (RoutedCapsuleRBM, dict(_BIASED_2X250)),
     # ... and under the *-c100 recipe (rate 0.05, momentum 0.5), the better one for J = 2
     "rb-2x250-c100": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, n_chains=100, momentum=0.5,
                                              assignment_biases=True)),
     # rb-2x250-rbm at the RBM-500's training time: an epoch costs about 2.5 times the RBM's
     # (docs/results/epoch_cost.py; 3.1 times before the kernels stopped forming the batch's
     # predictions), so run with --epochs 40 (the rate decays over those epochs)
-    "rb-2x250-rbm-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, assignment_biases=True,
-                                                       **_RBM_RECIPE)),
+    "rb-2x250-rbm-equal-time": (RoutedCapsuleRBM, dict(_BIASED_2X250)),
     # ... and with twice the rate (0.02, decayed), for a shorter budget. Run with --epochs 40.
-    "rb-2x250-rbm-rate2-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250,
-                                                             assignment_biases=True,
-                                                             **{**_RBM_RECIPE, "learning_rate": 0.02})),
+    "rb-2x250-rbm-rate2-equal-time": (RoutedCapsuleRBM, dict(_BIASED_2X250, learning_rate=0.02)),
     # rb-2x250-c100 at the same budget (run with --epochs 40)
     "rb-2x250-c100-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, n_chains=100,
                                                         momentum=0.5, assignment_biases=True)),
@@ -137,7 +134,7 @@ PRESETS = {
     "rt-2x500-rbm": (RoutedCapsuleRBM, _TIED_2X500),
     "rt-2x500-rbm-40": (RoutedCapsuleRBM, _TIED_2X500),
     # ... with the untied model's better step (rate 0.02, momentum 0.5 throughout). Run with --epochs 40.
-    "rt-2x500-m5-lr2-40": (RoutedCapsuleRBM, dict(_TIED_2X500, momentum=0.5, learning_rate=0.02)),
+    "rt-2x500-m5-lr2-40": (RoutedCapsuleRBM, dict(_TIED_2X500, **_STEP_M5_LR2)),
     # The same started at the RBM it contains: a learned prior logit beta_i1 = 6 routes 99.75% of
     # every patch to parent 1 at the start; and a softer start, beta_i1 = 2 (88%). Run with
     # --epochs 40.
@@ -158,50 +155,32 @@ PRESETS = {
     # training time), with the interaction centred, and with the assignment biases centred too
     # ("all", which moves beta). Run with --epochs 40.
     "rt-2x500-centred-40": (RoutedCapsuleRBM, dict(_TIED_2X500, centring="interaction")),
-    "rb-2x250-centred-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, assignment_biases=True,
-                                                           centring="interaction", **_RBM_RECIPE)),
+    "rb-2x250-centred-equal-time": (RoutedCapsuleRBM, dict(_BIASED_2X250, centring="interaction")),
     "rt-2x500-centred-all-40": (RoutedCapsuleRBM, dict(_TIED_2X500, centring="all")),
     # rb-2x250-centred-equal-time with the momentum kept at 0.5 (every centred capsule run's
     # routing went decisive in the epoch the momentum rose to 0.8)
-    "rb-2x250-centred-m5-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250,
-                                                              assignment_biases=True, centring="interaction",
-                                                              **{**_RBM_RECIPE, "momentum": 0.5})),
+    "rb-2x250-centred-m5-equal-time": (RoutedCapsuleRBM, dict(_BIASED_2X250, centring="interaction",
+                                                              momentum=0.5)),
     # the tied model centred with the momentum kept at 0.5 (run with --epochs 40)
     "rt-2x500-centred-m5-40": (RoutedCapsuleRBM, dict(_TIED_2X500, centring="interaction", momentum=0.5)),
     # ... and rb-2x250-centred-m5-equal-time's control without centring
-    "rb-2x250-m5-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, assignment_biases=True,
-                                                      **{**_RBM_RECIPE, "momentum": 0.5})),
+    "rb-2x250-m5-equal-time": (RoutedCapsuleRBM, dict(_BIASED_2X250, momentum=0.5)),
     # rb-2x250-m5-equal-time's step size and momentum taken apart (the effective step rate / (1 -
     # momentum) was 0.1, 0.05 and 0.02 in the c100, rbm and m5 rows, scoring -100.0, -99.6, -98.6):
     # half and twice the rate at momentum 0.5, and the m5 row's effective step without momentum
-    "rb-2x250-m5-lr5-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, assignment_biases=True,
-                                                          **{**_RBM_RECIPE, "momentum": 0.5,
-                                                             "learning_rate": 0.005})),
-    "rb-2x250-m5-lr2-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, assignment_biases=True,
-                                                          **{**_RBM_RECIPE, "momentum": 0.5,
-                                                             "learning_rate": 0.02})),
-    "rb-2x250-m0-lr2-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, assignment_biases=True,
-                                                          **{**_RBM_RECIPE, "momentum": 0.0,
-                                                             "learning_rate": 0.02})),
-    "rb-2x250-m5-lr3-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, assignment_biases=True,
-                                                          **{**_RBM_RECIPE, "momentum": 0.5,
-                                                             "learning_rate": 0.03})),
+    "rb-2x250-m5-lr5-equal-time": (RoutedCapsuleRBM, dict(_BIASED_2X250, momentum=0.5, learning_rate=0.005)),
+    "rb-2x250-m5-lr2-equal-time": (RoutedCapsuleRBM, dict(_BIASED_2X250, **_STEP_M5_LR2)),
+    "rb-2x250-m0-lr2-equal-time": (RoutedCapsuleRBM, dict(_BIASED_2X250, momentum=0.0, learning_rate=0.02)),
+    "rb-2x250-m5-lr3-equal-time": (RoutedCapsuleRBM, dict(_BIASED_2X250, momentum=0.5, learning_rate=0.03)),
     # rb-2x250-m5-lr2-equal-time over 100 epochs (run with --epochs 100)
-    "rb-2x250-m5-lr2": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, assignment_biases=True,
-                                               **{**_RBM_RECIPE, "momentum": 0.5, "learning_rate": 0.02})),
+    "rb-2x250-m5-lr2": (RoutedCapsuleRBM, dict(_BIASED_2X250, **_STEP_M5_LR2)),
     # rb-2x250-m5-equal-time with sampled data statistics (4b.7) from one clamped sweep
-    "rb-2x250-m5-post1-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250, assignment_biases=True,
-                                                            posterior_sweeps=1,
-                                                            **{**_RBM_RECIPE, "momentum": 0.5})),
+    "rb-2x250-m5-post1-equal-time": (RoutedCapsuleRBM, dict(_BIASED_2X250, posterior_sweeps=1, momentum=0.5)),
     # ... one hidden offset for both instances: the A step is then alike for both (a step of
     # alpha) and leaves the routing alone
     "rt-2x500-centred-shared-40": (RoutedCapsuleRBM, dict(_TIED_2X500, centring="shared")),
-    "rb-2x250-centred-visible-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250,
-                                                                   assignment_biases=True, centring="visible",
-                                                                   **_RBM_RECIPE)),
-    "rb-2x250-centred-all-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250,
-                                                               assignment_biases=True, centring="all",
-                                                               **_RBM_RECIPE)),
+    "rb-2x250-centred-visible-equal-time": (RoutedCapsuleRBM, dict(_BIASED_2X250, centring="visible")),
+    "rb-2x250-centred-all-equal-time": (RoutedCapsuleRBM, dict(_BIASED_2X250, centring="all")),
     "p": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, sampler="mh")),
     "p-reconstruct": (CapsulePoE, dict(n_capsules=16, capsule_dim=8, sampler="reconstruct")),
     # Model G (docs/MODEL_G.md): at learning rates >= 0.05 its training diverged

@@ -2,8 +2,9 @@
 
 The likelihood rows' wall-clock times were taken on a shared machine under different loads, so
 they compare only roughly. This script times one epoch of each named preset on the same
-``n`` binarised training images (MNIST unless a dataset is named), alternating the presets ``repeats`` times, and prints the
-median seconds per 60,000-image epoch and each preset's ratio to the first one as one JSON line.
+``n`` binarised training images (MNIST unless a dataset is named), alternating the presets
+``repeats`` times, and prints the median seconds per 60,000-image epoch and each preset's ratio
+to the first one as one JSON line.
 Multiply by a row's epochs for its cost at equal load.
 
     CAPSNP_DATA_DIR=../shared/data python docs/results/epoch_cost.py rbm-pcd-long,r-2x250-c100,r-2x250
