@@ -21,24 +21,37 @@ from capsnp.datasets import binarize, load_dataset
 from capsnp.experiment import make_estimator
 
 
+def side_by_side(epochs, n, repeats, dataset):
+    """Time each ``epochs[name]()`` (returns the seconds of one epoch on ``n`` images)
+    ``repeats`` times, alternated; return the median seconds per 60,000-image epoch and each
+    name's ratio to the first one (a dict for one JSON line)."""
+    names = list(epochs)
+    seconds = {name: [] for name in names}
+    for _ in range(repeats):
+        for name in names:
+            seconds[name].append(epochs[name]() * 60000 / n)
+    median = {name: float(np.median(s)) for name, s in seconds.items()}
+    return {"dataset": dataset, "images": n, "repeats": repeats,
+            "seconds_per_60k_epoch": {k: round(v, 2) for k, v in median.items()},
+            "ratio_to_first": {k: round(v / median[names[0]], 2) for k, v in median.items()}}
+
+
+def seconds_of(fit, X):
+    """Wall-clock seconds of ``fit(X)``."""
+    t0 = time.perf_counter()
+    fit(X)
+    return time.perf_counter() - t0
+
+
 def main(names, n=6000, repeats=3, dataset="mnist"):
     names, n, repeats = names.split(","), int(n), int(repeats)
     X, _ = load_dataset(dataset, "train")
     V = binarize(X[:n], "stochastic", random_state=0)
     for name in names:  # compile the kernels before timing
         make_estimator(name, 1, verbose=0).fit(V[:300])
-    seconds = {name: [] for name in names}
-    for _ in range(repeats):
-        for name in names:
-            est = make_estimator(name, 1, verbose=0)
-            t0 = time.perf_counter()
-            est.fit(V)
-            seconds[name].append((time.perf_counter() - t0) * 60000 / n)
-    median = {name: float(np.median(s)) for name, s in seconds.items()}
-    print(json.dumps({"dataset": dataset, "images": n, "repeats": repeats,
-                      "seconds_per_60k_epoch": {k: round(v, 2) for k, v in median.items()},
-                      "ratio_to_first": {k: round(v / median[names[0]], 2) for k, v in median.items()}}),
-          flush=True)
+    epochs = {name: (lambda name=name: seconds_of(make_estimator(name, 1, verbose=0).fit, V))
+              for name in names}
+    print(json.dumps(side_by_side(epochs, n, repeats, dataset)), flush=True)
 
 
 if __name__ == "__main__":

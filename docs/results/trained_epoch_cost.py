@@ -15,13 +15,11 @@ docs/results/<dataset>), optionally changes settings that do not touch the param
 
 import json
 import sys
-import time
 from pathlib import Path
-
-import numpy as np
 
 from capsnp.datasets import binarize, load_dataset
 from capsnp.estimators import load_estimator
+from epoch_cost import seconds_of, side_by_side  # the same timing loop, in docs/results
 
 
 def parse_spec(spec):
@@ -47,18 +45,8 @@ def main(specs, n=6000, repeats=3, dataset="mnist"):
 
     for spec in specs:  # compile the kernels before timing
         trained(spec).partial_fit(V[:300])
-    seconds = {spec: [] for spec in specs}
-    for _ in range(repeats):
-        for spec in specs:
-            est = trained(spec)
-            t0 = time.perf_counter()
-            est.partial_fit(V)
-            seconds[spec].append((time.perf_counter() - t0) * 60000 / n)
-    median = {spec: float(np.median(s)) for spec, s in seconds.items()}
-    print(json.dumps({"dataset": dataset, "images": n, "repeats": repeats, "trained": True,
-                      "seconds_per_60k_epoch": {k: round(v, 2) for k, v in median.items()},
-                      "ratio_to_first": {k: round(v / median[specs[0]], 2) for k, v in median.items()}}),
-          flush=True)
+    epochs = {spec: (lambda spec=spec: seconds_of(trained(spec).partial_fit, V)) for spec in specs}
+    print(json.dumps({**side_by_side(epochs, n, repeats, dataset), "trained": True}), flush=True)
 
 
 if __name__ == "__main__":
