@@ -148,3 +148,40 @@ def test_chain_routing(saved_r, capsys):
     assert report["sweeps"] == 3 and report["chains"] == 50
     assert abs(sum(report["patch_share_per_parent"]) - 1.0) < 1e-4
     assert report["patch_share_per_parent"][-1] <= report["largest_share_of_last_parent"] <= 1.0
+
+
+def _tiny_rbm_with_chains(chains):
+    """A BernoulliRBM on 8 pixels with strong random weights (4 hidden units), its persistent
+    chains replaced by ``chains``; returns (estimator, RBMParams)."""
+    from capsnp.estimators import BernoulliRBM
+    from capsnp.params import RBMParams
+    rng = np.random.default_rng(0)
+    V = (rng.random((200, 8)) < np.linspace(0.1, 0.9, 8)).astype(np.float64)  # (200, 8)
+    est = BernoulliRBM(4, learning_rate=0.1, n_iter=1, random_state=0).partial_fit(V)
+    est.components_ = 2.0 * rng.standard_normal((4, 8))  # (H, D), far from independent pixels
+    est.intercept_visible_, est.intercept_hidden_ = rng.standard_normal(8), rng.standard_normal(4)
+    est._state.chains = (chains, None)
+    return est, RBMParams(est.components_.T, est.intercept_visible_, est.intercept_hidden_)
+
+
+def test_chain_lag_is_zero_for_model_samples_and_positive_below_the_typical_set():
+    """Chains drawn exactly from the model do not rise in log f; chains at its least probable
+    states do, by many standard errors."""
+    from capsnp import rbm
+    from capsnp.exact import enumerate_binary
+    lag = _script("chain_lag")
+    est, params = _tiny_rbm_with_chains(np.zeros((1, 8)))
+    states = enumerate_binary(8)  # (256, 8)
+    log_p = -rbm.free_energy(params, states)  # (256,) unnormalised
+    p = np.exp(log_p - log_p.max())
+    rng = np.random.default_rng(1)
+    exact = states[rng.choice(256, size=4000, p=p / p.sum())]  # (4000, 8), draws of the model
+    est._state.chains = (exact, None)
+    row = lag.probe(est, rng)
+    for k in lag.SWEEPS:
+        assert abs(row[f"rise_{k}"]) < 4 * row[f"rise_{k}_se"], (k, row)
+    worst = np.repeat(states[np.argsort(log_p)[:4]], 1000, axis=0)  # (4000, 8), the 4 least probable
+    est._state.chains = (worst, None)
+    row = lag.probe(est, rng)
+    assert row["rise_1"] > 10 * row["rise_1_se"] > 0
+    assert row["pixels_changed_1"] > 0
