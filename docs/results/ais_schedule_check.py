@@ -10,6 +10,7 @@ shorter schedule's downward bias (and so by how much the reported log-likelihood
     CAPSNP_DATA_DIR=../shared/data python docs/results/ais_schedule_check.py p mnist 3
     CAPSNP_DATA_DIR=../shared/data python docs/results/ais_schedule_check.py r-2x250 mnist x3
     CAPSNP_DATA_DIR=../shared/data python docs/results/ais_schedule_check.py rbm-250-pcd-long mnist x3
+    CAPSNP_DATA_DIR=../shared/data python docs/results/ais_schedule_check.py rbm-pcd-long-m5-lr2-k3-40 mnist x3 docs/results/mnist/seed2
 """
 
 import json
@@ -24,8 +25,9 @@ from capsnp.datasets import binarize, load_dataset
 from capsnp.estimators import BernoulliRBM, load_estimator
 
 
-def main(name, dataset="mnist", thin=3):
-    est = load_estimator(f"docs/results/{dataset}/{name}_model.npz")
+def main(name, dataset="mnist", thin=3, folder=None):
+    folder = folder or f"docs/results/{dataset}"  # e.g. docs/results/mnist/seed2 for another seed's model
+    est = load_estimator(f"{folder}/{name}_model.npz")
     X, _ = load_dataset(dataset, "train")
     V = binarize(X, "stochastic", random_state=0)  # the experiment's training binarisation
     base = V.mean(axis=0)  # (D,): the experiment's base-rate model, in the model's layout
