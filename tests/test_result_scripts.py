@@ -150,9 +150,9 @@ def test_chain_routing(saved_r, capsys):
     assert report["patch_share_per_parent"][-1] <= report["largest_share_of_last_parent"] <= 1.0
 
 
-def _tiny_rbm_with_chains(chains):
-    """A BernoulliRBM on 8 pixels with strong random weights (4 hidden units), its persistent
-    chains replaced by ``chains``; returns (estimator, RBMParams)."""
+def _tiny_strong_rbm():
+    """A BernoulliRBM on 8 pixels with strong random weights (4 hidden units), fitted one epoch so
+    that it has persistent chains; returns (estimator, RBMParams)."""
     from capsnp.estimators import BernoulliRBM
     from capsnp.params import RBMParams
     rng = np.random.default_rng(0)
@@ -160,7 +160,6 @@ def _tiny_rbm_with_chains(chains):
     est = BernoulliRBM(4, learning_rate=0.1, n_iter=1, random_state=0).partial_fit(V)
     est.components_ = 2.0 * rng.standard_normal((4, 8))  # (H, D), far from independent pixels
     est.intercept_visible_, est.intercept_hidden_ = rng.standard_normal(8), rng.standard_normal(4)
-    est._state.chains = (chains, None)
     return est, RBMParams(est.components_.T, est.intercept_visible_, est.intercept_hidden_)
 
 
@@ -170,7 +169,7 @@ def test_chain_lag_is_zero_for_model_samples_and_positive_below_the_typical_set(
     from capsnp import rbm
     from capsnp.exact import enumerate_binary
     lag = _script("chain_lag")
-    est, params = _tiny_rbm_with_chains(np.zeros((1, 8)))
+    est, params = _tiny_strong_rbm()
     states = enumerate_binary(8)  # (256, 8)
     log_p = -rbm.free_energy(params, states)  # (256,) unnormalised
     p = np.exp(log_p - log_p.max())

@@ -36,11 +36,13 @@ SWEEPS = (1, 3, 10, 30)
 
 
 def chain_state(est):
-    """The persistent chains as a state of the annealing path: v (n, D) or (v (n, I, d_v), a (n, I))."""
-    chains = est._state.chains
-    if hasattr(est, "components_"):
-        return np.array(chains[0], dtype=np.float64)  # (n, D); the kept hidden probabilities are not part of it
-    return np.array(chains[0], dtype=np.float64), np.array(chains[1])  # (n, I, d_v), (n, I)
+    """The persistent chains as a state of the annealing path: v (n, D) or (v (n, I, d_v), a (n, I)).
+
+    Read through the estimator's own chain layout (the arrays its model files store); the RBM's
+    kept hidden probabilities are not part of a path state."""
+    arrays = est._chain_arrays(est._state.chains)
+    v = np.array(arrays["chains_v"], dtype=np.float64)  # (n, D) or (n, I, d_v)
+    return (v, np.array(arrays["chains_a"])) if "chains_a" in arrays else v
 
 
 def visible(state):
