@@ -202,6 +202,15 @@ PRESETS = {
     # on (v, a) mix too slowly for the step, the model statistics lag and this gains
     "rb-2x250-m5-lr2-mf3-k3-equal-time": (RoutedCapsuleRBM, dict(_BIASED_2X250, **_STEP_M5_LR2, max_routing=3,
                                                                  cd_k=3)),
+    # The same two models without assignment biases (plain Model R, 1,382 more parameters
+    # instead of 27,450), with 1 and 3 sweeps: is the 3-sweep gain of the biased model (1.6
+    # nats against the RBM-500's 0.5, docs/results.md section 16) a gain of its biases, whose
+    # model statistics the chains supply? Run with --epochs 40.
+    "r-2x250-m5-lr2-mf3-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250,
+                                                             **{**_RBM_RECIPE, **_STEP_M5_LR2}, max_routing=3)),
+    "r-2x250-m5-lr2-mf3-k3-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250,
+                                                                **{**_RBM_RECIPE, **_STEP_M5_LR2}, max_routing=3,
+                                                                cd_k=3)),
     # ... over 100 epochs (run with --epochs 100)
     "rb-2x250-m5-lr2-mf3-k3": (RoutedCapsuleRBM, dict(_BIASED_2X250, **_STEP_M5_LR2, max_routing=3, cd_k=3)),
     # ... and with 5 sweeps: does the gain of the 3 sweeps go on?
