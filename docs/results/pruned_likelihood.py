@@ -33,8 +33,9 @@ def main(name, dataset="mnist", threshold=0.01, folder=None, n_ais_runs=100, fas
     row = json.loads((folder / f"{name}.json").read_text())
     X_train, _ = load_dataset(dataset, "train")
     X_test, _ = load_dataset(dataset, "test")
-    V_train = binarize(X_train, "stochastic", random_state=0)  # the experiment's binarisations
-    V_test = binarize(X_test, "stochastic", random_state=1)
+    seed = int(row.get("params", {}).get("random_state") or 0)  # the run's --seed (its folder's models)
+    V_train = binarize(X_train, "stochastic", random_state=seed)  # the experiment's binarisations
+    V_test = binarize(X_test, "stochastic", random_state=seed + 1)
     v = to_capsules(V_train[:10000], est.image_shape_, est.patch_)  # (n, I, d_v)
     _, _, ink, _, share = routed_ink(est, v)  # share: (I, J)
     no_data = (share < threshold) & ink.any(axis=0)[:, None]  # (I, J), positions with ink only
@@ -42,8 +43,8 @@ def main(name, dataset="mnist", threshold=0.01, folder=None, n_ais_runs=100, fas
     base = to_capsules(V_train.mean(axis=0)[None], est.image_shape_, est.patch_)[0]  # (I, d_v)
     t0 = time.perf_counter()
     res = ais_log_partition(est, n_runs=int(n_ais_runs), betas=default_betas(fast=bool(fast)),
-                            random_state=0, base_rate=base)
-    ll, _ = test_log_likelihood(est, V_test, res.log_z, np.random.default_rng(0))
+                            random_state=seed, base_rate=base)
+    ll, _ = test_log_likelihood(est, V_test, res.log_z, np.random.default_rng(seed))
     print(json.dumps({"model": name, "dataset": dataset, "threshold": threshold,
                       "pruned_weight_share": round(float(no_data.mean()), 4),
                       "log_z": res.log_z, "log_z_std_error": res.std_error,
