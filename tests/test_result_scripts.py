@@ -184,3 +184,64 @@ def test_chain_lag_is_zero_for_model_samples_and_positive_below_the_typical_set(
     row = lag.probe(est, rng)
     assert row["rise_1"] > 10 * row["rise_1_se"] > 0
     assert row["pixels_changed_1"] > 0
+
+
+def test_statistic_lag_chain_statistics_are_the_model_expectation_by_enumeration():
+    """Weighted by the exact p(v, a), the Rao-Blackwellised statistics of chain states (4.8 with
+    c = onehot(a), mu = p(h = 1 | v, a)) equal E_p(v, h, a)[-dE/dtheta], the model term of the
+    likelihood gradient, in every field (assignment biases included)."""
+    from capsnp import model_r
+    from capsnp.exact import enumerate_assignments
+    from test_model_rb import make_params
+
+    lag = _script("statistic_lag")
+    p = make_params(3, I=2, J=2, d_h=2, d_v=2)
+    Vg, Ag = model_r._va_grid(p)  # (Nv Na, I, d_v), (Nv Na, I)
+    ours = lag.chain_statistics(p, (Vg, Ag), weights=model_r.exact_probability_va(p))
+    V, H, A = model_r._all_visible(p), model_r._all_hidden(p), enumerate_assignments(2, 2)
+    nv, nh, na = len(V), len(H), len(A)
+    Vx = np.repeat(V, nh * na, axis=0)  # (Nv Nh Na, I, d_v), the order of exact_probability_vha
+    Hx = np.tile(np.repeat(H, na, axis=0), (nv, 1, 1))  # (Nv Nh Na, J, d_h)
+    Ax = np.tile(A, (nv * nh, 1))  # (Nv Nh Na, I)
+    exact = model_r.data_statistics(p, Vx, np.eye(2)[Ax], Hx, model_r.exact_probability_vha(p))
+    for field in exact._fields:
+        np.testing.assert_allclose(getattr(ours, field), getattr(exact, field), atol=1e-12, err_msg=field)
+
+
+def test_statistic_lag_is_noise_for_model_samples_and_large_below_the_typical_set():
+    """Chains drawn exactly from the model move their statistics no more than two caught-up
+    copies differ (shift ~ noise, lag share ~ control); chains at its least probable states move
+    them far more, in every parameter group."""
+    from capsnp import rbm
+    from capsnp.exact import enumerate_binary
+    lag = _script("statistic_lag")
+    est, params = _tiny_strong_rbm()
+    states = enumerate_binary(8)  # (256, 8)
+    log_p = -rbm.free_energy(params, states)  # (256,) unnormalised
+    p = np.exp(log_p - log_p.max())
+    rng = np.random.default_rng(2)
+    v_data = (rng.random((500, 8)) < 0.3).astype(np.float64)  # (500, 8), away from the model
+    est._state.chains = (states[rng.choice(256, size=4000, p=p / p.sum())], None)  # exact draws
+    row = lag.lag_shares(est, v_data, rng, sweeps=5)
+    assert set(row) == {"W", "a", "b"}
+    for group in row.values():
+        assert group["shift"] < 3 * group["noise"] + 0.01, row
+        assert abs(group["lag_share"]) < 3 * abs(group["control"]) + 0.02, row
+    est._state.chains = (np.repeat(states[np.argsort(log_p)[:4]], 1000, axis=0), None)  # (4000, 8)
+    row = lag.lag_shares(est, v_data, rng, sweeps=5)
+    for group in row.values():
+        assert group["shift"] > 5 * group["noise"], row
+
+
+def test_statistic_lag_groups_of_model_r_split_w_by_routing():
+    """On a Model R with assignment biases, W is split into data-fed and chain-only pairs that
+    together hold every weight, the biases are groups of their own, and every number is finite."""
+    lag = _script("statistic_lag")
+    X, _ = load_dataset("embedded", "train")
+    V = binarize(X[:300], "stochastic", random_state=0)
+    est = RoutedCapsuleRBM(2, 4, n_iter=1, n_chains=20, assignment_biases=True, random_state=0).fit(V)
+    v = to_capsules(V[:200], est.image_shape_, est.patch_)  # (200, I, d_v)
+    row = lag.lag_shares(est, v, np.random.default_rng(0), sweeps=2)
+    assert set(row) == {"W data-fed", "W chain-only", "alpha", "gamma", "C", "A"}
+    assert row["W data-fed"]["entries"] + row["W chain-only"]["entries"] == est.W_.size
+    assert all(np.isfinite(x) for group in row.values() for x in group.values())

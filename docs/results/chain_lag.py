@@ -69,7 +69,11 @@ def probe(est, rng):
     return row
 
 
-def main(name, dataset="mnist", epochs=40, seed=0):
+def train_and_probe(name, dataset, epochs, seed, measure):
+    """Train preset ``name`` epoch by epoch and print ``measure(est, V, rng)`` after each epoch of PROBES.
+
+    ``V`` (60000, 784) is the training set binarised as the experiment does; ``rng`` a stream of
+    its own (seed + 1000), so that probing leaves training unchanged. One JSON line per probe."""
     epochs, seed = int(epochs), int(seed)
     X, _ = load_dataset(dataset, "train")
     V = binarize(X, "stochastic", random_state=seed)  # (60000, 784), the experiment's binarisation
@@ -83,8 +87,12 @@ def main(name, dataset="mnist", epochs=40, seed=0):
         if epoch in PROBES:
             row = {"model": name, "dataset": dataset, "epoch": epoch, "train_seconds": round(seconds, 1),
                    "learning_rate": est.history_[-1]["learning_rate"]}
-            row.update(probe(est, probe_rng))
+            row.update(measure(est, V, probe_rng))
             print(json.dumps(row), flush=True)
+
+
+def main(name, dataset="mnist", epochs=40, seed=0):
+    train_and_probe(name, dataset, epochs, seed, lambda est, V, rng: probe(est, rng))
 
 
 if __name__ == "__main__":
