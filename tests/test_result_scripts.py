@@ -163,23 +163,30 @@ def _tiny_strong_rbm():
     return est, RBMParams(est.components_.T, est.intercept_visible_, est.intercept_hidden_)
 
 
-def test_chain_lag_is_zero_for_model_samples_and_positive_below_the_typical_set():
-    """Chains drawn exactly from the model do not rise in log f; chains at its least probable
-    states do, by many standard errors."""
+def _exact_and_worst_chains(params, rng, n=4000):
+    """For the 8-pixel RBM: n exact draws of the model (by enumeration) and n chains at its 4
+    least probable states, each (n, 8)."""
     from capsnp import rbm
     from capsnp.exact import enumerate_binary
-    lag = _script("chain_lag")
-    est, params = _tiny_strong_rbm()
     states = enumerate_binary(8)  # (256, 8)
     log_p = -rbm.free_energy(params, states)  # (256,) unnormalised
     p = np.exp(log_p - log_p.max())
+    exact = states[rng.choice(256, size=n, p=p / p.sum())]  # (n, 8)
+    worst = np.repeat(states[np.argsort(log_p)[:4]], n // 4, axis=0)  # (n, 8)
+    return exact, worst
+
+
+def test_chain_lag_is_zero_for_model_samples_and_positive_below_the_typical_set():
+    """Chains drawn exactly from the model do not rise in log f; chains at its least probable
+    states do, by many standard errors."""
+    lag = _script("chain_lag")
+    est, params = _tiny_strong_rbm()
     rng = np.random.default_rng(1)
-    exact = states[rng.choice(256, size=4000, p=p / p.sum())]  # (4000, 8), draws of the model
+    exact, worst = _exact_and_worst_chains(params, rng)
     est._state.chains = (exact, None)
     row = lag.probe(est, rng)
     for k in lag.SWEEPS:
         assert abs(row[f"rise_{k}"]) < 4 * row[f"rise_{k}_se"], (k, row)
-    worst = np.repeat(states[np.argsort(log_p)[:4]], 1000, axis=0)  # (4000, 8), the 4 least probable
     est._state.chains = (worst, None)
     row = lag.probe(est, rng)
     assert row["rise_1"] > 10 * row["rise_1_se"] > 0
@@ -212,22 +219,18 @@ def test_statistic_lag_is_noise_for_model_samples_and_large_below_the_typical_se
     """Chains drawn exactly from the model move their statistics no more than two caught-up
     copies differ (shift ~ noise, lag share ~ control); chains at its least probable states move
     them far more, in every parameter group."""
-    from capsnp import rbm
-    from capsnp.exact import enumerate_binary
     lag = _script("statistic_lag")
     est, params = _tiny_strong_rbm()
-    states = enumerate_binary(8)  # (256, 8)
-    log_p = -rbm.free_energy(params, states)  # (256,) unnormalised
-    p = np.exp(log_p - log_p.max())
     rng = np.random.default_rng(2)
     v_data = (rng.random((500, 8)) < 0.3).astype(np.float64)  # (500, 8), away from the model
-    est._state.chains = (states[rng.choice(256, size=4000, p=p / p.sum())], None)  # exact draws
+    exact, worst = _exact_and_worst_chains(params, rng)
+    est._state.chains = (exact, None)
     row = lag.lag_shares(est, v_data, rng, sweeps=5)
     assert set(row) == {"W", "a", "b"}
     for group in row.values():
         assert group["shift"] < 3 * group["noise"] + 0.01, row
         assert abs(group["lag_share"]) < 3 * abs(group["control"]) + 0.02, row
-    est._state.chains = (np.repeat(states[np.argsort(log_p)[:4]], 1000, axis=0), None)  # (4000, 8)
+    est._state.chains = (worst, None)
     row = lag.lag_shares(est, v_data, rng, sweeps=5)
     for group in row.values():
         assert group["shift"] > 5 * group["noise"], row
