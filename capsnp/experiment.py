@@ -41,6 +41,8 @@ _TIED_2X500 = dict(n_capsules=2, capsule_dim=500, assignment_biases=True, tie_we
                    **_RBM_RECIPE)
 # Two free capsules of 250 units with assignment biases (docs/MODEL_RB.md) under that recipe
 _BIASED_2X250 = dict(n_capsules=2, capsule_dim=250, assignment_biases=True, **_RBM_RECIPE)
+# ... and without assignment biases (plain Model R)
+_PLAIN_2X250 = dict(n_capsules=2, capsule_dim=250, **_RBM_RECIPE)
 # The step that suits the capsule model (docs/results.md section 13): a larger rate, momentum 0.5
 _STEP_M5_LR2 = dict(momentum=0.5, learning_rate=0.02)
 
@@ -206,10 +208,8 @@ PRESETS = {
     # instead of 27,450), with 1 and 3 sweeps: is the 3-sweep gain of the biased model (1.6
     # nats against the RBM-500's 0.5, docs/results.md section 16) a gain of its biases, whose
     # model statistics the chains supply? Run with --epochs 40.
-    "r-2x250-m5-lr2-mf3-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250,
-                                                             **{**_RBM_RECIPE, **_STEP_M5_LR2}, max_routing=3)),
-    "r-2x250-m5-lr2-mf3-k3-equal-time": (RoutedCapsuleRBM, dict(n_capsules=2, capsule_dim=250,
-                                                                **{**_RBM_RECIPE, **_STEP_M5_LR2}, max_routing=3,
+    "r-2x250-m5-lr2-mf3-equal-time": (RoutedCapsuleRBM, dict(_PLAIN_2X250, **_STEP_M5_LR2, max_routing=3)),
+    "r-2x250-m5-lr2-mf3-k3-equal-time": (RoutedCapsuleRBM, dict(_PLAIN_2X250, **_STEP_M5_LR2, max_routing=3,
                                                                 cd_k=3)),
     # ... over 100 epochs (run with --epochs 100)
     "rb-2x250-m5-lr2-mf3-k3": (RoutedCapsuleRBM, dict(_BIASED_2X250, **_STEP_M5_LR2, max_routing=3, cd_k=3)),

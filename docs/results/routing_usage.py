@@ -56,10 +56,15 @@ def routed_ink(est, v):
     params = est._params()  # RParams, or RBParams with assignment biases
     c, _, iterations = kernels.model_r.mean_field(params, v, tol=est.routing_tol,
                                                   max_iter=est.max_routing)  # (n, I, J)
+    return (c, iterations) + ink_routing(c, v)
+
+
+def ink_routing(c, v):
+    """Routing c (n, I, J) of v (n, I, d_v) counted on ink patches: ink (n, I), onehot (n, I, J), position (I, J)."""
     ink = v.sum(axis=2) > 0  # (n, I)
     onehot = (c.argmax(axis=2)[..., None] == np.arange(c.shape[2])) & ink[..., None]  # (n, I, J)
     position = onehot.sum(axis=0) / np.maximum(ink.sum(axis=0), 1)[:, None]  # (I, J)
-    return c, iterations, ink, onehot, position
+    return ink, onehot, position
 
 
 def main(name, dataset="mnist", n=2000, folder=None):

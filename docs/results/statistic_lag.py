@@ -21,7 +21,7 @@ The statistics of a chain state are Rao-Blackwellised over what the state does n
 RBM ``-dF(v)/dtheta`` (5.6), for Model R the expectation over ``h ~ p(h | v, a)`` (4.4) of
 ``-dE(v, h, a)/dtheta``, i.e. (4.8) with ``c = onehot(a)`` and ``mu = p(h = 1 | v, a)``.
 Model R's W is split into the pairs (position i, capsule j) that take at least 1% of the ink
-patches at i under the data's routing (``routing_usage.py``) and the others, whose data
+patches at i under the data's routing (as ``routing_usage.py`` counts them) and the others, whose data
 statistic is (almost) zero: they learn only from the chains.
 
 One JSON line per probe (the probe epochs of ``chain_lag.py``):
@@ -39,7 +39,7 @@ from capsnp.capsules import to_capsules
 from capsnp.estimators import BernoulliRBM
 from capsnp.params import RBMParams
 from chain_lag import chain_state, train_and_probe  # beside this script
-from routing_usage import routed_ink
+from routing_usage import ink_routing
 
 SWEEPS = 30
 N_DATA = 2000
@@ -63,21 +63,22 @@ def chain_statistics(params, state, weights=None):
 
 
 def data_statistics(est, params, v):
-    """Data statistics of the batch v (the model's layout), as the estimator's training step forms them."""
+    """Data statistics of the batch v (the model's layout), as the estimator's training step forms
+    them, and Model R's mean-field routing c (B, I, J) of the batch (None for the RBM)."""
     if is_rbm(est):
-        return rbm.sufficient_statistics(params, v)
+        return rbm.sufficient_statistics(params, v), None
     c, mu, _ = est._mean_field(params, v)  # (B, I, J), (B, J, d_h)
-    return model_r.data_statistics(params, v, c, mu)
+    return model_r.data_statistics(params, v, c, mu), c
 
 
-def groups(est, v_data):
+def groups(est, v_data, c):
     """Name -> (field, mask or None) of the parameter groups that training moves.
 
-    Model R's W is split by ``routed_ink`` on the data batch: pairs (i, j) at positions with
-    ink that take fewer than CHAIN_ONLY of the ink patches (chain-only) and the rest."""
+    Model R's W is split by the batch's routing c (B, I, J) on its ink patches: pairs (i, j) at
+    positions with ink that take fewer than CHAIN_ONLY of the ink patches (chain-only) and the rest."""
     if is_rbm(est):
         return {"W": ("W", None), "a": ("a", None), "b": ("b", None)}
-    _, _, ink, _, share = routed_ink(est, v_data)  # share: (I, J)
+    ink, _, share = ink_routing(c, v_data)  # share: (I, J)
     chain_only = (share < CHAIN_ONLY) & ink.any(axis=0)[:, None]  # (I, J)
     out = {"W data-fed": ("W", ~chain_only), "W chain-only": ("W", chain_only),
            "alpha": ("alpha", None), "gamma": ("gamma", None)}
@@ -109,9 +110,9 @@ def lag_shares(est, v_data, rng, sweeps=SWEEPS):
             state = path.transition(1.0, state, stream)
         caught_up.append(chain_statistics(params, state))
     sA, sB, sC = caught_up
-    data = data_statistics(est, params, v_data)
+    data, c = data_statistics(est, params, v_data)
     row = {}
-    for name, (field, mask) in groups(est, v_data).items():
+    for name, (field, mask) in groups(est, v_data, c).items():
         x0, xA, xB, xC, xd = (_select(s, field, mask) for s in (s0, sA, sB, sC, data))
         g = xd - xB  # (n_entries,)
         gg = float(g @ g)
