@@ -79,10 +79,7 @@ def _build_estimator(args, checkpoint_path=None):
                              f"--model r, not --model {args.model}")
         common["assignment_biases"] = True
     if args.model == "rbm":
-        if args.chains is not None and args.chains != args.batch_size:
-            raise ValueError("the RBM keeps batch_size persistent chains (as scikit-learn's); "
-                             "--chains must equal --batch-size or be omitted")
-        return BernoulliRBM(n_components=args.hidden, **common)
+        return BernoulliRBM(n_components=args.hidden, n_chains=args.chains, **common)
     if args.model == "p":
         common["expert"] = args.expert
     elif args.expert != "squash":

@@ -1852,6 +1852,8 @@ class BernoulliRBM(_EnergyEstimator):
         Gibbs sweeps per gradient step.
     persistent : bool, default=True
         PCD; False gives CD-k (chains restart at the minibatch).
+    n_chains : int or None, default=None
+        Persistent chains; ``batch_size`` when None (scikit-learn's choice, which ties the two).
     momentum : float, default=0.0
     weight_decay : float, default=0.0
     lr_schedule : {"constant", "linear"}, default="constant"
@@ -1893,7 +1895,7 @@ class BernoulliRBM(_EnergyEstimator):
     intercept_hidden_ : ndarray of shape (n_components,)
     intercept_visible_ : ndarray of shape (n_features,)
     n_features_in_ : int
-    persistent_chains_ : ndarray of shape (batch_size, n_features) or None
+    persistent_chains_ : ndarray of shape (n_chains, n_features) or None
     history_ : list of dict
         Per epoch: epoch, seconds, images_per_second, learning_rate, momentum, and on the
         monitoring rows (up to 1,000 training rows) free_energy, pseudo_log_likelihood (one
@@ -1905,8 +1907,8 @@ class BernoulliRBM(_EnergyEstimator):
     _params_type = RBMParams
 
     def __init__(self, n_components=256, *, learning_rate=0.1, batch_size=10, n_iter=10,
-                 verbose=0, random_state=None, cd_k=1, persistent=True, momentum=0.0,
-                 weight_decay=0.0, lr_schedule="constant", lr_final_ratio=0.04,
+                 verbose=0, random_state=None, cd_k=1, persistent=True, n_chains=None,
+                 momentum=0.0, weight_decay=0.0, lr_schedule="constant", lr_final_ratio=0.04,
                  dtype=np.float64, chain_init="noise", centring=False, checkpoint_path=None,
                  checkpoint_every=1, resume=False, backend="numba"):
         self.n_components = n_components
@@ -1917,6 +1919,7 @@ class BernoulliRBM(_EnergyEstimator):
         self.random_state = random_state
         self.cd_k = cd_k
         self.persistent = persistent
+        self.n_chains = n_chains
         self.momentum = momentum
         self.weight_decay = weight_decay
         self.lr_schedule = lr_schedule

@@ -85,6 +85,10 @@ PRESETS = {
     # model's 3-sweep row (rb-2x250-m5-lr2-mf3-k3-equal-time). Run with --epochs 40.
     "rbm-pcd-long-m5-lr2-k3-40": (BernoulliRBM, dict(n_components=500, **{**_RBM_PCD_LONG, **_STEP_M5_LR2,
                                                                         "cd_k": 3})),
+    # ... with 1 sweep of 300 persistent chains: the control of rb-2x250-m5-lr2-mf3-c300-equal-time
+    # (run with --epochs 40)
+    "rbm-pcd-long-m5-lr2-c300-40": (BernoulliRBM, dict(n_components=500, n_chains=300,
+                                                         **{**_RBM_PCD_LONG, **_STEP_M5_LR2})),
     # ... and with centred steps too (run with --epochs 40)
     "rbm-pcd-long-centred-m5-lr2-40": (BernoulliRBM, dict(n_components=500, centring=True,
                                                           **{**_RBM_PCD_LONG, **_STEP_M5_LR2})),
@@ -204,6 +208,12 @@ PRESETS = {
     # on (v, a) mix too slowly for the step, the model statistics lag and this gains
     "rb-2x250-m5-lr2-mf3-k3-equal-time": (RoutedCapsuleRBM, dict(_BIASED_2X250, **_STEP_M5_LR2, max_routing=3,
                                                                  cd_k=3)),
+    # ... with 1 sweep of 300 persistent chains instead of 3 sweeps of 100: the same chain
+    # sweeps per update. If what the 3 sweeps buy is model statistics averaged over more nearly
+    # independent chain states (less noise per step, less alike from one step to the next),
+    # this gains as much; if it is chains that move further between updates, it does not.
+    "rb-2x250-m5-lr2-mf3-c300-equal-time": (RoutedCapsuleRBM, dict(_BIASED_2X250, **_STEP_M5_LR2, max_routing=3,
+                                                                   n_chains=300)),
     # The same two models without assignment biases (plain Model R, 1,382 more parameters
     # instead of 27,450), with 1 and 3 sweeps: is the 3-sweep gain of the biased model (1.6
     # nats against the RBM-500's 0.5, docs/results.md section 16) a gain of its biases, whose

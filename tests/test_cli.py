@@ -58,6 +58,15 @@ def test_train_prints_epochs_and_paths(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("model", sorted(TINY))
+def test_train_chains_option_sets_the_persistent_chain_count(model, tmp_path):
+    code = main(["train", "--model", model, "--epochs", "1", "--max-images", "40", "--batch-size",
+                 "20", "--chains", "7", "--sample-steps", "1", "--out", str(tmp_path), *TINY[model]])
+    assert code == 0
+    est = load_estimator(tmp_path / "model.npz")
+    assert est.n_chains == 7 and est.persistent_chains_.shape[0] == 7
+
+
+@pytest.mark.parametrize("model", sorted(TINY))
 def test_model_file_reproduces_free_energies(model, trained):
     est = load_estimator(trained[model] / "model.npz")
     X = binarize(load_dataset("embedded", "train")[0][:120], random_state=3)

@@ -355,9 +355,6 @@ BAD_CLI = {
                               "non-negative"),
     "patch that does not tile": (["train", "--model", "r", "--patch", "5", "--epochs", "1",
                                   "--max-images", "10", "--out", "x"], 1, "does not tile"),
-    "chains differ from RBM batch": (["train", "--model", "rbm", "--chains", "7", "--epochs", "1",
-                                      "--max-images", "10", "--out", "x"], 1,
-                                     "--chains must equal"),
     "missing model file": (["evaluate", "--model-file", "missing.npz"], 1, "missing.npz"),
     "model file that is not a zip": (["sample", "--model-file", "junk.npz"], 1, "not a valid .npz"),
 }
@@ -443,7 +440,7 @@ def test_other_real_dtypes_are_converted(kind, digits):
             np.testing.assert_array_equal(value, getattr(ref, name), err_msg=name)
 
 
-@pytest.mark.parametrize("kind", ["p", "r"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_batch_size_larger_than_the_data_is_clipped(kind, digits):
     big = make(kind, batch_size=1000, n_chains=20, n_iter=2).fit(digits)
     exact = make(kind, batch_size=len(digits), n_chains=20, n_iter=2).fit(digits)
@@ -455,6 +452,22 @@ def test_rbm_with_batch_size_larger_than_the_data_keeps_batch_size_chains(digits
     est = make("rbm", batch_size=500).fit(digits[:30])
     assert est.persistent_chains_.shape == (500, 64)  # as scikit-learn's h_samples_
     assert np.all(np.isfinite(est.components_))
+
+
+def test_rbm_n_chains_defaults_to_batch_size_and_sets_the_chain_count(digits, tmp_path):
+    default = make("rbm", n_iter=2).fit(digits)
+    explicit = make("rbm", n_iter=2, n_chains=20).fit(digits)  # batch_size=20
+    for name, value in fitted_arrays(default).items():
+        np.testing.assert_array_equal(value, getattr(explicit, name), err_msg=name)
+    more = make("rbm", n_iter=2, n_chains=50).fit(digits)
+    assert more.persistent_chains_.shape == (50, 64)
+    assert not np.allclose(more.components_, default.components_)  # the chains enter the step
+    more.save(tmp_path / "rbm.npz")
+    loaded = load_estimator(tmp_path / "rbm.npz")
+    np.testing.assert_array_equal(loaded.persistent_chains_, more.persistent_chains_)
+    assert loaded.n_chains == 50
+    with pytest.raises(ValueError, match="n_chains"):
+        make("rbm", n_chains=0).fit(digits)
 
 
 # ----------------------------------------------------------------------------- reproducibility
