@@ -7,7 +7,8 @@ docs/results/<dataset>), optionally changes settings that do not touch the param
 (``name:max_routing=3``, ``name:routing_tol=0.01``), and times one more epoch
 (:meth:`partial_fit`) on the same ``n`` binarised training images, alternating the models
 ``repeats`` times and reloading each one every time. It prints the median seconds per
-60,000-image epoch and each model's ratio to the first one as one JSON line.
+60,000-image epoch and each model's ratio to the first one as one JSON line. A name may start
+with a subfolder (``seed1/rb-2x250-m5-lr2-mf3-k3-equal-time``) for another seed's model.
 
     CAPSNP_DATA_DIR=../shared/data python docs/results/trained_epoch_cost.py \
         rbm-pcd-long-m5-lr2-40,rb-2x250-m5-lr2-equal-time,rb-2x250-m5-lr2-equal-time:max_routing=3 6000 3
