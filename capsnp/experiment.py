@@ -214,6 +214,9 @@ PRESETS = {
     # this gains as much; if it is chains that move further between updates, it does not.
     "rb-2x250-m5-lr2-mf3-c300-equal-time": (RoutedCapsuleRBM, dict(_BIASED_2X250, **_STEP_M5_LR2, max_routing=3,
                                                                    n_chains=300)),
+    # ... and 1,000 chains: does the gain go on?
+    "rb-2x250-m5-lr2-mf3-c1000-equal-time": (RoutedCapsuleRBM, dict(_BIASED_2X250, **_STEP_M5_LR2, max_routing=3,
+                                                                    n_chains=1000)),
     # The same two models without assignment biases (plain Model R, 1,382 more parameters
     # instead of 27,450), with 1 and 3 sweeps: is the 3-sweep gain of the biased model (1.6
     # nats against the RBM-500's 0.5, docs/results.md section 16) a gain of its biases, whose
@@ -221,6 +224,9 @@ PRESETS = {
     "r-2x250-m5-lr2-mf3-equal-time": (RoutedCapsuleRBM, dict(_PLAIN_2X250, **_STEP_M5_LR2, max_routing=3)),
     "r-2x250-m5-lr2-mf3-k3-equal-time": (RoutedCapsuleRBM, dict(_PLAIN_2X250, **_STEP_M5_LR2, max_routing=3,
                                                                 cd_k=3)),
+    # ... and with 1 sweep of 300 chains: do the assignment biases own the gain of more chains too?
+    "r-2x250-m5-lr2-mf3-c300-equal-time": (RoutedCapsuleRBM, dict(_PLAIN_2X250, **_STEP_M5_LR2, max_routing=3,
+                                                                  n_chains=300)),
     # ... over 100 epochs (run with --epochs 100)
     "rb-2x250-m5-lr2-mf3-k3": (RoutedCapsuleRBM, dict(_BIASED_2X250, **_STEP_M5_LR2, max_routing=3, cd_k=3)),
     # ... and with 5 sweeps: does the gain of the 3 sweeps go on?
