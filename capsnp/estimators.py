@@ -359,8 +359,8 @@ class _EnergyEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         _check_number("momentum", self.momentum, 0, 1, high_open=True)
         _check_number("weight_decay", self.weight_decay, 0)
         _check_bool("persistent", self.persistent)
-        if self._n_chains_param() is not None:
-            _check_number("n_chains", self._n_chains_param(), 1, integer=True)
+        if self.n_chains is not None:
+            _check_number("n_chains", self.n_chains, 1, integer=True)
         _check_choice("chain_init", self.chain_init, ("data", "noise"))
         _check_number("monitor_fraction", self._monitor_fraction(), 0, 1, high_open=True)
         if self.checkpoint_path is not None and not isinstance(self.checkpoint_path,
@@ -375,9 +375,6 @@ class _EnergyEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                              "None; pass the checkpoint file as checkpoint_path")
         return _float_dtype(self.dtype)
 
-    def _n_chains_param(self):
-        return getattr(self, "n_chains", None)
-
     def _kernels(self, model):
         """The module of ``model`` ("model_p", "model_r", "rbm" or "routing") on ``backend``.
 
@@ -388,8 +385,7 @@ class _EnergyEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         return kernels.get_backend(kernels.resolve_backend(self.backend), model)
 
     def _n_chains(self):
-        n = self._n_chains_param()
-        return int(self.batch_size if n is None else n)
+        return int(self.batch_size if self.n_chains is None else self.n_chains)
 
     def _monitor_fraction(self):
         return getattr(self, "monitor_fraction", 0.0)
