@@ -214,6 +214,8 @@ PRESETS = {
     # this gains as much; if it is chains that move further between updates, it does not.
     "rb-2x250-m5-lr2-mf3-c300-equal-time": (RoutedCapsuleRBM, dict(_BIASED_2X250, **_STEP_M5_LR2, max_routing=3,
                                                                    n_chains=300)),
+    # ... over 100 epochs (run with --epochs 100)
+    "rb-2x250-m5-lr2-mf3-c300": (RoutedCapsuleRBM, dict(_BIASED_2X250, **_STEP_M5_LR2, max_routing=3, n_chains=300)),
     # ... and 1,000 chains: does the gain go on?
     "rb-2x250-m5-lr2-mf3-c1000-equal-time": (RoutedCapsuleRBM, dict(_BIASED_2X250, **_STEP_M5_LR2, max_routing=3,
                                                                     n_chains=1000)),
