@@ -37,6 +37,8 @@ Equation labels refer to MODEL.md: (2.0) predictions, (2.1) routing, (2.2) its V
 (3.x) Model P, (4.x) Model R, (5.x) RBM.
 """
 
+import contextlib
+import functools
 import itertools
 import os
 import threading
@@ -1407,6 +1409,32 @@ def run_chunks(kernel, n, *args, min_items=2):
         for f in helpers:
             if not f.cancel():
                 f.result()
+
+
+@functools.lru_cache(maxsize=None)
+def _blas_controller(pid):
+    """threadpoolctl's view of the BLAS libraries loaded in process ``pid`` (scanned once)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """While the batch kernels run on more than one thread, BLAS calls run on one.
+
+    The kernels (:func:`run_chunks`) and OpenBLAS each keep a pool of threads; OpenBLAS's
+    threads spin for a while after every call, so on a machine with as many cores as kernel
+    threads they take cores from the kernels that follow. Inside this context BLAS uses one
+    thread per call (a product that should run on several cores goes through
+    :func:`run_chunks` instead), and its setting is restored on exit. With one kernel thread
+    nothing changes.
+    """
+    if num_threads() <= 1:
+        yield
+        return
+    with _blas_controller(os.getpid()).limit(limits=1, user_api="blas"):
+        yield
 
 
 _KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))

@@ -6,6 +6,8 @@ Same names, signatures and results as the NumPy reference:
   its own inside the kernel; no batch-wide masking)
 * (4.7) :func:`gibbs_sweep`, the 3-block Gibbs sweep with pre-drawn uniforms
 * (4.8) :func:`data_statistics`, :func:`model_statistics`, the PCD statistics in one fused pass
+* (4.5) :func:`top_down`, the top-down fields, one matrix product per parent, the parents
+  shared out over the threads
 
 The batch (or, for the statistics, the parameter rows, each summed over the batch in a fixed
 order) is split over ``numba.get_num_threads()`` threads, so results do not depend on the
@@ -19,7 +21,7 @@ from . import _kernels_jit as _jit
 from . import model_r as _ref
 from .ops import softmax
 
-__all__ = ["mean_field", "gibbs_sweep", "data_statistics", "model_statistics"]
+__all__ = ["mean_field", "gibbs_sweep", "data_statistics", "model_statistics", "top_down"]
 
 
 def __getattr__(name):
@@ -38,6 +40,32 @@ def _transposed_weights(params, dt):
     C, _ = _ref.assignment_biases(params)
     C = np.zeros(W.shape[:3], dtype=dt) if C is None else _jit.as_c(C, dt)  # (I, J, d_h)
     return Wt, C
+
+
+def _parent_products(start, stop, h, W_j, out):
+    """``out[j] = h[:, j] @ W_j[j]`` for parents j in [start, stop): one BLAS product each,
+    (B, d_h) @ (d_h, I d_v) -> (B, I d_v); NumPy releases the GIL while it runs."""
+    for j in range(start, stop):
+        np.matmul(h[:, j, :], W_j[j], out=out[j])
+
+
+def top_down(params, h):
+    """Top-down fields of (4.5), ``W_ij^T h_j``: (B, J, d_h) -> (J, B, I, d_v); twin of
+    :func:`capsnp.model_r.top_down`.
+
+    The same products, one per parent, run side by side on the kernel threads (each product
+    on one thread; see :func:`capsnp._kernels_jit.single_threaded_blas`).
+    """
+    dt = _jit.kernel_dtype(params.W, h)
+    if dt is None:
+        return _ref.top_down(params, h)
+    W = params.W  # (I, J, d_h, d_v)
+    I, J, d_h, d_v = W.shape
+    W_j = _jit.as_c(np.moveaxis(W, 1, 0).swapaxes(1, 2).reshape(J, d_h, I * d_v), dt)  # (J, d_h, I d_v)
+    h = _jit.as_c(h, dt)  # (B, J, d_h)
+    fields = np.empty((J, h.shape[0], I * d_v), dtype=dt)  # (J, B, I d_v)
+    _jit.run_chunks(_parent_products, J, h, W_j, fields, min_items=1)
+    return fields.reshape(J, -1, I, d_v)  # (J, B, I, d_v)
 
 
 def mean_field(params, v, tol=1e-3, max_iter=30, damping=0.0):
@@ -122,7 +150,7 @@ def gibbs_sweep(params, v, a, rng):
     h = np.empty((B, J, d_h), dtype=dt)
     _jit.run_chunks(_jit.r_hidden_draw, B, Wt, C_dt, gamma, v, a, u_h, h)
     # R (4.3) and D (4.5) from the top-down fields W_ij^T h_j: one matrix product per parent
-    T = _jit.as_c(_ref.top_down(params, h), dt)  # (J, B, I, d_v)
+    T = top_down(params, h)  # (J, B, I, d_v)
     Ch = np.matmul(np.moveaxis(h, 1, 0), np.moveaxis(C_dt, 1, 0).swapaxes(1, 2))  # (J, B, I): C_ij . h_j
     logits0 = _jit.as_c(_ref.prior_logits(params, v) + np.moveaxis(Ch, 0, 2), dt)  # (B, I, J)
     v_new = np.empty((B, I, d_v), dtype=dt)

@@ -46,6 +46,7 @@ threads, which changes the last bits. For bitwise reproducibility pin them, e.g.
 ``threadpoolctl.threadpool_limits(1)`` and ``NUMBA_NUM_THREADS=1``.
 """
 
+import contextlib
 import hashlib
 import math
 import numbers
@@ -57,6 +58,7 @@ import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from . import _kernels_jit as _jit
 from . import kernels
 from .capsules import capsule_layout, from_capsules, predictions, to_capsules
 from .io import load_model, remove_temporary_files, save_model
@@ -343,6 +345,9 @@ class _EnergyEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
     # Names of the fitted parameter attributes, in the order of the parameter container.
     _param_attributes = ()
+    # Model R's sweeps alternate Numba kernels and BLAS products, and train faster on 2 cores
+    # with BLAS on one thread; the RBM's do not (docs/results.md section 19)
+    _single_threaded_blas = False
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -386,6 +391,14 @@ class _EnergyEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
     def _n_chains(self):
         return int(self.batch_size if self.n_chains is None else self.n_chains)
+
+    def _blas_setting(self):
+        """The BLAS threading to train and sample under: with ``_single_threaded_blas`` and the
+        compiled kernels on several threads, one thread per BLAS call (the kernels' threads
+        then have the cores); else unchanged."""
+        if self._single_threaded_blas and kernels.resolve_backend(self.backend) == "numba":
+            return _jit.single_threaded_blas()
+        return contextlib.nullcontext()
 
     def _monitor_fraction(self):
         return getattr(self, "monitor_fraction", 0.0)
@@ -560,15 +573,16 @@ class _EnergyEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         schedule, final_ratio = self._schedule()
         writing = checkpoints and self.checkpoint_path is not None
         try:
-            run_epochs(state, self._objective(), X, n_epochs=n_epochs,
-                       batch_size=int(self.batch_size), rng=self._rng,
-                       monitor_rng=self._monitor_rng, X_monitor=X_monitor,
-                       learning_rate=float(self.learning_rate),
-                       schedule_epochs=max(int(self.n_iter), 1), lr_schedule=schedule,
-                       lr_final_ratio=final_ratio, momentum=float(self.momentum),
-                       weight_decay=float(self.weight_decay), verbose=self.verbose,
-                       name=type(self).__name__,
-                       on_epoch_end=self._checkpoint_due if writing else None)
+            with self._blas_setting():
+                run_epochs(state, self._objective(), X, n_epochs=n_epochs,
+                           batch_size=int(self.batch_size), rng=self._rng,
+                           monitor_rng=self._monitor_rng, X_monitor=X_monitor,
+                           learning_rate=float(self.learning_rate),
+                           schedule_epochs=max(int(self.n_iter), 1), lr_schedule=schedule,
+                           lr_final_ratio=final_ratio, momentum=float(self.momentum),
+                           weight_decay=float(self.weight_decay), verbose=self.verbose,
+                           name=type(self).__name__,
+                           on_epoch_end=self._checkpoint_due if writing else None)
         except KeyboardInterrupt as exc:
             # run_epochs has put the state back to its last consistent point
             if writing:
@@ -748,18 +762,19 @@ class _EnergyEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             if n_samples is not None and n_samples != p.shape[0]:
                 raise ValueError(f"n_samples={n_samples} but init has {p.shape[0]} rows")
         _check_number("n_temperatures", n_temperatures, 1, integer=True)
-        if int(n_temperatures) > 1:
-            if not isinstance(init, str):
-                raise ValueError("n_temperatures > 1 runs tempering ladders, which start at noise: "
-                                 "use init='noise'")
-            path = annealing_path(self, backend=self.backend)  # base: W = 0, the "noise" model
-            states, _ = parallel_tempering(path, default_temperatures(n_temperatures), p.shape[0],
-                                           int(n_steps), rng)
-            chains = self._chains_from_path_state(states[-1], dtype)
-        else:
-            chains = self._start_chains(params, _bernoulli(p, rng, dtype), rng)
-            for _ in range(int(n_steps)):
-                chains, _ = self._sweep(params, chains, rng)
+        with self._blas_setting():  # the chains' kernels have the cores
+            if int(n_temperatures) > 1:
+                if not isinstance(init, str):
+                    raise ValueError("n_temperatures > 1 runs tempering ladders, which start at noise: "
+                                     "use init='noise'")
+                path = annealing_path(self, backend=self.backend)  # base: W = 0, the "noise" model
+                states, _ = parallel_tempering(path, default_temperatures(n_temperatures), p.shape[0],
+                                               int(n_steps), rng)
+                chains = self._chains_from_path_state(states[-1], dtype)
+            else:
+                chains = self._start_chains(params, _bernoulli(p, rng, dtype), rng)
+                for _ in range(int(n_steps)):
+                    chains, _ = self._sweep(params, chains, rng)
         if return_probabilities:
             return self._from_layout(self._visible_mean(params, chains, rng))
         return self._from_layout(self._chain_visible(chains))
@@ -1494,6 +1509,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
     """
 
     _params_type = RParams
+    _single_threaded_blas = True
 
     @property
     def _param_attributes(self):

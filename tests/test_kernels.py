@@ -287,6 +287,18 @@ def test_r_gibbs_sweep_float32():
         assert_close(out_k[3], out_r[3], RTOL32)
 
 
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_r_top_down_matches_reference(seed, dtype, threads):
+    numba = pytest.importorskip("numba")
+    threads(min(2, numba.config.NUMBA_NUM_THREADS))  # the parents shared out over the threads
+    params = r_params(seed, dtype)
+    h = binary(np.random.default_rng(seed + 7), (B, J, D_H), dtype)
+    fields = kernels.model_r.top_down(params, h)
+    assert fields.shape == (J, B, I, D_V) and fields.dtype == dtype
+    assert_close(fields, ref_r.top_down(params, h), tol(dtype))
+
+
 def test_r_gibbs_sweep_rejects_bad_assignments():
     params, v = r_params(0), visible(0)
     with pytest.raises((ValueError, IndexError)):
@@ -357,6 +369,7 @@ def test_results_do_not_depend_on_thread_count(threads):
             kernels.model_r.mean_field(rp, v),
             kernels.model_r.gibbs_sweep(rp, v, a, np.random.default_rng(1)),
             kernels.model_r.data_statistics(rp, v, c, mu),
+            kernels.model_r.top_down(rp, mu),
         ]
 
     def flat(results):
@@ -384,6 +397,66 @@ def test_run_chunks_covers_the_range_once(threads):
 
         jit.run_chunks(kernel, n, hits)
         np.testing.assert_array_equal(hits, 1)
+
+
+def _blas_threads():
+    """Threads of every BLAS library loaded in this process, as threadpoolctl reports them."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    return [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+
+
+@pytest.fixture
+def two_blas_threads():
+    """BLAS set to 2 threads for the test (restored afterwards); skipped where it cannot be."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        if not _blas_threads() or any(n != 2 for n in _blas_threads()):
+            pytest.skip("BLAS cannot be set to 2 threads here")
+        yield
+
+
+@needs_numba
+def test_single_threaded_blas_only_while_kernels_use_threads(threads, two_blas_threads):
+    numba = pytest.importorskip("numba")
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs at least 2 threads")
+    threads(2)
+    with jit.single_threaded_blas():
+        assert set(_blas_threads()) == {1}
+    assert set(_blas_threads()) == {2}  # restored
+    threads(1)
+    with jit.single_threaded_blas():
+        assert set(_blas_threads()) == {2}  # one kernel thread: BLAS keeps its threads
+
+
+@needs_numba
+@pytest.mark.parametrize("model, backend, expected", [("r", "numba", {1}), ("r", "numpy", {2}),
+                                                      ("rbm", "numba", {2})])
+def test_model_r_trains_with_blas_on_one_thread_beside_the_kernel_threads(
+        threads, two_blas_threads, monkeypatch, model, backend, expected):
+    import capsnp.estimators as estimators
+
+    numba = pytest.importorskip("numba")
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs at least 2 threads")
+    threads(2)
+    seen = []
+    run_epochs = estimators.run_epochs
+
+    def recording(*args, **kwargs):
+        seen.append(set(_blas_threads()))
+        return run_epochs(*args, **kwargs)
+
+    monkeypatch.setattr(estimators, "run_epochs", recording)
+    X = binary(np.random.default_rng(0), (20, 8), np.float64)
+    if model == "r":
+        est = estimators.RoutedCapsuleRBM(2, 2, image_shape=(2, 4), patch=(1, 4), batch_size=10,
+                                          n_iter=1, backend=backend, random_state=0)
+    else:
+        est = estimators.BernoulliRBM(4, batch_size=10, n_iter=1, backend=backend, random_state=0)
+    est.fit(X)
+    assert seen == [expected]
+    assert set(_blas_threads()) == {2}  # restored after the fit
 
 
 # ----------------------------------------------------------------------------- backend switch

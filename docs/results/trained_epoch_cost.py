@@ -33,20 +33,25 @@ def parse_spec(spec):
     return name, overrides
 
 
+def trained(dataset, spec):
+    """The trained model of ``spec`` (see :func:`parse_spec`) from docs/results/<dataset>, quiet."""
+    name, overrides = parse_spec(spec)
+    est = load_estimator(Path("docs/results") / dataset / f"{name}_model.npz")
+    return est.set_params(verbose=0, **overrides)
+
+
+def timing_images(dataset, n):
+    """The first ``n`` training images, binarised with seed 0: (n, 784)."""
+    X, _ = load_dataset(dataset, "train")
+    return binarize(X[:n], "stochastic", random_state=0)
+
+
 def main(specs, n=6000, repeats=3, dataset="mnist"):
     specs, n, repeats = specs.split(","), int(n), int(repeats)
-    folder = Path("docs/results") / dataset
-    X, _ = load_dataset(dataset, "train")
-    V = binarize(X[:n], "stochastic", random_state=0)  # (n, 784)
-
-    def trained(spec):
-        name, overrides = parse_spec(spec)
-        est = load_estimator(folder / f"{name}_model.npz")
-        return est.set_params(verbose=0, **overrides)
-
+    V = timing_images(dataset, n)  # (n, 784)
     for spec in specs:  # compile the kernels before timing
-        trained(spec).partial_fit(V[:300])
-    epochs = {spec: (lambda spec=spec: seconds_of(trained(spec).partial_fit, V)) for spec in specs}
+        trained(dataset, spec).partial_fit(V[:300])
+    epochs = {spec: (lambda spec=spec: seconds_of(trained(dataset, spec).partial_fit, V)) for spec in specs}
     print(json.dumps({**side_by_side(epochs, n, repeats, dataset), "trained": True}), flush=True)
 
 
