@@ -1430,11 +1430,25 @@ def single_threaded_blas():
     :func:`run_chunks` instead), and its setting is restored on exit. With one kernel thread
     nothing changes.
     """
+    global _blas_single_depth
     if num_threads() <= 1:
         yield
         return
     with _blas_controller(os.getpid()).limit(limits=1, user_api="blas"):
-        yield
+        _blas_single_depth += 1
+        try:
+            yield
+        finally:
+            _blas_single_depth -= 1
+
+
+_blas_single_depth = 0  # how many single_threaded_blas contexts are open
+
+
+def blas_is_single_threaded():
+    """True inside :func:`single_threaded_blas` with several kernel threads: BLAS products may
+    then run side by side on the kernel threads (:func:`run_chunks`) without oversubscribing."""
+    return _blas_single_depth > 0
 
 
 _KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))

@@ -53,8 +53,9 @@ def top_down(params, h):
     """Top-down fields of (4.5), ``W_ij^T h_j``: (B, J, d_h) -> (J, B, I, d_v); twin of
     :func:`capsnp.model_r.top_down`.
 
-    The same products, one per parent, run side by side on the kernel threads (each product
-    on one thread; see :func:`capsnp._kernels_jit.single_threaded_blas`).
+    Inside :func:`capsnp._kernels_jit.single_threaded_blas` (Model R's training and sampling)
+    the products, one per parent, run side by side on the kernel threads, each on one BLAS
+    thread; elsewhere they are one batched product on BLAS's own threads.
     """
     dt = _jit.kernel_dtype(params.W, h)
     if dt is None:
@@ -64,7 +65,10 @@ def top_down(params, h):
     W_j = _jit.as_c(np.moveaxis(W, 1, 0).swapaxes(1, 2).reshape(J, d_h, I * d_v), dt)  # (J, d_h, I d_v)
     h = _jit.as_c(h, dt)  # (B, J, d_h)
     fields = np.empty((J, h.shape[0], I * d_v), dtype=dt)  # (J, B, I d_v)
-    _jit.run_chunks(_parent_products, J, h, W_j, fields, min_items=1)
+    if _jit.blas_is_single_threaded():
+        _jit.run_chunks(_parent_products, J, h, W_j, fields, min_items=1)
+    else:
+        _parent_products(0, J, h, W_j, fields)
     return fields.reshape(J, -1, I, d_v)  # (J, B, I, d_v)
 
 

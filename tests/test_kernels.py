@@ -7,6 +7,8 @@ Compilation dominates the run time (each kernel compiles once per dtype, then lo
 Numba's cache), so the shapes are tiny.
 """
 
+import contextlib
+
 import numpy as np
 import pytest
 from conftest import binary, random_pparams, rel_error
@@ -289,12 +291,16 @@ def test_r_gibbs_sweep_float32():
 
 @needs_numba
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_r_top_down_matches_reference(seed, dtype, threads):
+@pytest.mark.parametrize("shared", [False, True])
+def test_r_top_down_matches_reference(seed, dtype, shared, threads):
     numba = pytest.importorskip("numba")
-    threads(min(2, numba.config.NUMBA_NUM_THREADS))  # the parents shared out over the threads
+    threads(min(2, numba.config.NUMBA_NUM_THREADS))
     params = r_params(seed, dtype)
     h = binary(np.random.default_rng(seed + 7), (B, J, D_H), dtype)
-    fields = kernels.model_r.top_down(params, h)
+    with jit.single_threaded_blas() if shared else contextlib.nullcontext():
+        assert jit.blas_is_single_threaded() == (shared and jit.num_threads() > 1)
+        fields = kernels.model_r.top_down(params, h)  # shared: the parents over the threads
+    assert not jit.blas_is_single_threaded()
     assert fields.shape == (J, B, I, D_V) and fields.dtype == dtype
     assert_close(fields, ref_r.top_down(params, h), tol(dtype))
 
@@ -360,7 +366,9 @@ def test_results_do_not_depend_on_thread_count(threads):
     mu = np.random.default_rng(5).random((B, J, D_H))
 
     def run_all():
-        return [
+        with jit.single_threaded_blas():  # the top-down products shared over the threads
+            shared = kernels.model_r.top_down(rp, mu)
+        return [shared,
             kernels.routing_forward_vjp(u, 3, rp.beta, g_s=u[:, 0], prior_shape=(I, J)),
             kernels.model_p.free_energy(pp, v),
             kernels.model_p.free_energy_grad(pp, v, 3, "full"),
