@@ -7,7 +7,7 @@ Same names, signatures and results as the NumPy reference:
 * (4.7) :func:`gibbs_sweep`, the 3-block Gibbs sweep with pre-drawn uniforms
 * (4.8) :func:`data_statistics`, :func:`model_statistics`, the PCD statistics in one fused pass
 * (4.5) :func:`top_down`, the top-down fields, one matrix product per parent, the parents
-  shared out over the threads
+  shared out over the threads while BLAS is held to one (training and sampling)
 
 The batch (or, for the statistics, the parameter rows, each summed over the batch in a fixed
 order) is split over ``numba.get_num_threads()`` threads, so results do not depend on the
@@ -55,7 +55,7 @@ def top_down(params, h):
 
     Inside :func:`capsnp._kernels_jit.single_threaded_blas` (Model R's training and sampling)
     the products, one per parent, run side by side on the kernel threads, each on one BLAS
-    thread; elsewhere they are one batched product on BLAS's own threads.
+    thread; elsewhere they run one after the other, each on BLAS's own threads.
     """
     dt = _jit.kernel_dtype(params.W, h)
     if dt is None:
