@@ -89,6 +89,9 @@ PRESETS = {
     # (run with --epochs 40)
     "rbm-pcd-long-m5-lr2-c300-40": (BernoulliRBM, dict(n_components=500, n_chains=300,
                                                          **{**_RBM_PCD_LONG, **_STEP_M5_LR2})),
+    # ... over 100 epochs, the control of rb-2x250-m5-lr2-mf3-c300 (run with --epochs 100)
+    "rbm-pcd-long-m5-lr2-c300": (BernoulliRBM, dict(n_components=500, n_chains=300,
+                                                      **{**_RBM_PCD_LONG, **_STEP_M5_LR2})),
     # ... and with centred steps too (run with --epochs 40)
     "rbm-pcd-long-centred-m5-lr2-40": (BernoulliRBM, dict(n_components=500, centring=True,
                                                           **{**_RBM_PCD_LONG, **_STEP_M5_LR2})),
