@@ -60,9 +60,8 @@ def top_down(params, h):
     dt = _jit.kernel_dtype(params.W, h)
     if dt is None:
         return _ref.top_down(params, h)
-    W = params.W  # (I, J, d_h, d_v)
-    I, J, d_h, d_v = W.shape
-    W_j = _jit.as_c(np.moveaxis(W, 1, 0).swapaxes(1, 2).reshape(J, d_h, I * d_v), dt)  # (J, d_h, I d_v)
+    I, J, d_h, d_v = params.W.shape
+    W_j = _jit.as_c(_ref._weights_by_parent(params.W), dt)  # (J, d_h, I d_v)
     h = _jit.as_c(h, dt)  # (B, J, d_h)
     fields = np.empty((J, h.shape[0], I * d_v), dtype=dt)  # (J, B, I d_v)
     if _jit.blas_is_single_threaded():

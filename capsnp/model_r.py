@@ -326,9 +326,14 @@ def top_down(params, h):
     """
     W = params.W  # (I, J, d_h, d_v)
     I, J, d_h, d_v = W.shape
-    W_j = np.moveaxis(W, 1, 0).swapaxes(1, 2).reshape(J, d_h, I * d_v)  # (J, d_h, I d_v)
-    fields = np.matmul(np.moveaxis(np.asarray(h, dtype=W.dtype), 1, 0), W_j)  # (J, B, I d_v)
+    fields = np.matmul(np.moveaxis(np.asarray(h, dtype=W.dtype), 1, 0), _weights_by_parent(W))  # (J, B, I d_v)
     return fields.reshape(J, -1, I, d_v)  # (J, B, I, d_v)
+
+
+def _weights_by_parent(W):
+    """W (I, J, d_h, d_v) as one (d_h, I d_v) matrix per parent: (J, d_h, I d_v), a copy."""
+    I, J, d_h, d_v = W.shape
+    return np.moveaxis(W, 1, 0).swapaxes(1, 2).reshape(J, d_h, I * d_v)
 
 
 def visible_probability(params, h, a):
