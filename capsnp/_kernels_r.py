@@ -6,6 +6,8 @@ Same names, signatures and results as the NumPy reference:
   its own inside the kernel; no batch-wide masking)
 * (4.7) :func:`gibbs_sweep`, the 3-block Gibbs sweep with pre-drawn uniforms
 * (4.8) :func:`data_statistics`, :func:`model_statistics`, the PCD statistics in one fused pass
+* (4.9) :func:`assigned_input`, the hidden units' input under hard assignments from the sparse
+  v, and :func:`log_joint_va` on it (AIS, parallel tempering)
 * (4.5) :func:`top_down`, the top-down fields, one matrix product per parent, the parents
   shared out over the threads while BLAS is held to one (training and sampling)
 
@@ -21,7 +23,8 @@ from . import _kernels_jit as _jit
 from . import model_r as _ref
 from .ops import softmax
 
-__all__ = ["mean_field", "gibbs_sweep", "data_statistics", "model_statistics", "top_down"]
+__all__ = ["mean_field", "gibbs_sweep", "data_statistics", "model_statistics", "top_down",
+           "assigned_input", "log_joint_va"]
 
 
 def __getattr__(name):
@@ -69,6 +72,41 @@ def top_down(params, h):
     else:
         _parent_products(0, J, h, W_j, fields)
     return fields.reshape(J, -1, I, d_v)  # (J, B, I, d_v)
+
+
+def _checked_assignments(a, B, I, J):
+    """a as C-contiguous int64 (B, I), its shape and range checked."""
+    a = np.ascontiguousarray(a, dtype=np.int64)
+    if a.shape != (B, I):
+        raise ValueError(f"a must have shape ({B}, {I}), got {a.shape}")
+    if a.size and (a.min() < 0 or a.max() >= J):
+        raise ValueError(f"routing assignments must lie in 0..{J - 1}")
+    return a
+
+
+def assigned_input(params, v, a):
+    """``sum_{i: a_i = j} u_hat_{j|i}`` (4.9) from the sparse v: (B, I, d_v), (B, I) -> (B, J, d_h);
+    twin of :func:`capsnp.model_r.assigned_input`."""
+    dt = _jit.kernel_dtype(params.W, v)
+    if dt is None:
+        return _ref.assigned_input(params, v, a)
+    v = _jit.as_c(v, dt)  # (B, I, d_v)
+    B, I, _ = v.shape
+    J, d_h = params.W.shape[1], params.W.shape[2]
+    a = _checked_assignments(a, B, I, J)
+    Wt, C = _transposed_weights(params, dt)  # (I, J, d_v, d_h), (I, J, d_h)
+    out = np.empty((B, J, d_h), dtype=dt)
+    _jit.run_chunks(_jit.r_assigned_input, B, Wt, C, v, a, out)
+    return out
+
+
+def log_joint_va(params, v, a):
+    """``log p~(v, a)`` (4.9) with h summed out: (B, I, d_v), (B, I) -> (B,); twin of the reference."""
+    dt = _jit.kernel_dtype(params.W, v)
+    if dt is None:
+        return _ref.log_joint_va(params, v, a)
+    v = _jit.as_c(v, dt)
+    return _ref._log_joint_from_routed(params, v, np.asarray(a), assigned_input(params, v, a))  # (B,)
 
 
 def mean_field(params, v, tol=1e-3, max_iter=30, damping=0.0):
@@ -140,11 +178,7 @@ def gibbs_sweep(params, v, a, rng):
     alpha = _jit.as_c(np.broadcast_to(alpha, W.shape[:2] + W.shape[3:]), dt)  # (I, J, d_v) (4b.4)
     B, I, d_v = v.shape
     J, d_h = W.shape[1], W.shape[2]
-    a = np.ascontiguousarray(a, dtype=np.int64)
-    if a.shape != (B, I):
-        raise ValueError(f"a must have shape ({B}, {I}), got {a.shape}")
-    if a.size and (a.min() < 0 or a.max() >= J):
-        raise ValueError(f"routing assignments must lie in 0..{J - 1}")
+    a = _checked_assignments(a, B, I, J)
     u_h = rng.random((B, J, d_h))  # (B, J, d_h)
     u_a = rng.random((B, I))  # (B, I)
     u_v = rng.random((B, I, d_v))  # (B, I, d_v)

@@ -20,19 +20,21 @@ Transitions: block Gibbs for the RBM, the exact MH sweep for Model P, the 3-bloc
 ``f_beta(v, a)`` has h summed out in closed form).
 """
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 from scipy.special import logsumexp
 
-from . import kernels
+from . import _kernels_jit, kernels
 from . import model_p as _model_p_ref
+from . import model_r as _model_r_ref
 from .ops import sigmoid, softplus
 from .params import GParams, PParams, RBMParams, RBParams, RParams, SParams
 
 __all__ = ["AISResult", "AnnealingPath", "default_betas", "ais", "ais_log_partition", "annealing_path",
-           "base_log_odds"]
+           "base_log_odds", "blas_setting"]
 
 
 @dataclass
@@ -88,7 +90,8 @@ def base_log_odds(mean, eps=1e-3):
     return np.log(m) - np.log1p(-m)
 
 
-def ais(log_f, sample_base, transition, log_z_base, betas, n_runs, rng, n_bootstrap=1000):
+def ais(log_f, sample_base, transition, log_z_base, betas, n_runs, rng, n_bootstrap=1000,
+        log_f_pair=None):
     """Generic annealed importance sampling (6.3, 6.4).
 
     Parameters
@@ -103,6 +106,11 @@ def ais(log_f, sample_base, transition, log_z_base, betas, n_runs, rng, n_bootst
     betas : ndarray of shape (K + 1,), increasing from 0 to 1
     n_runs : int
     rng : np.random.Generator
+    n_bootstrap : int, resamples for the interval
+    log_f_pair : callable (beta_lo, beta_hi, state) -> (ndarray (n_runs,), ndarray (n_runs,)), optional
+        ``(log_f(beta_lo, state), log_f(beta_hi, state))`` from one pass over the state (see
+        :func:`_softplus_path`); by default two calls of ``log_f``. Each state is weighed at
+        two neighbouring temperatures, so this is where a path can share work.
 
     Returns
     -------
@@ -111,15 +119,17 @@ def ais(log_f, sample_base, transition, log_z_base, betas, n_runs, rng, n_bootst
     betas = np.asarray(betas, dtype=np.float64)
     if betas[0] != 0.0 or betas[-1] != 1.0 or np.any(np.diff(betas) <= 0):
         raise ValueError("betas must increase strictly from 0 to 1")
-    state = sample_base(n_runs, rng)
+    if log_f_pair is None:
+        def log_f_pair(beta_lo, beta_hi, state):
+            return log_f(beta_lo, state), log_f(beta_hi, state)
+    state = sample_base(n_runs, rng)  # x_0
     log_w = np.zeros(n_runs)
-    prev = log_f(betas[0], state)  # (n_runs,)
     for k in range(1, len(betas)):
-        cur = log_f(betas[k], state)
-        log_w += cur - prev
+        # x_{k-1} is weighed at the temperature it was drawn at and at the next one
+        lo, hi = log_f_pair(betas[k - 1], betas[k], state)  # (n_runs,), (n_runs,)
+        log_w += hi - lo
         if k < len(betas) - 1:
-            state = transition(betas[k], state, rng)
-            prev = log_f(betas[k], state)
+            state = transition(betas[k], state, rng)  # x_k
     return _summarise(log_w, log_z_base, len(betas), rng, n_bootstrap)
 
 
@@ -137,9 +147,21 @@ def _summarise(log_w, log_z_base, n_temperatures, rng, n_bootstrap):
 # ----------------------------------------------------------------------------- per-model paths
 
 
-def _interpolate(base, target, beta):
-    """(6.2) ``(1 - beta) theta_0 + beta theta_1`` field by field."""
-    return type(target)(*((1.0 - beta) * b + beta * t for b, t in zip(base, target)))
+def _interpolate(base, target, beta, zero=()):
+    """(6.2) ``(1 - beta) theta_0 + beta theta_1`` field by field.
+
+    A field the base shares with the target (the same array: hidden offsets, routing prior)
+    is passed on as it is, and a field named in ``zero`` (the base's weights, all 0) is
+    ``beta theta_1``: the same values without a pass over the base.
+    """
+    def field(name, b, t):
+        if b is t:
+            return t
+        if name in zero:
+            return beta * t
+        return (1.0 - beta) * b + beta * t
+
+    return type(target)(*(field(name, b, t) for name, b, t in zip(target._fields, base, target)))
 
 
 class AnnealingPath(NamedTuple):
@@ -156,12 +178,67 @@ class AnnealingPath(NamedTuple):
         invariant).
     log_z_base : float
         Exact log partition function of the base model.
+    log_f_pair : callable (beta_lo, beta_hi, state) -> (ndarray (n,), ndarray (n,)), optional
+        ``log_f`` at two temperatures from one pass over the state (:func:`_softplus_path`,
+        Model R); None where two calls of ``log_f`` cost as much (the RBM, whose compiled free
+        energy is one sparse pass) or no work is shared (Models P, G and S).
+    blas_one_thread : bool
+        Run the transitions with BLAS held to one thread (:func:`blas_setting`): Model R on
+        the compiled kernels, whose top-down products then share the kernel threads.
     """
 
     log_f: Callable
     sample_base: Callable
     transition: Callable
     log_z_base: float
+    log_f_pair: Optional[Callable] = None
+    blas_one_thread: bool = False
+
+
+def blas_setting(path):
+    """The context to run ``path``'s transitions in: BLAS on one thread per call where the path
+    asks for it (``capsnp._kernels_jit.single_threaded_blas``, as Model R's training does),
+    BLAS's own threads otherwise."""
+    return _kernels_jit.single_threaded_blas() if path.blas_one_thread else contextlib.nullcontext()
+
+
+def _softplus_path(l0, l1, offset, u):
+    """``beta -> log f_beta(x)`` (6.2) for n states x whose hidden units sum out in closed form.
+
+    On the path of the RBM and of Model R the parameters that couple hidden and visible units
+    (W, and C and A of RBParams) start at 0, the hidden offsets (b, gamma) and the routing
+    prior beta are kept, and the visible biases move from alpha_0 to alpha. The log density
+    (5.4 for the RBM, 4.9 for Model R) therefore splits into a part linear in the moving
+    parameters and one softplus per hidden unit whose input scales with beta::
+
+        log f_beta(x) = (1 - beta) l0(x) + beta l1(x) + sum_k softplus(offset_k + beta u_k(x))
+
+    with ``l0``, ``l1`` the linear part at the base and at the target and ``u`` the hidden
+    units' input at the target (``v W`` for the RBM, the routed input of 4.9 for Model R).
+    One pass over the states gives them; each temperature then costs one softplus per unit.
+    Model R's path uses it (its pass is the sparse ``assigned_input``); see
+    :class:`AnnealingPath` for why the RBM's does not.
+
+    Parameters
+    ----------
+    l0, l1 : ndarray of shape (n,)
+    offset : ndarray of shape (H,) or (J, d_h), the hidden offsets
+    u : ndarray of shape (n, H) or (n, J, d_h)
+
+    Returns
+    -------
+    callable beta -> ndarray of shape (n,)
+    """
+    axes = tuple(range(1, u.ndim))
+
+    def log_f_at(beta):
+        return (1.0 - beta) * l0 + beta * l1 + np.sum(softplus(offset + beta * u), axis=axes)  # (n,)
+
+    return log_f_at
+
+
+def _pair(log_f_at, beta_lo, beta_hi):
+    return log_f_at(beta_lo), log_f_at(beta_hi)
 
 
 def _path_rbm(params, alpha0, rbm):
@@ -169,14 +246,16 @@ def _path_rbm(params, alpha0, rbm):
     log_z_base = float(softplus(alpha0).sum() + softplus(params.b).sum())
 
     def log_f(beta, v):
-        return -rbm.free_energy(_interpolate(base, params, beta), v)
+        return -rbm.free_energy(_interpolate(base, params, beta, ("W",)), v)
 
     def sample_base(n, g):
         return (g.random((n, alpha0.shape[0])) < sigmoid(alpha0)).astype(np.float64)
 
     def transition(beta, v, g):
-        return rbm.gibbs_sweep(_interpolate(base, params, beta), v, g)[0]
+        return rbm.gibbs_sweep(_interpolate(base, params, beta, ("W",)), v, g)[0]
 
+    # (5.4) splits as _softplus_path does, but the compiled free energy sums the softplus terms
+    # inside its sparse kernel: two of its calls cost what one shared pass does (ais_cost.py)
     return AnnealingPath(log_f, sample_base, transition, log_z_base)
 
 
@@ -189,28 +268,28 @@ def _path_p(params, alpha0, n_iter, model_p):
     log_z_base = float(softplus(alpha0).sum()) + expert_sum
 
     def log_f(beta, v):
-        return -model_p.free_energy(_interpolate(base, params, beta), v, n_iter)
+        return -model_p.free_energy(_interpolate(base, params, beta, ("W",)), v, n_iter)
 
     def sample_base(n, g):
         return (g.random((n,) + alpha0.shape) < sigmoid(alpha0)).astype(np.float64)
 
     def transition(beta, v, g):
-        return model_p.mh_sweep(_interpolate(base, params, beta), v, g, n_iter)[0]
+        return model_p.mh_sweep(_interpolate(base, params, beta, ("W",)), v, g, n_iter)[0]
 
     return AnnealingPath(log_f, sample_base, transition, log_z_base)
 
 
 def _path_r(params, alpha0, model_r):
     # the base keeps gamma and beta; W and the assignment biases C, A of RBParams (4b.1) are 0
-    base = params._replace(W=np.zeros_like(params.W), alpha=alpha0,
-                           **{k: np.zeros_like(getattr(params, k)) for k in ("C", "A") if k in params._fields})
+    zero = tuple(k for k in ("W", "C", "A") if k in params._fields)
+    base = params._replace(alpha=alpha0, **{k: np.zeros_like(getattr(params, k)) for k in zero})
     # W = C = A = 0: v, h and a are independent; the sum over a gives logsumexp_j beta_ij per child.
     log_z_base = float(softplus(alpha0).sum() + softplus(params.gamma).sum() + logsumexp(params.beta, axis=1).sum())
     I, J = params.beta.shape
 
     def log_f(beta, state):
         v, a = state
-        return model_r.log_joint_va(_interpolate(base, params, beta), v, a)
+        return model_r.log_joint_va(_interpolate(base, params, beta, zero), v, a)
 
     def sample_base(n, g):
         v = (g.random((n,) + alpha0.shape) < sigmoid(alpha0)).astype(np.float64)
@@ -220,10 +299,21 @@ def _path_r(params, alpha0, model_r):
 
     def transition(beta, state, g):
         v, a = state
-        v2, _, a2, _ = model_r.gibbs_sweep(_interpolate(base, params, beta), v, a, g)
+        v2, _, a2, _ = model_r.gibbs_sweep(_interpolate(base, params, beta, zero), v, a, g)
         return v2, a2
 
-    return AnnealingPath(log_f, sample_base, transition, log_z_base)
+    def log_f_pair(beta_lo, beta_hi, state):  # (4.9) on the path from one routed input
+        v, a = state
+        v = np.asarray(v, dtype=np.float64)  # (n, I, d_v)
+        a = np.asarray(a)  # (n, I)
+        chosen = np.take_along_axis(model_r.prior_logits(params, v), a[..., None], axis=-1)[..., 0]  # (n, I)
+        l0 = np.sum(alpha0 * v, axis=(1, 2)) + np.sum(params.beta[np.arange(I), a], axis=-1)  # (n,)
+        l1 = np.sum(params.alpha * v, axis=(1, 2)) + np.sum(chosen, axis=-1)  # (n,): b(v) = beta + A.v
+        u = model_r.assigned_input(params, v, a)  # (n, J, d_h)
+        return _pair(_softplus_path(l0, l1, params.gamma, u), beta_lo, beta_hi)
+
+    return AnnealingPath(log_f, sample_base, transition, log_z_base, log_f_pair,
+                         blas_one_thread=model_r is not _model_r_ref)  # the compiled kernels
 
 
 def _as_params(model):
@@ -270,7 +360,9 @@ def ais_log_partition(model, n_runs=100, betas=None, random_state=None, base_rat
     path = annealing_path(model, base_rate, backend)
     rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
     betas = default_betas() if betas is None else betas
-    return ais(path.log_f, path.sample_base, path.transition, path.log_z_base, betas, n_runs, rng)
+    with blas_setting(path):
+        return ais(path.log_f, path.sample_base, path.transition, path.log_z_base, betas, n_runs, rng,
+                   log_f_pair=path.log_f_pair)
 
 
 def annealing_path(model, base_rate=None, backend="numba"):

@@ -62,6 +62,7 @@ __all__ = [
     "prediction",
     "prior_logits",
     "routed_prediction",
+    "assigned_input",
     "top_down",
     "tied_gradient",
     "to_centred",
@@ -195,6 +196,27 @@ def routed_prediction(params, v, c):
     if C is not None:
         s = s + np.matmul(np.moveaxis(c, 2, 0), np.moveaxis(C, 1, 0))  # (J, B, I) @ (J, I, d_h)
     return np.moveaxis(s, 0, 1)  # (B, J, d_h)
+
+
+def assigned_input(params, v, a):
+    """Input of the hidden units under hard assignments (4.9): ``sum_{i: a_i = j} u_hat_{j|i}``.
+
+    The routed input of :func:`routed_prediction` at the one-hot routing ``c_ij = [a_i = j]``,
+    the sum in ``log p~(v, a)``'s softplus terms.
+
+    Parameters
+    ----------
+    params : RParams or RBParams
+    v : ndarray of shape (B, I, d_v)
+    a : ndarray of int, shape (B, I), values in 0..J-1
+
+    Returns
+    -------
+    ndarray of shape (B, J, d_h)
+    """
+    dt = _float_dtype(params.W, v)
+    v = np.asarray(v, dtype=dt)
+    return routed_prediction(params, v, _one_hot(a, params.W.shape[1], dt))  # (B, J, d_h)
 
 
 def prior_logits(params, v):
@@ -759,8 +781,7 @@ def log_joint_va(params, v, a):
     v = np.asarray(v, dtype=dt)
     a = np.asarray(a)
     # routed inputs by one matrix product per parent, without forming u_hat (B, I, J, d_h)
-    routed = routed_prediction(params, v, _one_hot(a, params.W.shape[1], dt))  # (B, J, d_h)
-    return _log_joint_from_routed(params, v, a, routed)  # (B,)
+    return _log_joint_from_routed(params, v, a, assigned_input(params, v, a))  # (B,)
 
 
 def log_marginal_is(params, v, n_samples, rng, c=None, log_z=None):

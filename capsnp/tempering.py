@@ -24,7 +24,7 @@ Models P, G and S, (v, a) for Model R.
 
 import numpy as np
 
-from .ais import annealing_path
+from .ais import annealing_path, blas_setting
 
 __all__ = ["default_temperatures", "swap_log_acceptance", "swap_step", "parallel_tempering",
            "tempered_sample"]
@@ -173,6 +173,7 @@ def tempered_sample(model, n_samples=100, n_sweeps=1000, n_temperatures=20, rand
     """
     rng = random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
     path = annealing_path(model, base_rate, backend)
-    states, rates = parallel_tempering(path, default_temperatures(n_temperatures), n_samples, n_sweeps, rng)
+    with blas_setting(path):
+        states, rates = parallel_tempering(path, default_temperatures(n_temperatures), n_samples, n_sweeps, rng)
     top = states[-1]
     return (top[0] if isinstance(top, tuple) else top), rates

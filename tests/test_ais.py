@@ -5,8 +5,8 @@ import pytest
 from conftest import random_pparams
 
 from capsnp import model_p, model_r, rbm
-from capsnp.ais import ais_log_partition, default_betas
-from capsnp.params import RBMParams, RParams
+from capsnp.ais import ais, ais_log_partition, annealing_path, default_betas
+from capsnp.params import RBMParams, RBParams, RParams
 
 BETAS = default_betas(fast=True)[::2]  # 726 temperatures: enough for models this small
 
@@ -18,6 +18,12 @@ def tiny_rbm(rng, D=8, H=5, scale=1.0):
 def tiny_r(rng, I=3, d_v=2, J=2, d_h=2, scale=1.0):
     return RParams(rng.normal(0, scale, (I, J, d_h, d_v)), rng.normal(0, 1, (I, d_v)),
                    rng.normal(0, 1, (J, d_h)), rng.normal(0, 1, (I, J)))
+
+
+def tiny_rb(rng, I=3, d_v=2, J=2, d_h=2, scale=1.0):
+    """Model R with assignment biases C (I, J, d_h) and A (I, J, d_v) (4b.1)."""
+    return RBParams(*tiny_r(rng, I, d_v, J, d_h, scale), C=rng.normal(0, scale, (I, J, d_h)),
+                    A=rng.normal(0, scale, (I, J, d_v)))
 
 
 CASES = {
@@ -64,3 +70,78 @@ def test_schedule_shape():
     assert b[0] == 0.0 and b[-1] == 1.0 and np.all(np.diff(b) > 0) and len(b) == 14501
     with pytest.raises(ValueError):
         ais_log_partition(tiny_rbm(np.random.default_rng(0)), n_runs=2, betas=np.array([0.0, 0.5]))
+
+
+# the paths whose log f at two temperatures shares one pass over the states (ais._softplus_path)
+SHARED = {"r": (tiny_r, lambda rng: rng.uniform(0.1, 0.9, (3, 2))),
+          "rb": (tiny_rb, lambda rng: rng.uniform(0.1, 0.9, (3, 2)))}
+
+
+def _states(path, n, rng):
+    """n states of the path, moved off the base by a few sweeps at beta = 0.6."""
+    x = path.sample_base(n, rng)
+    for _ in range(3):
+        x = path.transition(0.6, x, rng)
+    return x
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("kind", sorted(SHARED))
+def test_log_f_pair_is_log_f_at_both_temperatures(kind, backend, seed):
+    make, base_rate = SHARED[kind]
+    rng = np.random.default_rng(seed)
+    params = make(rng, scale=2.0)
+    path = annealing_path(params, base_rate(rng), backend)
+    x = _states(path, 20, rng)
+    for lo, hi in [(0.0, 1e-4), (0.37, 0.38), (0.0, 1.0), (0.999, 1.0)]:
+        f_lo, f_hi = path.log_f_pair(lo, hi, x)
+        assert f_lo.shape == f_hi.shape == (20,)
+        np.testing.assert_allclose(f_lo, path.log_f(lo, x), rtol=1e-12, atol=1e-10)
+        np.testing.assert_allclose(f_hi, path.log_f(hi, x), rtol=1e-12, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", sorted(SHARED))
+def test_ais_weights_do_not_depend_on_sharing_the_pass(kind, seed):
+    """The shared pass changes how log f is computed, not the draws: same weights to rounding."""
+    make, base_rate = SHARED[kind]
+    rng = np.random.default_rng(seed)
+    path = annealing_path(make(rng, scale=2.0), base_rate(rng))
+    betas = np.linspace(0.0, 1.0, 60)
+    shared, plain = (ais(path.log_f, path.sample_base, path.transition, path.log_z_base, betas, 16,
+                         np.random.default_rng(seed), log_f_pair=pair)
+                     for pair in (path.log_f_pair, None))
+    assert path.log_f_pair is not None
+    np.testing.assert_allclose(shared.log_weights, plain.log_weights, rtol=0, atol=1e-9)
+    assert np.ptp(shared.log_weights) > 0.1  # the runs differ: the comparison is not of constants
+
+
+def test_interpolation_follows_the_path_and_passes_kept_fields_on():
+    from capsnp.ais import _interpolate
+    rng = np.random.default_rng(0)
+    target = tiny_rb(rng)
+    base = target._replace(alpha=rng.normal(size=target.alpha.shape), W=np.zeros_like(target.W),
+                           C=np.zeros_like(target.C), A=np.zeros_like(target.A))
+    for beta in (0.0, 0.3, 1.0):
+        mid = _interpolate(base, target, beta, ("W", "C", "A"))
+        for name, b, t, m in zip(target._fields, base, target, mid):
+            np.testing.assert_allclose(m, (1 - beta) * b + beta * t, rtol=1e-15, atol=1e-15, err_msg=name)
+        assert mid.gamma is target.gamma and mid.beta is target.beta  # kept: no copy
+        assert mid.alpha is not target.alpha
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_model_r_paths_hold_blas_to_one_thread_on_the_kernels(backend):
+    """Model R's compiled transitions share their top-down products over the kernel threads,
+    so its AIS and tempering run with BLAS on one thread (as its training does)."""
+    from capsnp import _kernels_jit, kernels
+    rng = np.random.default_rng(0)
+    r_path = annealing_path(tiny_r(rng), backend=backend)
+    uses_kernels = backend == "numba" and kernels.available()
+    assert r_path.blas_one_thread == uses_kernels
+    assert not annealing_path(tiny_rbm(rng), backend=backend).blas_one_thread
+    with _kernels_jit.single_threaded_blas():
+        inside = _kernels_jit.blas_is_single_threaded()
+    from capsnp.ais import blas_setting
+    with blas_setting(r_path):
+        assert _kernels_jit.blas_is_single_threaded() == (uses_kernels and inside)
+    assert not _kernels_jit.blas_is_single_threaded()

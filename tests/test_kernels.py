@@ -22,7 +22,7 @@ from capsnp import rbm as ref_rbm
 from capsnp import routing as ref_routing
 from capsnp.capsules import predictions
 from capsnp.ops import softmax
-from capsnp.params import RBMParams, RParams
+from capsnp.params import RBMParams, RBParams, RParams
 
 needs_numba = pytest.mark.skipif(not kernels.available(), reason="numba is not installed")
 
@@ -274,6 +274,27 @@ def test_r_gibbs_sweep_reproduces_reference(seed):
         v, a = out_k[0], out_k[2]
         a_before = a.copy()
     assert same_generator_state(rng_k, rng_r)
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("biases", [False, True])
+def test_r_assigned_input_and_log_joint_va_match_reference(seed, dtype, biases):
+    params, v = r_params(seed, dtype), visible(seed, dtype)
+    rng = np.random.default_rng(seed + 3)
+    if biases:  # (4b.1) prediction biases C and visible assignment biases A
+        params = RBParams(*params, C=rng.normal(size=(I, J, D_H)).astype(dtype),
+                          A=rng.normal(size=(I, J, D_V)).astype(dtype))
+    a = rng.integers(0, J, (B, I))
+    s = kernels.model_r.assigned_input(params, v, a)
+    assert_close(s, ref_r.assigned_input(params, v, a), tol(dtype))
+    # the definition: sum over the children routed to j of their predictions u_hat_{j|i} (4b.2)
+    u_hat = ref_r.prediction(params, v)  # (B, I, J, D_H)
+    by_hand = np.stack([[u_hat[b, a[b] == j, j].sum(axis=0) for j in range(J)] for b in range(B)])
+    assert_close(s, by_hand.astype(dtype), tol(dtype))
+    assert_close(kernels.model_r.log_joint_va(params, v, a), ref_r.log_joint_va(params, v, a), tol(dtype))
+    with pytest.raises(ValueError, match="assignments"):
+        kernels.model_r.assigned_input(params, v, np.full((B, I), J))
 
 
 @needs_numba

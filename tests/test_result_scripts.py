@@ -248,3 +248,18 @@ def test_statistic_lag_groups_of_model_r_split_w_by_routing():
     assert set(row) == {"W data-fed", "W chain-only", "alpha", "gamma", "C", "A"}
     assert row["W data-fed"]["entries"] + row["W chain-only"]["entries"] == est.W_.size
     assert all(np.isfinite(x) for group in row.values() for x in group.values())
+
+
+def test_ais_cost_variants_estimate_the_same_log_z(saved_r):
+    """The three ways ais_cost.py times AIS draw the same states: the same log Z to rounding,
+    and ``as_before`` puts the current functions back."""
+    from capsnp import _kernels_r, ais
+    from capsnp.estimators import load_estimator
+    module = _script("ais_cost")
+    path = ais.annealing_path(load_estimator(saved_r / "tiny_model.npz"))
+    betas = np.linspace(0.0, 1.0, 30)
+    log_z = {v: module.timed_ais(path, betas, v)[1] for v in ("before", "two passes", "now")}
+    assert log_z["before"] == pytest.approx(log_z["now"], abs=1e-9)
+    assert log_z["two passes"] == pytest.approx(log_z["now"], abs=1e-9)
+    assert ais._interpolate is not module._interpolate_every_field
+    assert _kernels_r.log_joint_va is not _kernels_r._ref.log_joint_va
