@@ -335,17 +335,22 @@ def test_r_gibbs_sweep_rejects_bad_assignments():
 @needs_numba
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_r_statistics_match_reference(seed, dtype, weighted):
+@pytest.mark.parametrize("biases", [False, True])
+def test_r_statistics_match_reference(seed, dtype, weighted, biases):
     params, v = r_params(seed, dtype), visible(seed, dtype)
     rng = np.random.default_rng(seed)
+    if biases:  # (4b.5): the statistics of C and A come out of the same fused pass
+        params = RBParams(*params, C=rng.normal(size=(I, J, D_H)).astype(dtype),
+                          A=rng.normal(size=(I, J, D_V)).astype(dtype))
     c = softmax(rng.normal(size=(B, I, J))).astype(dtype)
     mu = rng.random((B, J, D_H)).astype(dtype)
     h = binary(rng, (B, J, D_H), dtype)
     w = rng.dirichlet(np.ones(B)).astype(dtype) if weighted else None
     assert_all_close(kernels.model_r.data_statistics(params, v, c, mu, w),
                      ref_r.data_statistics(params, v, c, mu, w), tol(dtype))
-    assert_all_close(kernels.model_r.model_statistics(params, v, h, c, w),
-                     ref_r.model_statistics(params, v, h, c, w), tol(dtype))
+    stats = kernels.model_r.model_statistics(params, v, h, c, w)
+    assert type(stats) is type(params)
+    assert_all_close(stats, ref_r.model_statistics(params, v, h, c, w), tol(dtype))
 
 
 # ----------------------------------------------------------------------------- RBM (5.x)

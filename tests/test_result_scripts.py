@@ -263,3 +263,15 @@ def test_ais_cost_variants_estimate_the_same_log_z(saved_r):
     assert log_z["two passes"] == pytest.approx(log_z["now"], abs=1e-9)
     assert ais._interpolate is not module._interpolate_every_field
     assert _kernels_r.log_joint_va is not _kernels_r._ref.log_joint_va
+
+
+def test_revision_epoch_cost_times_an_epoch_with_the_capsnp_of_a_given_tree(saved_r, tmp_path, monkeypatch):
+    """Each timed epoch runs in a fresh process on the capsnp of the tree it is given (the
+    runner asserts it), here this checkout, on a model found under docs/results/<dataset>."""
+    module = _script("revision_epoch_cost")
+    folder = tmp_path / "docs" / "results" / "embedded"
+    folder.mkdir(parents=True)
+    (folder / "tiny_model.npz").write_bytes((saved_r / "tiny_model.npz").read_bytes())
+    monkeypatch.chdir(tmp_path)
+    seconds = module.epoch_seconds(SCRIPTS.parents[1], "tiny", "embedded", 400)
+    assert 0 < seconds < 600
