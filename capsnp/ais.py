@@ -255,7 +255,7 @@ def _path_rbm(params, alpha0, rbm):
         return rbm.gibbs_sweep(_interpolate(base, params, beta, ("W",)), v, g)[0]
 
     # (5.4) splits as _softplus_path does, but the compiled free energy sums the softplus terms
-    # inside its sparse kernel: two of its calls cost what one shared pass does (ais_cost.py)
+    # inside its sparse kernel: a shared pass, tried, cost what two of its calls do (results sec. 20)
     return AnnealingPath(log_f, sample_base, transition, log_z_base)
 
 
