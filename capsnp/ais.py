@@ -202,8 +202,8 @@ def blas_setting(path):
     return _kernels_jit.single_threaded_blas() if path.blas_one_thread else contextlib.nullcontext()
 
 
-def _softplus_path(l0, l1, offset, u):
-    """``beta -> log f_beta(x)`` (6.2) for n states x whose hidden units sum out in closed form.
+def _softplus_path(beta, l0, l1, offset, u):
+    """``log f_beta(x)`` (6.2) of n states x whose hidden units sum out in closed form: (n,).
 
     On the path of the RBM and of Model R the parameters that couple hidden and visible units
     (W, and C and A of RBParams) start at 0, the hidden offsets (b, gamma) and the routing
@@ -221,24 +221,17 @@ def _softplus_path(l0, l1, offset, u):
 
     Parameters
     ----------
+    beta : float
     l0, l1 : ndarray of shape (n,)
     offset : ndarray of shape (H,) or (J, d_h), the hidden offsets
     u : ndarray of shape (n, H) or (n, J, d_h)
 
     Returns
     -------
-    callable beta -> ndarray of shape (n,)
+    ndarray of shape (n,)
     """
-    axes = tuple(range(1, u.ndim))
-
-    def log_f_at(beta):
-        return (1.0 - beta) * l0 + beta * l1 + np.sum(softplus(offset + beta * u), axis=axes)  # (n,)
-
-    return log_f_at
-
-
-def _pair(log_f_at, beta_lo, beta_hi):
-    return log_f_at(beta_lo), log_f_at(beta_hi)
+    hidden = np.sum(softplus(offset + beta * u), axis=tuple(range(1, u.ndim)))  # (n,)
+    return (1.0 - beta) * l0 + beta * l1 + hidden
 
 
 def _path_rbm(params, alpha0, rbm):
@@ -310,7 +303,7 @@ def _path_r(params, alpha0, model_r):
         l0 = np.sum(alpha0 * v, axis=(1, 2)) + np.sum(params.beta[np.arange(I), a], axis=-1)  # (n,)
         l1 = np.sum(params.alpha * v, axis=(1, 2)) + np.sum(chosen, axis=-1)  # (n,): b(v) = beta + A.v
         u = model_r.assigned_input(params, v, a)  # (n, J, d_h)
-        return _pair(_softplus_path(l0, l1, params.gamma, u), beta_lo, beta_hi)
+        return tuple(_softplus_path(b, l0, l1, params.gamma, u) for b in (beta_lo, beta_hi))
 
     return AnnealingPath(log_f, sample_base, transition, log_z_base, log_f_pair,
                          blas_one_thread=model_r is not _model_r_ref)  # the compiled kernels

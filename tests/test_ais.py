@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from conftest import random_pparams
 
-from capsnp import model_p, model_r, rbm
-from capsnp.ais import ais, ais_log_partition, annealing_path, default_betas
+from capsnp import _kernels_jit, kernels, model_p, model_r, rbm
+from capsnp.ais import _interpolate, ais, ais_log_partition, annealing_path, blas_setting, default_betas
 from capsnp.params import RBMParams, RBParams, RParams
 
 BETAS = default_betas(fast=True)[::2]  # 726 temperatures: enough for models this small
@@ -116,7 +116,6 @@ def test_ais_weights_do_not_depend_on_sharing_the_pass(kind, seed):
 
 
 def test_interpolation_follows_the_path_and_passes_kept_fields_on():
-    from capsnp.ais import _interpolate
     rng = np.random.default_rng(0)
     target = tiny_rb(rng)
     base = target._replace(alpha=rng.normal(size=target.alpha.shape), W=np.zeros_like(target.W),
@@ -133,7 +132,6 @@ def test_interpolation_follows_the_path_and_passes_kept_fields_on():
 def test_model_r_paths_hold_blas_to_one_thread_on_the_kernels(backend):
     """Model R's compiled transitions share their top-down products over the kernel threads,
     so its AIS and tempering run with BLAS on one thread (as its training does)."""
-    from capsnp import _kernels_jit, kernels
     rng = np.random.default_rng(0)
     r_path = annealing_path(tiny_r(rng), backend=backend)
     uses_kernels = backend == "numba" and kernels.available()
@@ -141,7 +139,6 @@ def test_model_r_paths_hold_blas_to_one_thread_on_the_kernels(backend):
     assert not annealing_path(tiny_rbm(rng), backend=backend).blas_one_thread
     with _kernels_jit.single_threaded_blas():
         inside = _kernels_jit.blas_is_single_threaded()
-    from capsnp.ais import blas_setting
     with blas_setting(r_path):
         assert _kernels_jit.blas_is_single_threaded() == (uses_kernels and inside)
     assert not _kernels_jit.blas_is_single_threaded()

@@ -35,19 +35,10 @@ import time
 
 import numpy as np
 
+from ais_schedule_check import experiment_base_rate
 from capsnp import _kernels_jit, _kernels_r, ais as ais_module, model_r
 from capsnp.ais import ais, annealing_path, default_betas
-from capsnp.capsules import to_capsules
-from capsnp.datasets import binarize, load_dataset
-from capsnp.estimators import BernoulliRBM
 from trained_epoch_cost import trained
-
-
-def base_rate(est, dataset):
-    """The experiment's base-rate model: training-pixel means (D,), or (I, d_v) for capsules."""
-    X, _ = load_dataset(dataset, "train")
-    base = binarize(X, "stochastic", random_state=0).mean(axis=0)  # (D,)
-    return base if isinstance(est, BernoulliRBM) else to_capsules(base[None], est.image_shape_, est.patch_)[0]
 
 
 def _interpolate_every_field(base, target, beta, zero=()):
@@ -82,7 +73,7 @@ def main(names, dataset="mnist", n_temperatures=500, repeats=3):
     betas = full[np.unique(np.linspace(0, len(full) - 1, n_temperatures).round().astype(int))]
     for name in names.split(","):
         est = trained(dataset, name)
-        path = annealing_path(est, base_rate(est, dataset))
+        path = annealing_path(est, experiment_base_rate(est, dataset))
         timed_ais(path, np.linspace(0.0, 1.0, 5), "now")  # compile the kernels
         seconds, log_z = {"before": [], "two passes": [], "now": []}, {}
         for _ in range(repeats):

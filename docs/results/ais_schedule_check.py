@@ -25,14 +25,20 @@ from capsnp.datasets import binarize, load_dataset
 from capsnp.estimators import BernoulliRBM, load_estimator
 
 
+def experiment_base_rate(est, dataset):
+    """The experiment's base-rate model, in the model's layout: the means of the training split
+    binarised as the experiment does, (D,) for the RBM or (I, d_v) for capsules."""
+    X, _ = load_dataset(dataset, "train")
+    base = binarize(X, "stochastic", random_state=0).mean(axis=0)  # (D,)
+    if isinstance(est, BernoulliRBM):
+        return base
+    return to_capsules(base[None], est.image_shape_, est.patch_)[0]  # (I, d_v)
+
+
 def main(name, dataset="mnist", thin=3, folder=None):
     folder = folder or f"docs/results/{dataset}"  # e.g. docs/results/mnist/seed2 for another seed's model
     est = load_estimator(f"{folder}/{name}_model.npz")
-    X, _ = load_dataset(dataset, "train")
-    V = binarize(X, "stochastic", random_state=0)  # the experiment's training binarisation
-    base = V.mean(axis=0)  # (D,): the experiment's base-rate model, in the model's layout
-    if not isinstance(est, BernoulliRBM):
-        base = to_capsules(base[None], est.image_shape_, est.patch_)[0]  # (I, d_v)
+    base = experiment_base_rate(est, dataset)
     full = default_betas()
     if str(thin).startswith("x"):  # k times denser, the same shape of schedule
         k = int(str(thin)[1:])
