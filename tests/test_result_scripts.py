@@ -275,3 +275,91 @@ def test_revision_epoch_cost_times_an_epoch_with_the_capsnp_of_a_given_tree(save
     monkeypatch.chdir(tmp_path)
     seconds = module.epoch_seconds(SCRIPTS.parents[1], "tiny", "embedded", 400)
     assert 0 < seconds < 600
+
+
+def _tiny_biased_training(n_iter):
+    """300 embedded images and the settings of a tiny capsule model with assignment biases."""
+    X, _ = load_dataset("embedded", "train")
+    V = binarize(X[:300], "stochastic", random_state=0)
+    return V, dict(n_capsules=2, capsule_dim=6, assignment_biases=True, n_iter=n_iter,
+                   batch_size=100, n_chains=30, momentum=0.5, random_state=0)
+
+
+def test_param_averaging_reads_the_updates_without_changing_training():
+    """With the averages attached, training takes the same steps (same parameters at the end);
+    the tail means are the plain means of the parameters after each update of the last epochs,
+    and the moving averages follow ``avg <- avg + (theta - avg) / k`` from the first update."""
+    module = _script("param_averaging")
+    V, kw = _tiny_biased_training(n_iter=4)
+    plain = RoutedCapsuleRBM(**kw).fit(V)
+    averages = module.ParameterAverages(4)
+    seen = []  # (1-based epoch, float64 copies of the parameters after each update)
+    fold_in = averages.add
+
+    def add(params, epoch):
+        seen.append((epoch, [np.array(p, dtype=np.float64) for p in params]))
+        fold_in(params, epoch)
+
+    averages.add = add
+    est = module.with_averages(RoutedCapsuleRBM(**kw), averages).fit(V)
+    for a, b in zip(plain._params(), est._params()):
+        np.testing.assert_array_equal(a, b)
+    assert len(seen) == 4 * 3 and averages.tail_start(50) == 3 and averages.tail_start(25) == 4
+    result = averages.averages(est._params())
+    for q, first in ((50, 3), (25, 4)):
+        tail = [s for e, s in seen if e >= first]
+        for k, avg in enumerate(result[f"tail{q}"]):
+            np.testing.assert_allclose(avg, np.mean([s[k] for s in tail], axis=0), rtol=1e-6, atol=1e-7)
+    for horizon in module.EMA_HORIZONS:
+        expected = [p.copy() for p in seen[0][1]]
+        for _, s in seen[1:]:
+            expected = [e + (p - e) / horizon for e, p in zip(expected, s)]
+        for avg, e, p in zip(result[f"ema{horizon}"], expected, est._params()):
+            assert avg.dtype == p.dtype
+            np.testing.assert_allclose(avg, e, rtol=1e-6, atol=1e-7)
+    assert not np.array_equal(result["tail50"].W, est._params().W)  # the path moved
+
+
+def test_fast_weights_with_rate_zero_is_plain_pcd_and_phi_follows_its_recurrence():
+    """With a fast rate of 0 the capsule model trains exactly as without fast weights (the same
+    draws); otherwise phi is the decayed sum of the steps' gradients and moves training."""
+    module = _script("fast_weights")
+    V, kw = _tiny_biased_training(n_iter=2)
+    plain = RoutedCapsuleRBM(**kw).fit(V)
+    est, fast = module.with_fast_weights(RoutedCapsuleRBM(**kw))
+    fast.fast_rate = 0.0
+    est.fit(V)
+    for a, b in zip(plain._params(), est._params()):
+        np.testing.assert_array_equal(a, b)
+    assert all(not f.any() for f in fast.phi)
+
+    est, fast = module.with_fast_weights(RoutedCapsuleRBM(**kw))
+    grads = []
+    fold_in = fast.add
+    fast.add = lambda grad, like: (grads.append(grad), fold_in(grad, like))
+    est.fit(V)
+    n, rate = len(grads), est.learning_rate
+    expected = sum(module.FAST_DECAY ** (n - 1 - t) * rate * g.W for t, g in enumerate(grads))
+    np.testing.assert_allclose(fast.phi.W, expected, rtol=1e-9, atol=1e-12)
+    assert np.abs(fast.phi.W).max() > 0
+    assert not np.array_equal(est._params().W, plain._params().W)
+
+
+def test_fast_weights_rbm_chains_run_on_the_sum():
+    """The RBM step's chains draw from theta + phi: with phi making every visible bias huge the
+    chains come out all ones, while the gradient's negative term is taken with theta."""
+    from capsnp.estimators import BernoulliRBM
+    module = _script("fast_weights")
+    X, _ = load_dataset("embedded", "train")
+    V = binarize(X[:200], "stochastic", random_state=0)
+    est, fast = module.with_fast_weights(BernoulliRBM(n_components=8, n_iter=1, batch_size=100,
+                                                      persistent=True, random_state=0))
+    est.fit(V)
+    params = est._params()
+    fast.phi = params._replace(W=np.zeros_like(params.W), a=np.full_like(params.a, 50.0),
+                               b=np.zeros_like(params.b))
+    step = module.rbm_step(est, fast)
+    chains = (V[:10], None)
+    grad, (v, p), _ = step(params, V[:10], chains, np.random.default_rng(0))
+    assert v.all() and p is None
+    np.testing.assert_allclose(grad.a, V[:10].mean(axis=0) - 1.0)  # data minus all-ones chains

@@ -1,0 +1,141 @@
+"""Fast weights for the persistent chains (FPCD): do chains that are pushed out of their modes help?
+
+Persistent contrastive divergence with fast weights (Tieleman and Hinton, 2009) runs the
+persistent chains on ``theta + phi`` instead of ``theta``. The fast parameters ``phi`` (one
+container of the shape of ``theta``, zero at the start) take every step's gradient with their
+own rate and shrink by a constant factor after each update::
+
+    phi <- FAST_DECAY * phi + fast_rate * g        (g: the step's ascent direction)
+
+so that wherever the chains sit, the energy there rises at once (the negative statistics
+lower the probability of where the chains are), pushing them on, while ``theta``'s learning is
+unchanged: the data statistics, the model statistics taken at the chain states, the momentum
+and weight decay are those of plain PCD. ``phi`` forgets within about 1 / (1 - FAST_DECAY) = 20
+updates. The fast rate is the regular rate at the start of training and stays constant.
+
+This script trains an experiment preset (the untied capsule model with assignment biases, or
+the Bernoulli RBM; persistent chains, one sweep per update) with fast weights and evaluates it
+as the experiment does (``capsnp.experiment.run(..., evaluate_only=True)``), under the name
+``<model>+fpcd``:
+
+    CAPSNP_DATA_DIR=../shared/data python docs/results/fast_weights.py rb-2x250-m5-lr2-mf3-c300-equal-time mnist 40 0 /tmp/fpcd
+"""
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from capsnp.datasets import binarize, load_dataset
+from capsnp.estimators import BernoulliRBM, RoutedCapsuleRBM
+from capsnp.experiment import make_estimator, run
+from param_averaging import with_update_hook  # docs/results/param_averaging.py
+
+FAST_DECAY = 0.95  # Tieleman and Hinton's 19/20
+
+
+def _plus(params, fast):
+    """theta + phi, a container of the same type and dtypes."""
+    return type(params)(*(p + f for p, f in zip(params, fast)))
+
+
+class FastWeights:
+    """The fast parameters phi and their update (module docstring).
+
+    Parameters
+    ----------
+    fast_rate : float
+    """
+
+    def __init__(self, fast_rate):
+        self.fast_rate = float(fast_rate)
+        self.phi = None
+
+    def chain_params(self, params):
+        """The parameters the chains run on: theta + phi (theta before the first update)."""
+        return params if self.phi is None else _plus(params, self.phi)
+
+    def add(self, grad, like):
+        """phi <- FAST_DECAY * phi + fast_rate * grad."""
+        if self.phi is None:
+            self.phi = type(like)(*(np.zeros_like(p) for p in like))
+        self.phi = type(like)(*(FAST_DECAY * f + self.fast_rate * g
+                                for f, g in zip(self.phi, grad)))
+
+
+def capsule_step(est, fast):
+    """The capsule model's PCD step (``RoutedCapsuleRBM._step``) with its chains on theta + phi."""
+    if est.centring or est.tie_weights or est.assignment_bias_rate != 1.0 or not est.persistent:
+        raise ValueError("the fast-weight step covers the untied, uncentred model with "
+                         "persistent chains")
+
+    def step(params, batch, chains, rng):
+        model_r = est._kernels("model_r")
+        c, mu, n_mf = est._mean_field(params, batch)  # (B, I, J), (B, J, d_h), (B,)
+        positive = est._data_statistics(params, batch, c, mu, rng)
+        chain_params = fast.chain_params(params)
+        v, a = chains
+        for _ in range(int(est.cd_k)):
+            v_in = v
+            v, h, a, resp = model_r.gibbs_sweep(chain_params, v_in, a, rng)
+        negative = model_r.model_statistics(params, v_in, h, resp)  # the chains' statistics
+        grad = type(params)(*(p - n for p, n in zip(positive, negative)))
+        if not est.learn_prior:
+            grad = grad._replace(beta=np.zeros_like(params.beta))
+        return grad, (v, a), {"train_mean_field_iterations": float(np.mean(n_mf))}
+
+    return step
+
+
+def rbm_step(est, fast):
+    """The RBM's PCD step (``capsnp.rbm.pcd_step``) with its chains on theta + phi: the chains'
+    hidden probabilities are kept under theta + phi, the negative statistics are taken at the
+    chain states with theta (``cd_gradient``)."""
+    if est.centring or not est.persistent:
+        raise ValueError("the fast-weight step covers the uncentred RBM with persistent chains")
+
+    def step(params, batch, chains, rng):
+        rbm = est._kernels("rbm")
+        chain_params = fast.chain_params(params)
+        v, p = chains
+        if p is None:
+            p = rbm.hidden_probability(chain_params, v)  # (n_chains, H)
+        h = (rng.random(p.shape) < p).astype(v.dtype)  # (n_chains, H)
+        v = rbm.sample_visible(chain_params, h, rng)  # (n_chains, D)
+        for _ in range(int(est.cd_k) - 1):
+            v, _ = rbm.gibbs_sweep(chain_params, v, rng)
+        grad = rbm.cd_gradient(params, batch, v)
+        # the next step's first half-sweep runs on the parameters after this update
+        return grad, (v, None), {}
+
+    return step
+
+
+def with_fast_weights(est):
+    """Make ``est`` train with fast weights (its ``_objective`` replaced on the instance)."""
+    fast = FastWeights(est.learning_rate)
+    make_step = capsule_step if isinstance(est, RoutedCapsuleRBM) else rbm_step
+    if not isinstance(est, (RoutedCapsuleRBM, BernoulliRBM)):
+        raise TypeError(f"no fast-weight step for {type(est).__name__}")
+    est = with_update_hook(est, lambda params, grad, new, epoch: fast.add(grad, params),
+                           step=make_step(est, fast))
+    return est, fast
+
+
+def main(model, dataset="mnist", epochs=40, seed=0, out="/tmp/fast_weights"):
+    epochs, seed, out = int(epochs), int(seed), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    X_train, _ = load_dataset(dataset, "train")
+    V_train = binarize(X_train, "stochastic", random_state=seed)  # as experiment.run
+    est, _ = with_fast_weights(make_estimator(model, epochs, random_state=seed))
+    t0 = time.perf_counter()
+    est.fit(V_train)
+    print(f"{model}+fpcd: trained in {time.perf_counter() - t0:.0f} s", flush=True)
+    del est._objective  # back to the class's method
+    est.save(out / f"{model}+fpcd_model.npz")
+    run(dataset, [f"{model}+fpcd"], epochs, out, seed=seed, evaluate_only=True)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
