@@ -363,3 +363,11 @@ def test_fast_weights_rbm_chains_run_on_the_sum():
     grad, (v, p), _ = step(params, V[:10], chains, np.random.default_rng(0))
     assert v.all() and p is None
     np.testing.assert_allclose(grad.a, V[:10].mean(axis=0) - 1.0)  # data minus all-ones chains
+
+
+def test_param_averaging_evaluates_the_variants_asked_for():
+    module = _script("param_averaging")
+    names = ["m", "m+ema1000", "m+ema5000", "m+tail50"]
+    assert module.selected(names, "all") == names
+    assert module.selected(names, "ema1000,last") == ["m", "m+ema1000"]
+    assert module.selected(names, "tail50") == ["m+tail50"]

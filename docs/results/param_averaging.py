@@ -16,6 +16,7 @@ parameters is saved as ``<out>/<model>+<average>_model.npz`` next to ``<out>/<mo
 log-likelihood, sample grids, one JSON per model).
 
     CAPSNP_DATA_DIR=../shared/data python docs/results/param_averaging.py rb-2x250-m5-lr2-mf3-c300-equal-time mnist 40 0 /tmp/avg
+    CAPSNP_DATA_DIR=../shared/data python docs/results/param_averaging.py rbm-pcd-long-m5-lr2-c300-40 mnist 40 1 /tmp/avg1 ema1000,tail25
 """
 
 import sys
@@ -104,7 +105,18 @@ def with_averages(est, averages):
     return with_update_hook(est, lambda params, grad, new, epoch: averages.add(new, epoch))
 
 
-def main(model, dataset="mnist", epochs=40, seed=0, out="/tmp/param_averaging"):
+def selected(names, evaluate):
+    """The names among ``<model>`` and ``<model>+<suffix>`` that ``evaluate`` asks for: "all", or
+    comma-separated suffixes, "last" standing for ``<model>`` itself."""
+    if evaluate == "all":
+        return list(names)
+    wanted = evaluate.split(",")
+    return [n for n in names if (n.partition("+")[2] or "last") in wanted]
+
+
+def main(model, dataset="mnist", epochs=40, seed=0, out="/tmp/param_averaging", evaluate="all"):
+    """``evaluate``: "all", or the comma-separated suffixes to evaluate ("last" for the
+    parameters of the last update, e.g. "ema1000,tail25"); every file is saved either way."""
     epochs, seed, out = int(epochs), int(seed), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     X_train, _ = load_dataset(dataset, "train")
@@ -123,7 +135,7 @@ def main(model, dataset="mnist", epochs=40, seed=0, out="/tmp/param_averaging"):
         est.save(out / f"{model}+{suffix}_model.npz")
         names.append(f"{model}+{suffix}")
     est._set_params(last)
-    run(dataset, names, epochs, out, seed=seed, evaluate_only=True)
+    run(dataset, selected(names, evaluate), epochs, out, seed=seed, evaluate_only=True)
 
 
 if __name__ == "__main__":
