@@ -371,3 +371,4 @@ def test_param_averaging_evaluates_the_variants_asked_for():
     assert module.selected(names, "all") == names
     assert module.selected(names, "ema1000,last") == ["m", "m+ema1000"]
     assert module.selected(names, "tail50") == ["m+tail50"]
+    assert module.ParameterAverages(1).tail_start(25) == 1  # a short run still has a tail

@@ -22,15 +22,12 @@ as the experiment does (``capsnp.experiment.run(..., evaluate_only=True)``), und
 """
 
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 
-from capsnp.datasets import binarize, load_dataset
 from capsnp.estimators import BernoulliRBM, RoutedCapsuleRBM
-from capsnp.experiment import make_estimator, run
-from param_averaging import with_update_hook  # docs/results/param_averaging.py
+from capsnp.experiment import run
+from param_averaging import train_as_experiment, with_update_hook  # docs/results/param_averaging.py
 
 FAST_DECAY = 0.95  # Tieleman and Hinton's 19/20
 
@@ -89,25 +86,21 @@ def capsule_step(est, fast):
 
 
 def rbm_step(est, fast):
-    """The RBM's PCD step (``capsnp.rbm.pcd_step``) with its chains on theta + phi: the chains'
-    hidden probabilities are kept under theta + phi, the negative statistics are taken at the
-    chain states with theta (``cd_gradient``)."""
+    """The RBM's PCD step with its chains on theta + phi: ``cd_k`` block Gibbs sweeps
+    (:func:`capsnp.rbm.gibbs_sweep`) on theta + phi, then the CD gradient (``cd_gradient``), whose
+    negative statistics are taken at the chain states with theta. Unlike ``pcd_step`` the chains
+    keep no hidden probabilities between steps: the first half-sweep of a step runs on the
+    parameters after the last update."""
     if est.centring or not est.persistent:
         raise ValueError("the fast-weight step covers the uncentred RBM with persistent chains")
 
     def step(params, batch, chains, rng):
         rbm = est._kernels("rbm")
         chain_params = fast.chain_params(params)
-        v, p = chains
-        if p is None:
-            p = rbm.hidden_probability(chain_params, v)  # (n_chains, H)
-        h = (rng.random(p.shape) < p).astype(v.dtype)  # (n_chains, H)
-        v = rbm.sample_visible(chain_params, h, rng)  # (n_chains, D)
-        for _ in range(int(est.cd_k) - 1):
+        v, _ = chains  # (n_chains, D)
+        for _ in range(int(est.cd_k)):
             v, _ = rbm.gibbs_sweep(chain_params, v, rng)
-        grad = rbm.cd_gradient(params, batch, v)
-        # the next step's first half-sweep runs on the parameters after this update
-        return grad, (v, None), {}
+        return rbm.cd_gradient(params, batch, v), (v, None), {}
 
     return step
 
@@ -124,17 +117,10 @@ def with_fast_weights(est):
 
 
 def main(model, dataset="mnist", epochs=40, seed=0, out="/tmp/fast_weights"):
-    epochs, seed, out = int(epochs), int(seed), Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    X_train, _ = load_dataset(dataset, "train")
-    V_train = binarize(X_train, "stochastic", random_state=seed)  # as experiment.run
-    est, _ = with_fast_weights(make_estimator(model, epochs, random_state=seed))
-    t0 = time.perf_counter()
-    est.fit(V_train)
-    print(f"{model}+fpcd: trained in {time.perf_counter() - t0:.0f} s", flush=True)
-    del est._objective  # back to the class's method
+    est, out = train_as_experiment(model, dataset, epochs, seed, out,
+                                   lambda est: with_fast_weights(est)[0], "+fpcd")
     est.save(out / f"{model}+fpcd_model.npz")
-    run(dataset, [f"{model}+fpcd"], epochs, out, seed=seed, evaluate_only=True)
+    run(dataset, [f"{model}+fpcd"], int(epochs), out, seed=int(seed), evaluate_only=True)
 
 
 if __name__ == "__main__":

@@ -48,8 +48,8 @@ class ParameterAverages:
         self.tail_count = {q: 0 for q in TAIL_PERCENTS}
 
     def tail_start(self, q):
-        """First 1-based epoch of the last ``q`` percent of the epochs."""
-        return self.n_epochs - int(round(self.n_epochs * q / 100)) + 1
+        """First 1-based epoch of the last ``q`` percent of the epochs (at least the last one)."""
+        return self.n_epochs - max(1, int(round(self.n_epochs * q / 100))) + 1
 
     def add(self, params, epoch):
         """Fold in the parameters after one update of (1-based) ``epoch``."""
@@ -114,19 +114,28 @@ def selected(names, evaluate):
     return [n for n in names if (n.partition("+")[2] or "last") in wanted]
 
 
-def main(model, dataset="mnist", epochs=40, seed=0, out="/tmp/param_averaging", evaluate="all"):
-    """``evaluate``: "all", or the comma-separated suffixes to evaluate ("last" for the
-    parameters of the last update, e.g. "ema1000,tail25"); every file is saved either way."""
+def train_as_experiment(model, dataset, epochs, seed, out, change, label=""):
+    """Fit the preset ``model`` on the data, seed and epochs ``python -m capsnp experiment`` uses,
+    after ``change(est)`` has attached its hooks (:func:`with_update_hook`); the hooks are then
+    removed. Returns (the fitted estimator, ``out`` as a created Path)."""
     epochs, seed, out = int(epochs), int(seed), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     X_train, _ = load_dataset(dataset, "train")
     V_train = binarize(X_train, "stochastic", random_state=seed)  # as experiment.run
-    averages = ParameterAverages(epochs)
-    est = with_averages(make_estimator(model, epochs, random_state=seed), averages)
+    est = change(make_estimator(model, epochs, random_state=seed))
     t0 = time.perf_counter()
     est.fit(V_train)
-    print(f"{model}: trained in {time.perf_counter() - t0:.0f} s", flush=True)
-    del est._objective  # back to the class's method, so that the estimator pickles and saves
+    print(f"{model}{label}: trained in {time.perf_counter() - t0:.0f} s", flush=True)
+    del est._objective  # back to the class's method, so that the estimator saves as usual
+    return est, out
+
+
+def main(model, dataset="mnist", epochs=40, seed=0, out="/tmp/param_averaging", evaluate="all"):
+    """``evaluate``: "all", or the comma-separated suffixes to evaluate ("last" for the
+    parameters of the last update, e.g. "ema1000,tail25"); every file is saved either way."""
+    averages = ParameterAverages(epochs)
+    est, out = train_as_experiment(model, dataset, epochs, seed, out,
+                                   lambda est: with_averages(est, averages))
     est.save(out / f"{model}_model.npz")
     last = est._params()
     names = [model]
@@ -135,7 +144,7 @@ def main(model, dataset="mnist", epochs=40, seed=0, out="/tmp/param_averaging", 
         est.save(out / f"{model}+{suffix}_model.npz")
         names.append(f"{model}+{suffix}")
     est._set_params(last)
-    run(dataset, selected(names, evaluate), epochs, out, seed=seed, evaluate_only=True)
+    run(dataset, selected(names, evaluate), int(epochs), out, seed=int(seed), evaluate_only=True)
 
 
 if __name__ == "__main__":
