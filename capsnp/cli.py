@@ -51,9 +51,9 @@ TRAIN_ARGS_NAME = "train_args.json"
 # The train arguments that define a run; --resume takes them from train_args.json.
 RUN_ARGUMENTS = ("model", "dataset", "epochs", "capsules", "capsule_dim", "hidden", "patch", "lr",
                  "batch_size", "chains", "binarize", "seed", "dtype", "max_images", "backend",
-                 "expert")
+                 "expert", "average")
 # Run arguments added later, with the value that runs recorded before them used.
-LATER_RUN_ARGUMENTS = {"backend": "numpy", "expert": "squash"}
+LATER_RUN_ARGUMENTS = {"backend": "numpy", "expert": "squash", "average": 0}
 EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT (128 + 2)
 
 
@@ -70,7 +70,7 @@ def _build_estimator(args, checkpoint_path=None):
     common = dict(n_iter=args.epochs, batch_size=args.batch_size, random_state=args.seed,
                   dtype=dtype, verbose=1, checkpoint_path=checkpoint_path,
                   checkpoint_every=args.checkpoint_every, resume=bool(args.resume),
-                  backend=args.backend)
+                  backend=args.backend, average=args.average)
     if args.lr is not None:
         common["learning_rate"] = args.lr
     if args.assignment_biases:
@@ -356,6 +356,9 @@ def build_parser():
     train.add_argument("--batch-size", type=_positive_int, default=100)
     train.add_argument("--chains", type=_positive_int, default=None,
                        help="persistent chains (default: the batch size)")
+    train.add_argument("--average", type=_nonnegative_int, default=0, metavar="K",
+                       help="publish the moving average of the parameters over about K updates "
+                            "(training runs on the current ones; 0, the default: the last update)")
     train.add_argument("--binarize", choices=("stochastic", "threshold"), default="stochastic")
     train.add_argument("--seed", type=_nonnegative_int, default=0)
     train.add_argument("--dtype", choices=("float64", "float32"), default="float64")

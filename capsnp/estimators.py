@@ -363,6 +363,7 @@ class _EnergyEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         _check_number("cd_k", self.cd_k, 1, integer=True)
         _check_number("momentum", self.momentum, 0, 1, high_open=True)
         _check_number("weight_decay", self.weight_decay, 0)
+        _check_number("average", self.average, 0, integer=True)
         _check_bool("persistent", self.persistent)
         if self.n_chains is not None:
             _check_number("n_chains", self.n_chains, 1, integer=True)
@@ -569,7 +570,10 @@ class _EnergyEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     def _train(self, X, X_monitor, n_epochs, checkpoints=False):
         """Run the shared loop; with ``checkpoints``, write them (and one on Ctrl-C)."""
         state = self._state
-        state.params = self._params()  # edits of the public attributes take effect
+        if state.average is None:
+            state.params = self._params()  # edits of the public attributes take effect
+        if not int(self.average):
+            state.average = None  # averaging switched off: go on from the current parameters
         schedule, final_ratio = self._schedule()
         writing = checkpoints and self.checkpoint_path is not None
         try:
@@ -580,7 +584,8 @@ class _EnergyEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                            learning_rate=float(self.learning_rate),
                            schedule_epochs=max(int(self.n_iter), 1), lr_schedule=schedule,
                            lr_final_ratio=final_ratio, momentum=float(self.momentum),
-                           weight_decay=float(self.weight_decay), verbose=self.verbose,
+                           weight_decay=float(self.weight_decay), average=int(self.average),
+                           verbose=self.verbose,
                            name=type(self).__name__,
                            on_epoch_end=self._checkpoint_due if writing else None)
         except KeyboardInterrupt as exc:
@@ -610,9 +615,10 @@ class _EnergyEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         return text
 
     def _publish(self):
-        """Copy the training state into the public fitted attributes."""
+        """Copy the training state into the public fitted attributes (the parameters' moving
+        average when training keeps one, else the current parameters)."""
         state = self._state
-        self._set_params(state.params)
+        self._set_params(state.params if state.average is None else state.average)
         self.history_ = state.history
         self.n_iter_ = state.epoch
         if state.chains is None:
@@ -809,10 +815,17 @@ class _EnergyEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         save_model(path, arrays, {**(metadata or {}), **meta})
 
     def _file_contents(self):
-        """(arrays, metadata) of a model file: parameters, velocities, chains, position, RNGs."""
+        """(arrays, metadata) of a model file: parameters, velocities, chains, position, RNGs.
+
+        The fitted attributes are stored under their names; with averaging, they hold the
+        average and the current parameters (those training continues from) are stored as
+        ``current_<field>`` of the container, as the velocities are.
+        """
         state = self._state
         arrays = {name: getattr(self, name) for name in self._param_attributes}
         arrays.update({f"velocity_{f}": v for f, v in zip(state.velocity._fields, state.velocity)})
+        if state.average is not None:
+            arrays.update({f"current_{f}": p for f, p in zip(state.params._fields, state.params)})
         if state.chains is not None:
             arrays.update(self._chain_arrays(state.chains))
         meta = {
@@ -861,6 +874,12 @@ class _EnergyEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         for field_name, p in zip(params._fields, params):
             _check_stored_array(arrays, f"velocity_{field_name}", p.shape, dtype, source)
         velocity = type(params)(*(arrays[f"velocity_{f}"] for f in params._fields))
+        average = None
+        if any(f"current_{f}" in arrays for f in params._fields):  # saved while averaging
+            for field_name, p in zip(params._fields, params):
+                _check_stored_array(arrays, f"current_{field_name}", p.shape, dtype, source)
+            average = params
+            params = type(params)(*(arrays[f"current_{f}"] for f in params._fields))
         chains = self._restored_chains(arrays, source) if self.persistent else None
         order = arrays.get("epoch_order")
         if order is None:
@@ -870,7 +889,7 @@ class _EnergyEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
                              f"{order.dtype}) or position")
         self._state = TrainingState(params=params, velocity=velocity, chains=chains, epoch=epoch,
                                     history=history, order=order, batches_done=batches_done,
-                                    partial=partial)
+                                    partial=partial, average=average)
         self._rng, self._monitor_rng = rng, monitor_rng
         self._monitor_rows = None
         self._publish()
@@ -1045,6 +1064,10 @@ class CapsulePoE(_CapsuleEstimator):
         Capped at 0.5 during the first 5 epochs.
     weight_decay : float, default=1e-4
         L2 penalty on W only.
+    average : int, default=0
+        K >= 1: publish the moving average of the parameters over about K updates while
+        training runs on the current ones (as :class:`RoutedCapsuleRBM` describes); 0: the
+        last update's parameters.
     batch_size : int, default=100
     n_iter : int, default=10
         Epochs of :meth:`fit`.
@@ -1112,8 +1135,8 @@ class CapsulePoE(_CapsuleEstimator):
     def __init__(self, n_capsules=16, capsule_dim=8, *, image_shape=None, patch=4, n_routing=3,
                  expert="squash", sampler="mh", grad="full", cd_k=1, persistent=True, n_chains=None,
                  chain_init="data", learning_rate=0.05, lr_schedule="constant",
-                 lr_final_ratio=0.04, momentum=0.9, weight_decay=1e-4, batch_size=100,
-                 n_iter=10, init_scale=0.1, rho_init="auto", learn_prior=False,
+                 lr_final_ratio=0.04, momentum=0.9, weight_decay=1e-4, average=0,
+                 batch_size=100, n_iter=10, init_scale=0.1, rho_init="auto", learn_prior=False,
                  dtype=np.float64, random_state=None, verbose=0, monitor_fraction=0.05,
                  checkpoint_path=None, checkpoint_every=1, resume=False, backend="numba"):
         self.n_capsules = n_capsules
@@ -1133,6 +1156,7 @@ class CapsulePoE(_CapsuleEstimator):
         self.lr_final_ratio = lr_final_ratio
         self.momentum = momentum
         self.weight_decay = weight_decay
+        self.average = average
         self.batch_size = batch_size
         self.n_iter = n_iter
         self.init_scale = init_scale
@@ -1417,6 +1441,13 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         so the effective step ``learning_rate / (1 - momentum)`` matters: about 0.1 to 0.5
         learns on MNIST, 2 diverges.
     weight_decay : float, default=1e-4
+    average : int, default=0
+        K >= 1: the fitted parameter attributes are the moving average of the parameters over
+        about K updates, ``theta_avg <- theta_avg + (theta - theta_avg) / K``
+        (:mod:`capsnp.training`), while training (steps, chains, ``history_``) runs on the
+        current parameters, kept in the training state and saved files; edits of the fitted
+        attributes then do not reach training. 0: the last update's parameters. K = 1000 was
+        worth 0.6 to 0.7 nats on MNIST (docs/results.md section 21).
     batch_size : int, default=100
     n_iter : int, default=10
     init_scale : float, default=0.01
@@ -1520,9 +1551,10 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
     def __init__(self, n_capsules=16, capsule_dim=8, *, image_shape=None, patch=4,
                  routing_tol=1e-3, max_routing=30, cd_k=1, persistent=True, n_chains=None,
                  chain_init="data", learning_rate=0.05, lr_schedule="linear",
-                 lr_final_ratio=0.04, momentum=0.9, weight_decay=1e-4, batch_size=100,
-                 n_iter=10, init_scale=0.01, learn_prior=False, first_parent_logit=0.0,
-                 posterior_sweeps=0, assignment_biases=False, assignment_bias_rate=1.0,
+                 lr_final_ratio=0.04, momentum=0.9, weight_decay=1e-4, average=0,
+                 batch_size=100, n_iter=10, init_scale=0.01, learn_prior=False,
+                 first_parent_logit=0.0, posterior_sweeps=0, assignment_biases=False,
+                 assignment_bias_rate=1.0,
                  tie_weights=False, centring=False, dtype=np.float64,
                  random_state=None, verbose=0, monitor_fraction=0.05,
                  checkpoint_path=None, checkpoint_every=1, resume=False, backend="numba"):
@@ -1541,6 +1573,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         self.lr_final_ratio = lr_final_ratio
         self.momentum = momentum
         self.weight_decay = weight_decay
+        self.average = average
         self.batch_size = batch_size
         self.n_iter = n_iter
         self.init_scale = init_scale
@@ -1868,6 +1901,10 @@ class BernoulliRBM(_EnergyEstimator):
         Persistent chains; ``batch_size`` when None (scikit-learn's choice, which ties the two).
     momentum : float, default=0.0
     weight_decay : float, default=0.0
+    average : int, default=0
+        K >= 1: publish the moving average of the parameters over about K updates while
+        training runs on the current ones (as :class:`RoutedCapsuleRBM` describes); 0: the
+        last update's parameters.
     lr_schedule : {"constant", "linear"}, default="constant"
         ``"linear"`` decays the rate to ``learning_rate * lr_final_ratio`` over ``n_iter`` epochs.
     lr_final_ratio : float, default=0.04
@@ -1920,9 +1957,9 @@ class BernoulliRBM(_EnergyEstimator):
 
     def __init__(self, n_components=256, *, learning_rate=0.1, batch_size=10, n_iter=10,
                  verbose=0, random_state=None, cd_k=1, persistent=True, n_chains=None,
-                 momentum=0.0, weight_decay=0.0, lr_schedule="constant", lr_final_ratio=0.04,
-                 dtype=np.float64, chain_init="noise", centring=False, checkpoint_path=None,
-                 checkpoint_every=1, resume=False, backend="numba"):
+                 momentum=0.0, weight_decay=0.0, average=0, lr_schedule="constant",
+                 lr_final_ratio=0.04, dtype=np.float64, chain_init="noise", centring=False,
+                 checkpoint_path=None, checkpoint_every=1, resume=False, backend="numba"):
         self.n_components = n_components
         self.learning_rate = learning_rate
         self.batch_size = batch_size
@@ -1934,6 +1971,7 @@ class BernoulliRBM(_EnergyEstimator):
         self.n_chains = n_chains
         self.momentum = momentum
         self.weight_decay = weight_decay
+        self.average = average
         self.lr_schedule = lr_schedule
         self.lr_final_ratio = lr_final_ratio
         self.dtype = dtype

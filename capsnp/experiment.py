@@ -92,6 +92,12 @@ PRESETS = {
     # ... over 100 epochs, the control of rb-2x250-m5-lr2-mf3-c300 (run with --epochs 100)
     "rbm-pcd-long-m5-lr2-c300": (BernoulliRBM, dict(n_components=500, n_chains=300,
                                                       **{**_RBM_PCD_LONG, **_STEP_M5_LR2})),
+    # ... both publishing the moving average of the parameters over 1,000 updates (average=1000,
+    # docs/results.md section 21; the same models as param_averaging.py's "+ema1000" rows)
+    "rbm-pcd-long-m5-lr2-c300-avg-40": (BernoulliRBM, dict(n_components=500, n_chains=300, average=1000,
+                                                             **{**_RBM_PCD_LONG, **_STEP_M5_LR2})),
+    "rbm-pcd-long-m5-lr2-c300-avg": (BernoulliRBM, dict(n_components=500, n_chains=300, average=1000,
+                                                          **{**_RBM_PCD_LONG, **_STEP_M5_LR2})),
     # ... and with centred steps too (run with --epochs 40)
     "rbm-pcd-long-centred-m5-lr2-40": (BernoulliRBM, dict(n_components=500, centring=True,
                                                           **{**_RBM_PCD_LONG, **_STEP_M5_LR2})),
@@ -219,6 +225,11 @@ PRESETS = {
                                                                    n_chains=300)),
     # ... over 100 epochs (run with --epochs 100)
     "rb-2x250-m5-lr2-mf3-c300": (RoutedCapsuleRBM, dict(_BIASED_2X250, **_STEP_M5_LR2, max_routing=3, n_chains=300)),
+    # ... both publishing the moving average of the parameters over 1,000 updates (section 21)
+    "rb-2x250-m5-lr2-mf3-c300-avg-equal-time": (RoutedCapsuleRBM, dict(_BIASED_2X250, **_STEP_M5_LR2, max_routing=3,
+                                                                       n_chains=300, average=1000)),
+    "rb-2x250-m5-lr2-mf3-c300-avg": (RoutedCapsuleRBM, dict(_BIASED_2X250, **_STEP_M5_LR2, max_routing=3,
+                                                            n_chains=300, average=1000)),
     # ... at rate 0.03: with less noise per step (300 chains), does a larger step now pay?
     # (with 100 chains 0.03 scored -97.61 against 0.02's -96.85, within seed noise)
     "rb-2x250-m5-lr3-mf3-c300-equal-time": (RoutedCapsuleRBM, dict(_BIASED_2X250, momentum=0.5, learning_rate=0.03,

@@ -31,6 +31,15 @@ the weights ``W``, as in Hinton's practical guide, section 10)::
 
     velocity <- momentum * velocity + lr * (g - weight_decay * W)
     theta    <- theta + velocity
+
+Parameter averaging (optional, ``average=K`` in the loop and the estimators): after every
+update, an exponential moving average of the parameters with a horizon of ``K`` updates,
+
+    theta_avg <- theta_avg + (theta - theta_avg) / K     (theta_avg = theta after the first update)
+
+It only reads the path of ``theta``: the steps, the chains and the draws are those of training
+without it. At the end of a noisy stochastic ascent the average sits closer to the optimum than
+the last iterate (Polyak and Juditsky 1992; docs/results.md section 21 measures it).
 """
 
 import math
@@ -47,6 +56,7 @@ __all__ = [
     "initial_state",
     "learning_rate_at",
     "momentum_at",
+    "moving_average",
     "sgd_update",
     "checked_sgd_update",
     "check_finite",
@@ -94,6 +104,9 @@ class TrainingState:
     partial : dict
         Running sums of the unfinished epoch: ``{"seconds": float, "sums": {...},
         "counts": {...}}`` (empty between epochs). Replaced, never modified in place.
+    average : NamedTuple of ndarrays or None
+        The moving average of ``params`` when the loop averages (:func:`moving_average`), same
+        container and shapes; None before the first averaged update and without averaging.
     """
 
     params: tuple
@@ -104,6 +117,7 @@ class TrainingState:
     order: object = None
     batches_done: int = 0
     partial: dict = field(default_factory=dict)
+    average: tuple = None
 
     @property
     def in_epoch(self):
@@ -174,6 +188,27 @@ def momentum_at(epoch, momentum):
     if epoch < MOMENTUM_WARMUP_EPOCHS:
         return min(float(momentum), WARMUP_MOMENTUM)
     return float(momentum)
+
+
+def moving_average(average, params, horizon):
+    """The parameters' exponential moving average after one more update (module docstring).
+
+    Parameters
+    ----------
+    average : NamedTuple of ndarrays or None
+        The average so far; None before the first update (the average then starts at ``params``).
+    params : NamedTuple of ndarrays, the parameters after the update, same container and shapes
+    horizon : int >= 1, K: each update moves the average by 1/K of its distance to ``params``
+
+    Returns
+    -------
+    NamedTuple of new arrays (the inputs are not modified), dtypes those of ``params``
+    """
+    if average is None:
+        return type(params)(*(np.array(p, copy=True) for p in params))
+    horizon = float(horizon)
+    return type(params)(*((a + (p - a) / horizon).astype(p.dtype, copy=False)
+                          for a, p in zip(average, params)))
 
 
 def sgd_update(params, velocity, grad, learning_rate, momentum, weight_decay=0.0):
@@ -308,14 +343,16 @@ def _accumulate(partial, stats, n_rows, seconds):
 
 def run_epochs(state, objective, X, *, n_epochs, batch_size, rng, monitor_rng, X_monitor,
                learning_rate, schedule_epochs, lr_schedule="constant", lr_final_ratio=1.0,
-               momentum=0.0, weight_decay=0.0, verbose=0, name="model", on_epoch_end=None):
+               momentum=0.0, weight_decay=0.0, average=0, verbose=0, name="model",
+               on_epoch_end=None):
     """Train for ``n_epochs`` passes over ``X``, updating ``state`` in place.
 
     For each epoch: one ``rng.permutation(n)`` split into ``ceil(n / batch_size)`` near-equal
     minibatches (as :func:`minibatches`), then for each minibatch ``objective.step`` (which
     draws from ``rng``), a finiteness check of its statistics, then ``objective.update``
     (:func:`checked_sgd_update`: the gradient checked, the momentum update, the new parameters
-    checked). After the epoch,
+    checked), then, with ``average``, :func:`moving_average` into ``state.average``. After the
+    epoch,
     ``objective.monitor`` on ``X_monitor`` with ``monitor_rng`` (a separate stream, so that
     monitoring never changes the fitted model), one record appended to ``state.history``, and
     ``on_epoch_end(state)``.
@@ -344,6 +381,9 @@ def run_epochs(state, objective, X, *, n_epochs, batch_size, rng, monitor_rng, X
     lr_schedule : {"constant", "linear"}
     lr_final_ratio : float
     momentum, weight_decay : float
+    average : int
+        0: no averaging; K >= 1: keep the moving average of the parameters with a horizon of K
+        updates in ``state.average`` (it never feeds back into training).
     verbose : int
         > 0 prints one line per epoch (stdout) and shows a progress bar over minibatches when
         stderr is a terminal.
@@ -394,6 +434,8 @@ def run_epochs(state, objective, X, *, n_epochs, batch_size, rng, monitor_rng, X
                     check_finite_statistics(stats, epoch + 1, lr)
                     params, velocity = update(state.params, state.velocity, grad, lr, mom,
                                               weight_decay, epoch + 1)
+                    if average:
+                        state.average = moving_average(state.average, params, average)
                     partial = _accumulate(state.partial, stats, len(index),
                                           time.perf_counter() - start)
                     state.params, state.velocity, state.chains = params, velocity, chains

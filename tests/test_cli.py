@@ -66,6 +66,19 @@ def test_train_chains_option_sets_the_persistent_chain_count(model, tmp_path):
     assert est.n_chains == 7 and est.persistent_chains_.shape[0] == 7
 
 
+def test_train_average_option_publishes_the_moving_average(tmp_path):
+    args = ["train", "--model", "rbm", "--epochs", "2", "--max-images", "40", "--batch-size", "20",
+            "--hidden", "8", "--sample-steps", "1", "--seed", "1"]
+    assert main([*args, "--average", "3", "--out", str(tmp_path / "avg")]) == 0
+    assert main([*args, "--out", str(tmp_path / "last")]) == 0
+    averaged = load_estimator(tmp_path / "avg" / "model.npz")
+    last = load_estimator(tmp_path / "last" / "model.npz")
+    assert averaged.average == 3 and last.average == 0
+    # the same training (current parameters) with another published model (the average)
+    np.testing.assert_array_equal(averaged._state.params.W, last._state.params.W)
+    assert not np.array_equal(averaged.components_, last.components_)
+
+
 @pytest.mark.parametrize("model", sorted(TINY))
 def test_model_file_reproduces_free_energies(model, trained):
     est = load_estimator(trained[model] / "model.npz")
