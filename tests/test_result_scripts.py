@@ -318,6 +318,11 @@ def test_param_averaging_reads_the_updates_without_changing_training():
             assert avg.dtype == p.dtype
             np.testing.assert_allclose(avg, e, rtol=1e-6, atol=1e-7)
     assert not np.array_equal(result["tail50"].W, est._params().W)  # the path moved
+    # the estimators' own option keeps the same moving average (the rows of sec. 21 are its)
+    for horizon in module.EMA_HORIZONS:
+        option = RoutedCapsuleRBM(**kw, average=horizon).fit(V)
+        for a, b in zip(option._params(), result[f"ema{horizon}"]):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_fast_weights_with_rate_zero_is_plain_pcd_and_phi_follows_its_recurrence():
@@ -372,3 +377,56 @@ def test_param_averaging_evaluates_the_variants_asked_for():
     assert module.selected(names, "ema1000,last") == ["m", "m+ema1000"]
     assert module.selected(names, "tail50") == ["m+tail50"]
     assert module.ParameterAverages(1).tail_start(25) == 1  # a short run still has a tail
+
+
+def _tempered_rbm_chains(module, params, n_temperatures, n_chains, n_steps, rng):
+    """Run the tempered RBM step at fixed ``params``; returns the visited b = 1 states' counts
+    over every visible state (after a burn-in of a third of the steps) and the swap rates."""
+    from capsnp.estimators import BernoulliRBM
+    D = params.W.shape[0]
+    est = BernoulliRBM(params.W.shape[1], backend="numpy")
+    step = module.rbm_step(est, module.Ladder(n_temperatures))
+    chains = ((rng.random((n_chains, D)) < 0.5).astype(np.float64), None)
+    counts, rates = np.zeros(2**D), []
+    for t in range(n_steps):
+        _, chains, stats = step(params, chains[0][:5], chains, rng)
+        rates.extend(stats.values())
+        if t >= n_steps // 3:
+            counts += np.bincount((chains[0] @ 2 ** np.arange(D)).astype(int), minlength=2**D)
+    return counts / counts.sum(), np.array(rates)
+
+
+def test_tempered_chains_keep_the_model_distribution_at_fixed_parameters(monkeypatch):
+    """With the parameters held fixed, the b = 1 chains of the ladders visit every visible state
+    with the model's probability (exact, by enumeration): the sweeps, the statistics and the
+    exchanges are wired in the right order. Accepting every exchange breaks it (the control)."""
+    from capsnp.params import RBMParams
+    from capsnp.rbm import exact_probability_v
+    module = _script("tempered_training")
+    rng = np.random.default_rng(0)
+    D, H = 5, 3
+    params = RBMParams(W=rng.normal(0.0, 1.5, (D, H)), a=rng.normal(0.0, 1.0, D),
+                       b=rng.normal(0.0, 1.0, H))
+    exact = exact_probability_v(params)  # (32,)
+    visited, rates = _tempered_rbm_chains(module, params, 4, 300, 150, rng)
+    assert 0.5 * np.abs(visited - exact).sum() < 0.03
+    assert rates.min() >= 0.0 and rates.max() <= 1.0 and rates.mean() < 0.99  # some are refused
+
+    real_swap = module.swap_step
+    monkeypatch.setattr(module, "swap_step", lambda log_f, *args: real_swap(
+        lambda beta, x: np.zeros(x.shape[0]), *args))  # Delta = 0: every exchange accepted
+    visited, rates = _tempered_rbm_chains(module, params, 4, 300, 150, rng)
+    assert rates.min() == 1.0 and 0.5 * np.abs(visited - exact).sum() > 0.06
+
+
+def test_tempered_training_reports_swap_rates_and_keeps_the_model_chains():
+    module = _script("tempered_training")
+    V, kw = _tiny_biased_training(n_iter=1)
+    est, ladder = module.with_tempered_chains(RoutedCapsuleRBM(**kw), 3, 10)
+    est.fit(V)
+    assert est.n_chains == 10 and est.persistent_chains_.shape == (10, V.shape[1])
+    record = est.history_[-1]
+    assert {"swap_rate_0", "swap_rate_1"} <= set(record)
+    assert all(0.0 <= record[f"swap_rate_{k}"] <= 1.0 for k in range(2))
+    assert len(ladder.states) == 3  # the model chains are the ladders' b = 1 chains
+    np.testing.assert_array_equal(est._to_layout(est.persistent_chains_), ladder.states[-1][0])
