@@ -430,3 +430,12 @@ def test_tempered_training_reports_swap_rates_and_keeps_the_model_chains():
     assert all(0.0 <= record[f"swap_rate_{k}"] <= 1.0 for k in range(2))
     assert len(ladder.states) == 3  # the model chains are the ladders' b = 1 chains
     np.testing.assert_array_equal(est._to_layout(est.persistent_chains_), ladder.states[-1][0])
+
+
+def test_tempered_training_control_is_the_preset_with_fewer_plain_chains():
+    module = _script("tempered_training")
+    V, kw = _tiny_biased_training(n_iter=1)
+    control = module.with_plain_chains(RoutedCapsuleRBM(**kw), 10).fit(V)
+    direct = RoutedCapsuleRBM(**{**kw, "n_chains": 10}).fit(V)
+    for a, b in zip(control._params(), direct._params()):
+        np.testing.assert_array_equal(a, b)

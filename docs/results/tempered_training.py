@@ -23,7 +23,8 @@ recorded per epoch in the history (``swap_rate_<k>``).
 
 trains the preset with ``n_chains`` = 30 ladders of 10 temperatures and evaluates it as the
 experiment does (``capsnp.experiment.run(..., evaluate_only=True)``) under the name
-``<model>+pt<K>x<n>``.
+``<model>+pt<K>x<n>``; with 1 temperature (``... 1 30``) it trains the control, the preset
+with 30 plain persistent chains, as ``<model>+c30``.
 """
 
 import sys
@@ -134,12 +135,23 @@ def with_tempered_chains(est, n_temperatures, n_ladders):
     return with_update_hook(est, lambda *args: None, step=make_step(est, ladder)), ladder
 
 
+def with_plain_chains(est, n_chains):
+    """The control: ``est`` with ``n_chains`` plain persistent chains (its own step)."""
+    est.set_params(n_chains=int(n_chains))
+    return with_update_hook(est, lambda *args: None)
+
+
 def main(model, dataset="mnist", epochs=40, seed=0, out="/tmp/tempered_training",
          n_temperatures=10, n_ladders=30):
-    name = f"{model}+pt{int(n_temperatures)}x{int(n_ladders)}"
-    est, out = train_as_experiment(model, dataset, epochs, seed, out,
-                                   lambda est: with_tempered_chains(est, n_temperatures, n_ladders)[0],
-                                   name[len(model):])
+    """``n_temperatures`` 1 trains the control, ``n_ladders`` plain persistent chains
+    (``<model>+c<n>``): the chains at the model without the ladders."""
+    if int(n_temperatures) == 1:
+        name = f"{model}+c{int(n_ladders)}"
+        change = lambda est: with_plain_chains(est, n_ladders)  # noqa: E731
+    else:
+        name = f"{model}+pt{int(n_temperatures)}x{int(n_ladders)}"
+        change = lambda est: with_tempered_chains(est, n_temperatures, n_ladders)[0]  # noqa: E731
+    est, out = train_as_experiment(model, dataset, epochs, seed, out, change, name[len(model):])
     est.save(out / f"{name}_model.npz")
     run(dataset, [name], int(epochs), out, seed=int(seed), evaluate_only=True)
 
