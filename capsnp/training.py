@@ -39,7 +39,7 @@ update, an exponential moving average of the parameters with a horizon of ``K`` 
 
 It only reads the path of ``theta``: the steps, the chains and the draws are those of training
 without it. At the end of a noisy stochastic ascent the average sits closer to the optimum than
-the last iterate (Polyak and Juditsky 1992; docs/results.md section 21 measures it).
+the last iterate (Polyak and Juditsky 1992; docs/results.md sections 21 and 22 measure it).
 """
 
 import math
