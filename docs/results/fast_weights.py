@@ -27,7 +27,8 @@ import numpy as np
 
 from capsnp.estimators import BernoulliRBM, RoutedCapsuleRBM
 from capsnp.experiment import run
-from param_averaging import train_as_experiment, with_update_hook  # docs/results/param_averaging.py
+from param_averaging import (capsule_gradient, check_plain_capsule_model,  # same folder
+                             train_as_experiment, with_update_hook)
 
 FAST_DECAY = 0.95  # Tieleman and Hinton's 19/20
 
@@ -63,24 +64,18 @@ class FastWeights:
 
 def capsule_step(est, fast):
     """The capsule model's PCD step (``RoutedCapsuleRBM._step``) with its chains on theta + phi."""
-    if est.centring or est.tie_weights or est.assignment_bias_rate != 1.0 or not est.persistent:
-        raise ValueError("the fast-weight step covers the untied, uncentred model with "
-                         "persistent chains")
+    check_plain_capsule_model(est, "fast-weight")
 
     def step(params, batch, chains, rng):
-        model_r = est._kernels("model_r")
-        c, mu, n_mf = est._mean_field(params, batch)  # (B, I, J), (B, J, d_h), (B,)
-        positive = est._data_statistics(params, batch, c, mu, rng)
-        chain_params = fast.chain_params(params)
-        v, a = chains
-        for _ in range(int(est.cd_k)):
-            v_in = v
-            v, h, a, resp = model_r.gibbs_sweep(chain_params, v_in, a, rng)
-        negative = model_r.model_statistics(params, v_in, h, resp)  # the chains' statistics
-        grad = type(params)(*(p - n for p, n in zip(positive, negative)))
-        if not est.learn_prior:
-            grad = grad._replace(beta=np.zeros_like(params.beta))
-        return grad, (v, a), {"train_mean_field_iterations": float(np.mean(n_mf))}
+        def advance(rng):
+            model_r, chain_params = est._kernels("model_r"), fast.chain_params(params)
+            v, a = chains
+            for _ in range(int(est.cd_k)):
+                v_in = v
+                v, h, a, resp = model_r.gibbs_sweep(chain_params, v_in, a, rng)
+            return v_in, h, resp, (v, a)
+
+        return capsule_gradient(est, params, batch, rng, advance)
 
     return step
 

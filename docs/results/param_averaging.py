@@ -28,6 +28,7 @@ import numpy as np
 
 from capsnp.datasets import binarize, load_dataset
 from capsnp.experiment import make_estimator, run
+from capsnp.training import moving_average
 
 EMA_HORIZONS = (1000, 5000)  # updates; one MNIST epoch is 600 updates of 100 images
 TAIL_PERCENTS = (50, 25)
@@ -53,12 +54,9 @@ class ParameterAverages:
 
     def add(self, params, epoch):
         """Fold in the parameters after one update of (1-based) ``epoch``."""
+        params64 = type(params)(*(np.asarray(p, dtype=np.float64) for p in params))
         for k, avg in self.ema.items():
-            if avg is None:
-                self.ema[k] = [np.array(p, dtype=np.float64) for p in params]
-            else:
-                for a, p in zip(avg, params):
-                    a += (p - a) / k
+            self.ema[k] = moving_average(avg, params64, k)  # kept in float64
         for q in TAIL_PERCENTS:
             if epoch >= self.tail_start(q):
                 if self.tail_sum[q] is None:
@@ -100,6 +98,30 @@ def with_update_hook(est, hook, step=None):
     return est
 
 
+def check_plain_capsule_model(est, what):
+    """ValueError unless ``est`` is the untied, uncentred capsule model with persistent chains
+    (the settings :func:`capsule_gradient` reproduces)."""
+    if est.centring or est.tie_weights or est.assignment_bias_rate != 1.0 or not est.persistent:
+        raise ValueError(f"the {what} step covers the untied, uncentred model with persistent "
+                         f"chains")
+
+
+def capsule_gradient(est, params, batch, rng, advance):
+    """The capsule model's PCD gradient as ``RoutedCapsuleRBM._step`` takes it (4.8) for the
+    models :func:`check_plain_capsule_model` accepts, with the chains advanced by
+    ``advance(rng) -> (v_in, h, resp, chains)``: the states before the last sweep, that sweep's
+    hidden draws and routing responsibilities, and the new chain state. The data statistics
+    draw from ``rng`` first, then ``advance``. Returns (grad, chains, stats) as a step does."""
+    c, mu, n_mf = est._mean_field(params, batch)  # (B, I, J), (B, J, d_h), (B,)
+    positive = est._data_statistics(params, batch, c, mu, rng)
+    v_in, h, resp, chains = advance(rng)
+    negative = est._kernels("model_r").model_statistics(params, v_in, h, resp)  # at the chains
+    grad = type(params)(*(p - n for p, n in zip(positive, negative)))
+    if not est.learn_prior:
+        grad = grad._replace(beta=np.zeros_like(params.beta))
+    return grad, chains, {"train_mean_field_iterations": float(np.mean(n_mf))}
+
+
 def with_averages(est, averages):
     """Make ``est`` report every update's new parameters to ``averages``."""
     return with_update_hook(est, lambda params, grad, new, epoch: averages.add(new, epoch))
@@ -116,8 +138,9 @@ def selected(names, evaluate):
 
 def train_as_experiment(model, dataset, epochs, seed, out, change, label=""):
     """Fit the preset ``model`` on the data, seed and epochs ``python -m capsnp experiment`` uses,
-    after ``change(est)`` has attached its hooks (:func:`with_update_hook`); the hooks are then
-    removed. Returns (the fitted estimator, ``out`` as a created Path)."""
+    after ``change(est)`` has attached its hooks (:func:`with_update_hook`) or changed its
+    settings; the hooks are then removed. Returns (the fitted estimator, ``out`` as a created
+    Path)."""
     epochs, seed, out = int(epochs), int(seed), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     X_train, _ = load_dataset(dataset, "train")
@@ -126,7 +149,7 @@ def train_as_experiment(model, dataset, epochs, seed, out, change, label=""):
     t0 = time.perf_counter()
     est.fit(V_train)
     print(f"{model}{label}: trained in {time.perf_counter() - t0:.0f} s", flush=True)
-    del est._objective  # back to the class's method, so that the estimator saves as usual
+    est.__dict__.pop("_objective", None)  # back to the class's method: the estimator saves as usual
     return est, out
 
 

@@ -35,7 +35,8 @@ from capsnp.ais import annealing_path
 from capsnp.estimators import BernoulliRBM, RoutedCapsuleRBM
 from capsnp.experiment import run
 from capsnp.tempering import default_temperatures, swap_step
-from param_averaging import train_as_experiment, with_update_hook  # docs/results/param_averaging.py
+from param_averaging import (capsule_gradient, check_plain_capsule_model,  # same folder
+                             train_as_experiment, with_update_hook)
 
 
 class Ladder:
@@ -78,28 +79,23 @@ def _swap_stats(rates, n_temperatures):
 
 def capsule_step(est, ladder):
     """The capsule model's PCD step (``RoutedCapsuleRBM._step``) with tempered chains."""
-    if est.centring or est.tie_weights or est.assignment_bias_rate != 1.0 or not est.persistent \
-            or int(est.cd_k) != 1:
-        raise ValueError("the tempered step covers the untied, uncentred model with persistent "
-                         "chains and one sweep per update")
+    check_plain_capsule_model(est, "tempered")
+    if int(est.cd_k) != 1:
+        raise ValueError("the tempered step takes one sweep per update")
 
     def step(params, batch, chains, rng):
-        model_r = est._kernels("model_r")
         ladder.start(chains)
-        c, mu, n_mf = est._mean_field(params, batch)  # (B, I, J), (B, J, d_h), (B,)
-        positive = est._data_statistics(params, batch, c, mu, rng)
         path = annealing_path(params, backend=est.backend)
-        ladder.advance_hot(path, rng)
-        v_in, a_in = ladder.states[-1]
-        v, h, a, resp = model_r.gibbs_sweep(params, v_in, a_in, rng)
-        negative = model_r.model_statistics(params, v_in, h, resp)  # the b = 1 chains' statistics
-        grad = type(params)(*(p - n for p, n in zip(positive, negative)))
-        if not est.learn_prior:
-            grad = grad._replace(beta=np.zeros_like(params.beta))
-        rates = ladder.swap(path, (v, a), rng)
-        stats = {"train_mean_field_iterations": float(np.mean(n_mf)),
-                 **_swap_stats(rates, len(ladder.betas))}
-        return grad, ladder.states[-1], stats
+
+        def advance(rng):
+            ladder.advance_hot(path, rng)
+            v_in, a_in = ladder.states[-1]
+            v, h, a, resp = est._kernels("model_r").gibbs_sweep(params, v_in, a_in, rng)
+            return v_in, h, resp, (v, a)
+
+        grad, top, stats = capsule_gradient(est, params, batch, rng, advance)
+        rates = ladder.swap(path, top, rng)
+        return grad, ladder.states[-1], {**stats, **_swap_stats(rates, len(ladder.betas))}
 
     return step
 
@@ -137,8 +133,7 @@ def with_tempered_chains(est, n_temperatures, n_ladders):
 
 def with_plain_chains(est, n_chains):
     """The control: ``est`` with ``n_chains`` plain persistent chains (its own step)."""
-    est.set_params(n_chains=int(n_chains))
-    return with_update_hook(est, lambda *args: None)
+    return est.set_params(n_chains=int(n_chains))
 
 
 def main(model, dataset="mnist", epochs=40, seed=0, out="/tmp/tempered_training",
