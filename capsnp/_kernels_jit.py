@@ -961,16 +961,18 @@ def _r_add_assigned(Wt, C, v_b, a_b, idx, x):
 _r_add_assigned = _jit(_r_add_assigned)
 
 
-def r_hidden_draw(start, stop, Wt, C, gamma, v, a, u_h, h_out):
+def r_hidden_draw(start, stop, Wt, C, gamma, v, a, u_h, h_out, p_out):
     """(4.4) ``h ~ U(v, a)`` of chains b in [start, stop), from the sparse v, without u_hat:
-    ``h_jk ~ sigmoid(gamma_jk + sum_{i: a_i = j} (W_ij v_i + C_ij)_k)`` (:func:`_r_add_assigned`).
+    ``h_jk ~ sigmoid(gamma_jk + sum_{i: a_i = j} (W_ij v_i + C_ij)_k)`` (:func:`_r_add_assigned`),
+    keeping the probabilities ``p(h_jk = 1 | v, a)`` for the statistics (4b.10).
 
     Parameters
     ----------
     start, stop : int, range of chains
     Wt : (I, J, d_v, d_h) W with its last two axes swapped, C-contiguous
     C : (I, J, d_h) prediction biases (zeros without them); gamma : (J, d_h)
-    v : (B, I, d_v); a : (B, I) int64; u_h : (B, J, d_h) uniforms; h_out : (B, J, d_h) out
+    v : (B, I, d_v); a : (B, I) int64; u_h : (B, J, d_h) uniforms
+    h_out, p_out : (B, J, d_h) out, the draws and their probabilities
     """
     I, J, d_v, d_h = Wt.shape
     x = np.empty((J, d_h), dtype=Wt.dtype)
@@ -982,7 +984,9 @@ def r_hidden_draw(start, stop, Wt, C, gamma, v, a, u_h, h_out):
         _r_add_assigned(Wt, C, v[b], a[b], idx, x)
         for j in range(J):
             for k in range(d_h):
-                h_out[b, j, k] = 1.0 if u_h[b, j, k] < _sigmoid(x[j, k]) else 0.0
+                p = _sigmoid(x[j, k])
+                p_out[b, j, k] = p
+                h_out[b, j, k] = 1.0 if u_h[b, j, k] < p else 0.0
 
 
 r_hidden_draw = _jit(r_hidden_draw)

@@ -23,8 +23,8 @@ from . import _kernels_jit as _jit
 from . import model_r as _ref
 from .ops import softmax
 
-__all__ = ["mean_field", "gibbs_sweep", "data_statistics", "model_statistics", "top_down",
-           "assigned_input", "log_joint_va"]
+__all__ = ["mean_field", "gibbs_sweep", "data_statistics", "model_statistics",
+           "hidden_model_statistics", "top_down", "assigned_input", "log_joint_va"]
 
 
 def __getattr__(name):
@@ -149,7 +149,7 @@ def mean_field(params, v, tol=1e-3, max_iter=30, damping=0.0):
     return c, mu, n_iter
 
 
-def gibbs_sweep(params, v, a, rng):
+def gibbs_sweep(params, v, a, rng, return_probability=False):
     """One 3-block Gibbs sweep (4.7) on the chain state (v, a); twin of the reference.
 
     Random draws, in order: ``rng.random((B, J, d_h))`` for h, ``rng.random((B, I))`` for the
@@ -161,6 +161,7 @@ def gibbs_sweep(params, v, a, rng):
     v : ndarray of shape (B, I, d_v), binary
     a : ndarray of int, shape (B, I), values in 0..J-1
     rng : np.random.Generator
+    return_probability : bool, also return ``p(h | v, a)`` at the input (v, a)
 
     Returns
     -------
@@ -168,10 +169,11 @@ def gibbs_sweep(params, v, a, rng):
     h : ndarray of shape (B, J, d_h)
     a_new : ndarray of int64, shape (B, I)
     resp : ndarray of shape (B, I, J), ``p(a_i = j | v, h)`` at the input v and the drawn h
+    p_h : ndarray of shape (B, J, d_h), only with ``return_probability``
     """
     dt = _jit.kernel_dtype(params.W, v)
     if dt is None:
-        return _ref.gibbs_sweep(params, v, a, rng)
+        return _ref.gibbs_sweep(params, v, a, rng, return_probability)
     W, gamma, v = (_jit.as_c(x, dt) for x in (params.W, params.gamma, v))
     _, A = _ref.assignment_biases(params)
     alpha = params.alpha[:, None, :] if A is None else params.alpha[:, None, :] + A
@@ -185,7 +187,8 @@ def gibbs_sweep(params, v, a, rng):
     Wt, C_dt = _transposed_weights(params, dt)  # (I, J, d_v, d_h), (I, J, d_h)
     # U (4.4): h from the sparse v, never forming u_hat (B, I, J, d_h)
     h = np.empty((B, J, d_h), dtype=dt)
-    _jit.run_chunks(_jit.r_hidden_draw, B, Wt, C_dt, gamma, v, a, u_h, h)
+    p_h = np.empty((B, J, d_h), dtype=dt)
+    _jit.run_chunks(_jit.r_hidden_draw, B, Wt, C_dt, gamma, v, a, u_h, h, p_h)
     # R (4.3) and D (4.5) from the top-down fields W_ij^T h_j: one matrix product per parent
     T = top_down(params, h)  # (J, B, I, d_v)
     Ch = np.matmul(np.moveaxis(h, 1, 0), np.moveaxis(C_dt, 1, 0).swapaxes(1, 2))  # (J, B, I): C_ij . h_j
@@ -194,7 +197,7 @@ def gibbs_sweep(params, v, a, rng):
     a_new = np.empty((B, I), dtype=np.int64)
     resp = np.empty((B, I, J), dtype=dt)
     _jit.run_chunks(_jit.r_route_visible_draw, B, T, alpha, logits0, v, u_a, u_v, a_new, v_new, resp)
-    return v_new, h, a_new, resp
+    return (v_new, h, a_new, resp, p_h) if return_probability else (v_new, h, a_new, resp)
 
 
 def data_statistics(params, v, c, mu, weights=None):
@@ -247,3 +250,18 @@ def model_statistics(params, v, h, resp, weights=None):
     the type of params: W (I, J, d_h, d_v), alpha (I, d_v), gamma (J, d_h), beta (I, J) (+ C, A)
     """
     return data_statistics(params, v, resp, h, weights)  # same algebra with c -> resp, mu -> h
+
+
+def hidden_model_statistics(params, v, a, p_h, resp, weights=None):
+    """Model statistics Rao-Blackwellised over h where they involve h (4b.10); twin of the reference.
+
+    ``W: [a_i = j] p_j v_i^T``, ``gamma: p``, ``C: [a_i = j] p_j`` through the fused
+    :func:`data_statistics` with one-hot routes a (B, I); ``beta: resp``, ``A: resp_ij v_i``,
+    ``alpha: v``. Arguments, shapes and result as :func:`capsnp.model_r.hidden_model_statistics`.
+    """
+    dt = _jit.kernel_dtype(params.W, v, p_h, resp)
+    if dt is None:
+        return _ref.hidden_model_statistics(params, v, a, p_h, resp, weights)
+    onehot = _ref._one_hot(np.asarray(a), params.W.shape[1], dt)  # (B, I, J)
+    routed = data_statistics(params, v, onehot, p_h, weights)
+    return _ref._with_routing_statistics(params, routed, v, resp, weights)

@@ -1464,6 +1464,13 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         routes drawn from the mean-field c, then k Gibbs sweeps on (h, a) with v clamped, which
         leave ``p(h, a | v)`` invariant (docs/MODEL_RB.md, sampled data statistics); the
         gradient of ``log p(v)`` as k grows.
+    rao_blackwell : {"routes", "hidden"}, default="routes"
+        Which conditional expectation the chain (model) statistics take; both are unbiased.
+        "routes": every statistic averaged over a given the chain's (v, h), ``resp_ij h_j
+        v_i^T`` (4.8). "hidden": the statistics that involve h (W, gamma, C) averaged over h
+        given the chain's (v, a), ``[a_i = j] p(h_j | v, a) v_i^T``, and those of a alone
+        (beta, A) over a as before (docs/MODEL_RB.md (4b.10)); the d_h binary draws then add
+        no noise to the weight steps, as in an RBM's ``v p(h | v)^T``. Same draws, same cost.
     assignment_biases : bool, default=False
         Add and learn the assignment biases of docs/MODEL_RB.md (4b.1): prediction biases
         ``C_ij`` (I, J, d_h), ``u_hat_{j|i} = W_ij v_i + C_ij``, and visible biases ``A_ij``
@@ -1553,8 +1560,8 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
                  chain_init="data", learning_rate=0.05, lr_schedule="linear",
                  lr_final_ratio=0.04, momentum=0.9, weight_decay=1e-4, average=0,
                  batch_size=100, n_iter=10, init_scale=0.01, learn_prior=False,
-                 first_parent_logit=0.0, posterior_sweeps=0, assignment_biases=False,
-                 assignment_bias_rate=1.0,
+                 first_parent_logit=0.0, posterior_sweeps=0, rao_blackwell="routes",
+                 assignment_biases=False, assignment_bias_rate=1.0,
                  tie_weights=False, centring=False, dtype=np.float64,
                  random_state=None, verbose=0, monitor_fraction=0.05,
                  checkpoint_path=None, checkpoint_every=1, resume=False, backend="numba"):
@@ -1580,6 +1587,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         self.learn_prior = learn_prior
         self.first_parent_logit = first_parent_logit
         self.posterior_sweeps = posterior_sweeps
+        self.rao_blackwell = rao_blackwell
         self.assignment_biases = assignment_biases
         self.assignment_bias_rate = assignment_bias_rate
         self.tie_weights = tie_weights
@@ -1599,6 +1607,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         _check_number("max_routing", self.max_routing, 1, integer=True)
         _check_number("first_parent_logit", self.first_parent_logit)
         _check_number("posterior_sweeps", self.posterior_sweeps, 0, integer=True)
+        _check_choice("rao_blackwell", self.rao_blackwell, ("routes", "hidden"))
         _check_number("assignment_bias_rate", self.assignment_bias_rate, 0)
         if self.tie_weights and not self.assignment_biases:
             raise ValueError("tie_weights=True needs assignment_biases=True: with one weight "
@@ -1704,18 +1713,23 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
 
     def _step(self, params, batch, chains, rng):
         """PCD gradient (4.8): data statistics (mean-field or sampled, see ``posterior_sweeps``)
-        minus Rao-Blackwellised chain ones."""
+        minus Rao-Blackwellised chain ones (over a, or over h where h enters: ``rao_blackwell``)."""
         model_r = self._kernels("model_r")
         c, mu, n_mf = self._mean_field(params, batch)  # (B, I, J), (B, J, d_h), (B,)
         positive = self._data_statistics(params, batch, c, mu, rng)
         if chains is None:  # CD-k: start at the batch, routes drawn from its mean field
             chains = (batch, model_r._categorical_draw(c, rng.random(c.shape[:2])))
         v, a = chains
+        over_hidden = self.rao_blackwell == "hidden"
         for _ in range(int(self.cd_k)):
-            v_in = v
-            v, h, a, resp = model_r.gibbs_sweep(params, v_in, a, rng)
-        # resp belongs to the pair (v_in, h) of the last sweep (see model_r.gibbs_sweep)
-        negative = model_r.model_statistics(params, v_in, h, resp)
+            v_in, a_in = v, a
+            v, h, a, resp, *p_h = model_r.gibbs_sweep(params, v_in, a_in, rng, over_hidden)
+        # resp belongs to the pair (v_in, h) of the last sweep, p_h to (v_in, a_in) (see
+        # model_r.gibbs_sweep)
+        if over_hidden:
+            negative = model_r.hidden_model_statistics(params, v_in, a_in, p_h[0], resp)  # (4b.10)
+        else:
+            negative = model_r.model_statistics(params, v_in, h, resp)
         grad = type(params)(*(p - n for p, n in zip(positive, negative)))
         if self.centring:  # (4b.9): offsets are the batch's data means of v and h
             m, l = positive.alpha, positive.gamma  # (I, d_v), (J, d_h)

@@ -237,6 +237,14 @@ PRESETS = {
     # ... and 1,000 chains: does the gain go on?
     "rb-2x250-m5-lr2-mf3-c1000-equal-time": (RoutedCapsuleRBM, dict(_BIASED_2X250, **_STEP_M5_LR2, max_routing=3,
                                                                     n_chains=1000)),
+    # Chain statistics averaged over h given (v, a) instead of over a given (v, h)
+    # (rao_blackwell="hidden", docs/MODEL_RB.md (4b.10)): the same draws, less noise per chain in
+    # the W, gamma and C statistics. With 100 chains (the cheaper epoch) and with 300. Run with
+    # --epochs 40.
+    "rb-2x250-m5-lr2-mf3-rbh-equal-time": (RoutedCapsuleRBM, dict(_BIASED_2X250, **_STEP_M5_LR2, max_routing=3,
+                                                                  rao_blackwell="hidden")),
+    "rb-2x250-m5-lr2-mf3-c300-rbh-equal-time": (RoutedCapsuleRBM, dict(_BIASED_2X250, **_STEP_M5_LR2, max_routing=3,
+                                                                       n_chains=300, rao_blackwell="hidden")),
     # The same two models without assignment biases (plain Model R, 1,382 more parameters
     # instead of 27,450), with 1 and 3 sweeps: is the 3-sweep gain of the biased model (1.6
     # nats against the RBM-500's 0.5, docs/results.md section 16) a gain of its biases, whose

@@ -441,7 +441,7 @@ def mean_field(params, v, tol=1e-3, max_iter=30, damping=0.0):
 # --------------------------------------------------------------------------------------------
 
 
-def gibbs_sweep(params, v, a, rng):
+def gibbs_sweep(params, v, a, rng, return_probability=False):
     """One 3-block Gibbs sweep (4.7) on the chain state (v, a).
 
     1. ``h ~ U(v, a)`` (4.4), from ``rng.random((B, J, d_h))``, ``h = (u < p)``;
@@ -455,6 +455,8 @@ def gibbs_sweep(params, v, a, rng):
     ``resp = R(v, h)`` is returned for the Rao-Blackwellised model statistics (4.8): it belongs
     to the pair (v, h) of the INPUT v and the drawn h. If (v, a) ~ p then (v, h) ~ p(v, h), so
     ``model_statistics(params, v, h, resp)`` (with the input v, not ``v_new``) is unbiased.
+    ``p_h = U(v, a)`` at the input (v, a), returned with ``return_probability``, gives the
+    statistics Rao-Blackwellised over h instead (4b.10, :func:`hidden_model_statistics`).
 
     Parameters
     ----------
@@ -462,6 +464,7 @@ def gibbs_sweep(params, v, a, rng):
     v : ndarray of shape (B, I, d_v), binary
     a : ndarray of int, shape (B, I)
     rng : np.random.Generator
+    return_probability : bool, also return ``p_h``
 
     Returns
     -------
@@ -469,6 +472,7 @@ def gibbs_sweep(params, v, a, rng):
     h : ndarray of shape (B, J, d_h)
     a_new : ndarray of int64, shape (B, I)
     resp : ndarray of shape (B, I, J), ``p(a_i = j | v, h)``
+    p_h : ndarray of shape (B, J, d_h), ``p(h = 1 | v, a)``, only with ``return_probability``
     """
     dt = _float_dtype(params.W, v)
     v = np.asarray(v, dtype=dt)
@@ -479,7 +483,7 @@ def gibbs_sweep(params, v, a, rng):
     a_new = _categorical_draw(resp, rng.random(resp.shape[:2]))  # (B, I)
     p_v = visible_probability(params, h, a_new)  # (B, I, d_v)
     v_new = _bernoulli_draw(p_v, rng.random(p_v.shape))  # (B, I, d_v)
-    return v_new, h, a_new, resp
+    return (v_new, h, a_new, resp, p_h) if return_probability else (v_new, h, a_new, resp)
 
 
 # --------------------------------------------------------------------------------------------
@@ -575,6 +579,47 @@ def model_statistics(params, v, h, resp, weights=None):
     RParams of W (I, J, d_h, d_v), alpha (I, d_v), gamma (J, d_h), beta (I, J)
     """
     return data_statistics(params, v, resp, h, weights)  # same algebra with c -> resp, mu -> h
+
+
+def hidden_model_statistics(params, v, a, p_h, resp, weights=None):
+    """Model statistics Rao-Blackwellised over h where they involve h (4b.10), batch-averaged.
+
+    ``W: [a_i = j] p_j v_i^T``, ``gamma: p``, ``C: [a_i = j] p_j`` with ``p = p(h | v, a)``
+    (4.4) at the chain state (v, a) that entered the sweep; ``beta: resp``, ``A: resp_ij v_i``,
+    ``alpha: v`` as in :func:`model_statistics`, with ``resp = p(a | v, h)`` at that v and the
+    h drawn from p. If (v, a) ~ p then (v, h) ~ p too, so each statistic is the conditional
+    expectation of ``-dE/dtheta`` given one of the two pairs, and unbiased; the statistics of
+    h lose the noise of the d_h binary draws, those of a alone keep their routing average.
+
+    Parameters
+    ----------
+    params : RParams or RBParams (its type and dtype are used)
+    v : ndarray of shape (B, I, d_v)
+    a : ndarray of int, shape (B, I), the routes that entered the sweep
+    p_h : ndarray of shape (B, J, d_h), ``p(h = 1 | v, a)``
+    resp : ndarray of shape (B, I, J), ``routing_posterior(params, v, h)``
+    weights : ndarray of shape (B,), optional (uniform 1/B if omitted)
+
+    Returns
+    -------
+    the type of ``params``: W (I, J, d_h, d_v), alpha (I, d_v), gamma (J, d_h), beta (I, J),
+    and for RBParams C (I, J, d_h), A (I, J, d_v)
+    """
+    dt = _float_dtype(params.W, v, p_h, resp)
+    routed = data_statistics(params, v, _one_hot(np.asarray(a), params.W.shape[1], dt), p_h, weights)
+    return _with_routing_statistics(params, routed, v, resp, weights)
+
+
+def _with_routing_statistics(params, stats, v, resp, weights):
+    """``stats`` with beta and A replaced by their routing-averaged statistics (4.8), (4b.5)."""
+    dt = _float_dtype(params.W, v, resp)
+    v, resp = np.asarray(v, dtype=dt), np.asarray(resp, dtype=dt)
+    w = _weights_or_uniform(weights, v.shape[0], dt)  # (B,)
+    beta = np.einsum("b,bij->ij", w, resp)  # (I, J)
+    if assignment_biases(params)[1] is None:
+        return stats._replace(beta=beta)
+    A = np.einsum("b,bij,bil->ijl", w, resp, v, optimize=True)  # (I, J, d_v)
+    return stats._replace(beta=beta, A=A)
 
 
 def pcd_gradient(params, v_data, v_chain, h_chain, resp_chain, c=None, mu=None, tol=1e-3,

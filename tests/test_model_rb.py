@@ -529,3 +529,109 @@ def test_estimator_centring_steps_along_the_centred_gradient(backend, centring):
         RoutedCapsuleRBM(**{**kw, "assignment_biases": False, "tie_weights": False}, centring=centring).fit(X)
     with pytest.raises(ValueError, match="centring must be one of"):
         RoutedCapsuleRBM(**kw, centring="hidden").fit(X)
+
+
+# ------------------------------------------------------------------------------ (4b.10)
+
+
+def exact_indicator_statistics(p):
+    """E_p[-dE/dtheta] of (4.8), (4b.5) by enumerating (v, h, a) with the indicator [a_i = j],
+    and the enumerated states: (the container of p, Vf, Hf, Af, prob)."""
+    V, Hs, A = states(p)
+    nv, nh, na = len(V), len(Hs), len(A)
+    J = p.W.shape[1]
+    prob = mr.exact_probability_vha(p).ravel()  # (Nv Nh Na,), v slowest, a fastest
+    Vf = np.repeat(V, nh * na, axis=0)
+    Hf = np.tile(np.repeat(Hs, na, axis=0), (nv, 1, 1))
+    Af = np.tile(A, (nv * nh, 1))
+    onehot = (Af[..., None] == np.arange(J)).astype(float)
+    fields = dict(W=np.einsum("s,sij,sjk,sil->ijkl", prob, onehot, Hf, Vf),
+                  alpha=np.einsum("s,sil->il", prob, Vf), gamma=np.einsum("s,sjk->jk", prob, Hf),
+                  beta=np.einsum("s,sij->ij", prob, onehot))
+    if isinstance(p, RBParams):
+        fields.update(C=np.einsum("s,sij,sjk->ijk", prob, onehot, Hf), A=np.einsum("s,sij,sil->ijl", prob, onehot, Vf))
+    return type(p)(**fields), Vf, Hf, Af, prob
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("biases", [True, False])
+def test_hidden_model_statistics_are_exact_expectations(seed, biases):
+    """(4b.10): [a_i = j] p(h_j | v, a) v_i^T, p(h | v, a), [a_i = j] p(h_j | v, a) with
+    (v, a) ~ p, and resp(v, h), resp_ij v_i with (v, h) ~ p, average to the exact model
+    expectations of -dE/dtheta, as the routes' statistics (4.8) do; state by state they differ."""
+    p = make_params(seed, scale=1.5) if biases else make_r_params(seed, 2, 2, 2, 2, scale=1.5)
+    exact, Vf, Hf, Af, prob = exact_indicator_statistics(p)
+    p_h = mr.hidden_probability(p, Vf, Af)  # (S, J, d_h)
+    resp = mr.routing_posterior(p, Vf, Hf)  # (S, I, J)
+    got = mr.hidden_model_statistics(p, Vf, Af, p_h, resp, weights=prob)
+    routes = mr.model_statistics(p, Vf, Hf, resp, weights=prob)
+    assert type(got) is type(p)
+    for name, g, r, e in zip(type(p)._fields, got, routes, exact):
+        np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-15, err_msg=name)
+        np.testing.assert_allclose(r, e, rtol=1e-12, atol=1e-15, err_msg=name)
+    s = np.argmax(prob)  # one state: h enters through p(h | v, a), a alone through resp(v, h)
+    one = np.zeros_like(prob)
+    one[s] = 1.0
+    single = mr.hidden_model_statistics(p, Vf, Af, p_h, resp, weights=one)
+    onehot = (Af[s][:, None] == np.arange(p.W.shape[1])).astype(float)  # (I, J)
+    np.testing.assert_allclose(single.W, np.einsum("ij,jk,il->ijkl", onehot, p_h[s], Vf[s]), rtol=1e-12)
+    np.testing.assert_allclose(single.gamma, p_h[s], rtol=1e-12)
+    np.testing.assert_allclose(single.beta, resp[s], rtol=1e-12)
+    if biases:
+        np.testing.assert_allclose(single.C, onehot[..., None] * p_h[s][None], rtol=1e-12)
+        np.testing.assert_allclose(single.A, resp[s][..., None] * Vf[s][:, None], rtol=1e-12)
+    assert np.abs(single.W - mr.model_statistics(p, Vf, Hf, resp, weights=one).W).max() > 1e-3
+
+
+@needs_numba
+@pytest.mark.parametrize("seed", SEEDS)
+def test_hidden_statistics_kernels_match_reference(seed):
+    """gibbs_sweep(return_probability=True) makes the same draws as without and returns
+    p(h | v, a) at the input; the compiled hidden_model_statistics is the reference's."""
+    for p in (make_params(seed, I=5, J=3, d_h=4, d_v=3, scale=0.7),
+              make_r_params(seed, 5, 3, 4, 3, scale=0.7)):
+        rng = np.random.default_rng(seed)
+        v = (rng.random((9, 5, 3)) < 0.4).astype(np.float64)
+        a = rng.integers(0, 3, size=(9, 5))
+        plain = kernels.model_r.gibbs_sweep(p, v, a, np.random.default_rng(3))
+        out_k = kernels.model_r.gibbs_sweep(p, v, a, np.random.default_rng(3), return_probability=True)
+        out_r = mr.gibbs_sweep(p, v, a, np.random.default_rng(3), return_probability=True)
+        assert len(out_k) == len(out_r) == 5
+        for x, y, z in zip(out_k[:3], out_r[:3], plain[:3]):
+            np.testing.assert_array_equal(x, y)
+            np.testing.assert_array_equal(x, z)
+        np.testing.assert_allclose(out_k[4], out_r[4], rtol=1e-12)
+        np.testing.assert_allclose(out_r[4], mr.hidden_probability(p, v, a), rtol=1e-12)
+        stats_k = kernels.model_r.hidden_model_statistics(p, v, a, out_k[4], out_k[3])
+        stats_r = mr.hidden_model_statistics(p, v, a, out_r[4], out_r[3])
+        assert type(stats_k) is type(p)
+        for name, x, y in zip(type(p)._fields, stats_k, stats_r):
+            np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-15, err_msg=name)
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("numba", marks=needs_numba)])
+def test_estimator_rao_blackwell_hidden_changes_only_the_chain_statistics(backend, tmp_path):
+    """rao_blackwell="hidden": the same draws and chains as "routes", and a step that differs by
+    exactly the difference of the two chain statistics; the option is checked and saved."""
+    X = (np.random.default_rng(4).random((40, 16)) < 0.3).astype(float)
+    kw = dict(n_capsules=2, capsule_dim=3, image_shape=(4, 4), patch=2, assignment_biases=True,
+              n_iter=1, batch_size=20, init_scale=0.5, random_state=0, monitor_fraction=0, backend=backend)
+    est = RoutedCapsuleRBM(**kw).fit(X)
+    params, batch = est._params(), est._checked(X[:20])
+    chains = (batch[::-1].copy(), np.random.default_rng(1).integers(0, 2, size=batch.shape[:2]))
+    g_r, ch_r, _ = est.set_params(rao_blackwell="routes")._step(params, batch, chains, np.random.default_rng(5))
+    g_h, ch_h, _ = est.set_params(rao_blackwell="hidden")._step(params, batch, chains, np.random.default_rng(5))
+    for x, y in zip(ch_r, ch_h):
+        np.testing.assert_array_equal(x, y)
+    _, h, _, resp, p_h = mr.gibbs_sweep(params, chains[0], chains[1], np.random.default_rng(5), True)
+    routes = mr.model_statistics(params, chains[0], h, resp)
+    hidden = mr.hidden_model_statistics(params, chains[0], chains[1], p_h, resp)
+    for name, gr, gh, r, hs in zip(RBParams._fields, g_r, g_h, routes, hidden):
+        expected = np.zeros_like(gr) if name == "beta" else r - hs  # beta is fixed without learn_prior
+        np.testing.assert_allclose(gh - gr, expected, rtol=1e-9, atol=1e-12, err_msg=name)
+    assert np.abs(g_h.W - g_r.W).max() > 1e-6
+    fitted = RoutedCapsuleRBM(**kw, rao_blackwell="hidden").fit(X)
+    fitted.save(tmp_path / "m.npz")
+    assert load_estimator(tmp_path / "m.npz").rao_blackwell == "hidden"
+    with pytest.raises(ValueError, match="rao_blackwell"):
+        RoutedCapsuleRBM(**kw, rao_blackwell="both").fit(X)

@@ -439,3 +439,44 @@ def test_tempered_training_control_is_the_preset_with_fewer_plain_chains():
     direct = RoutedCapsuleRBM(**{**kw, "n_chains": 10}).fit(V)
     for a, b in zip(control._params(), direct._params()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_chain_statistics_variance_compares_two_unbiased_statistics(saved_r, capsys):
+    """compare(): variances, correlation and the best mixture of known arrays; main() reports
+    both chain statistics of every group of a saved biased model, their means agree with
+    model_statistics and hidden_model_statistics of the same sweep, and the data side is there."""
+    module = _script("chain_statistics_variance")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, 3))
+    y = x + rng.normal(size=(4000, 3))  # x plus independent noise: x alone is best
+    row = module.compare(x, y)
+    np.testing.assert_allclose([row["ratio"], row["correlation"]], [2.0, np.sqrt(0.5)], rtol=0.08)
+    assert abs(row["best_lambda"] - 1.0) < 0.08 and abs(row["best_ratio"] - 1.0) < 0.01
+    half = module.compare(x, -x)  # the mixture lam = 1/2 cancels: variance 0
+    assert abs(half["best_lambda"] - 0.5) < 1e-12 and half["best_ratio"] < 1e-12
+    X, _ = load_dataset("embedded", "train")
+    V = binarize(X[:300], "stochastic", random_state=0)
+    est = RoutedCapsuleRBM(2, 6, n_iter=2, n_chains=40, momentum=0.5, assignment_biases=True,
+                           random_state=0).fit(V)
+    est.save(saved_r / "tiny-var_model.npz")
+    module.main("tiny-var", saved_r, 2, 3, "embedded")
+    report = json.loads(capsys.readouterr().out)
+    assert set(report) >= {"W", "gamma", "beta", "C", "A", "largest_resp"}
+    for group in ("W", "gamma", "beta", "C", "A"):
+        assert report[group]["routes"] > 0 and report[group]["hidden"] > 0 and report[group]["data"] > 0
+        assert report[group]["best_ratio"] <= min(1.0, report[group]["ratio"]) + 1e-9
+    assert 0.5 <= report["largest_resp"]["mean"] <= 1.0
+    from capsnp import model_r
+    params = est._params()
+    chains = np.load(saved_r / "tiny-var_model.npz")
+    v, a = chains["chains_v"], chains["chains_a"]
+    _, h, _, resp, p_h = model_r.gibbs_sweep(params, v, a, np.random.default_rng(1), return_probability=True)
+    onehot = (a[..., None] == np.arange(2)).astype(float)
+    routes, hidden = module.per_chain_statistics(params, v, (resp, h), (onehot, p_h))
+    for stats, name in ((model_r.model_statistics(params, v, h, resp), routes),
+                        (model_r.hidden_model_statistics(params, v, a, p_h, resp), hidden)):
+        for group in ("W", "gamma", "C"):
+            np.testing.assert_allclose(name[group].mean(axis=0), getattr(stats, group).ravel(), rtol=1e-10)
+    np.testing.assert_allclose(routes["beta"].mean(axis=0), model_r.model_statistics(params, v, h, resp).beta.ravel(),
+                               rtol=1e-10)
+    np.testing.assert_allclose(hidden["beta"].mean(axis=0), onehot.mean(axis=0).ravel(), rtol=1e-12)
