@@ -1464,13 +1464,15 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         routes drawn from the mean-field c, then k Gibbs sweeps on (h, a) with v clamped, which
         leave ``p(h, a | v)`` invariant (docs/MODEL_RB.md, sampled data statistics); the
         gradient of ``log p(v)`` as k grows.
-    rao_blackwell : {"routes", "hidden"}, default="routes"
-        Which conditional expectation the chain (model) statistics take; both are unbiased.
+    rao_blackwell : {"routes", "hidden", "hidden-redrawn"}, default="routes"
+        Which conditional expectation the chain (model) statistics take; all are unbiased.
         "routes": every statistic averaged over a given the chain's (v, h), ``resp_ij h_j
         v_i^T`` (4.8). "hidden": the statistics that involve h (W, gamma, C) averaged over h
         given the chain's (v, a), ``[a_i = j] p(h_j | v, a) v_i^T``, and those of a alone
         (beta, A) over a as before (docs/MODEL_RB.md (4b.10)); the d_h binary draws then add
         no noise to the weight steps, as in an RBM's ``v p(h | v)^T``. Same draws, same cost.
+        "hidden-redrawn": the same at the routes the sweep redraws under the current
+        parameters, (v, a_new), instead of those that entered it; one more hidden pass.
     assignment_biases : bool, default=False
         Add and learn the assignment biases of docs/MODEL_RB.md (4b.1): prediction biases
         ``C_ij`` (I, J, d_h), ``u_hat_{j|i} = W_ij v_i + C_ij``, and visible biases ``A_ij``
@@ -1607,7 +1609,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         _check_number("max_routing", self.max_routing, 1, integer=True)
         _check_number("first_parent_logit", self.first_parent_logit)
         _check_number("posterior_sweeps", self.posterior_sweeps, 0, integer=True)
-        _check_choice("rao_blackwell", self.rao_blackwell, ("routes", "hidden"))
+        _check_choice("rao_blackwell", self.rao_blackwell, ("routes", "hidden", "hidden-redrawn"))
         _check_number("assignment_bias_rate", self.assignment_bias_rate, 0)
         if self.tie_weights and not self.assignment_biases:
             raise ValueError("tie_weights=True needs assignment_biases=True: with one weight "
@@ -1725,9 +1727,12 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
             v_in, a_in = v, a
             v, h, a, resp, *p_h = model_r.gibbs_sweep(params, v_in, a_in, rng, over_hidden)
         # resp belongs to the pair (v_in, h) of the last sweep, p_h to (v_in, a_in) (see
-        # model_r.gibbs_sweep)
+        # model_r.gibbs_sweep); (v_in, a) with the new routes a is a third pair of law p
         if over_hidden:
             negative = model_r.hidden_model_statistics(params, v_in, a_in, p_h[0], resp)  # (4b.10)
+        elif self.rao_blackwell == "hidden-redrawn":
+            p_new = sigmoid(params.gamma + model_r.assigned_input(params, v_in, a))  # (B, J, d_h) (4.4)
+            negative = model_r.hidden_model_statistics(params, v_in, a, p_new, resp)  # (4b.10)
         else:
             negative = model_r.model_statistics(params, v_in, h, resp)
         grad = type(params)(*(p - n for p, n in zip(positive, negative)))

@@ -245,6 +245,11 @@ PRESETS = {
                                                                   rao_blackwell="hidden")),
     "rb-2x250-m5-lr2-mf3-c300-rbh-equal-time": (RoutedCapsuleRBM, dict(_BIASED_2X250, **_STEP_M5_LR2, max_routing=3,
                                                                        n_chains=300, rao_blackwell="hidden")),
+    # ... and at the routes the sweep redraws with the current parameters (one more hidden pass):
+    # are the routes that entered the sweep, drawn before the last update, what costs the
+    # "hidden" rows their likelihood?
+    "rb-2x250-m5-lr2-mf3-c300-rbn-equal-time": (RoutedCapsuleRBM, dict(_BIASED_2X250, **_STEP_M5_LR2, max_routing=3,
+                                                                       n_chains=300, rao_blackwell="hidden-redrawn")),
     # The same two models without assignment biases (plain Model R, 1,382 more parameters
     # instead of 27,450), with 1 and 3 sweeps: is the 3-sweep gain of the biased model (1.6
     # nats against the RBM-500's 0.5, docs/results.md section 16) a gain of its biases, whose

@@ -611,8 +611,9 @@ def test_hidden_statistics_kernels_match_reference(seed):
 
 @pytest.mark.parametrize("backend", ["numpy", pytest.param("numba", marks=needs_numba)])
 def test_estimator_rao_blackwell_hidden_changes_only_the_chain_statistics(backend, tmp_path):
-    """rao_blackwell="hidden": the same draws and chains as "routes", and a step that differs by
-    exactly the difference of the two chain statistics; the option is checked and saved."""
+    """rao_blackwell="hidden" and "hidden-redrawn": the same draws and chains as "routes", and
+    steps that differ by exactly the difference of the chain statistics (4b.10 at the routes
+    that entered the sweep, or at those it drew); the option is checked and saved."""
     X = (np.random.default_rng(4).random((40, 16)) < 0.3).astype(float)
     kw = dict(n_capsules=2, capsule_dim=3, image_shape=(4, 4), patch=2, assignment_biases=True,
               n_iter=1, batch_size=20, init_scale=0.5, random_state=0, monitor_fraction=0, backend=backend)
@@ -630,6 +631,17 @@ def test_estimator_rao_blackwell_hidden_changes_only_the_chain_statistics(backen
         expected = np.zeros_like(gr) if name == "beta" else r - hs  # beta is fixed without learn_prior
         np.testing.assert_allclose(gh - gr, expected, rtol=1e-9, atol=1e-12, err_msg=name)
     assert np.abs(g_h.W - g_r.W).max() > 1e-6
+    # "hidden-redrawn": the same statistics at (v, a_new), the routes the sweep drew
+    g_n, ch_n, _ = est.set_params(rao_blackwell="hidden-redrawn")._step(params, batch, chains,
+                                                                        np.random.default_rng(5))
+    for x, y in zip(ch_r, ch_n):
+        np.testing.assert_array_equal(x, y)
+    redrawn = mr.hidden_model_statistics(params, chains[0], ch_r[1], mr.hidden_probability(params, chains[0], ch_r[1]),
+                                         resp)
+    for name, gr, gn, r, hs in zip(RBParams._fields, g_r, g_n, routes, redrawn):
+        expected = np.zeros_like(gr) if name == "beta" else r - hs
+        np.testing.assert_allclose(gn - gr, expected, rtol=1e-9, atol=1e-12, err_msg=name)
+    assert np.abs(g_n.W - g_h.W).max() > 1e-6
     fitted = RoutedCapsuleRBM(**kw, rao_blackwell="hidden").fit(X)
     fitted.save(tmp_path / "m.npz")
     assert load_estimator(tmp_path / "m.npz").rao_blackwell == "hidden"

@@ -465,6 +465,7 @@ def test_chain_statistics_variance_compares_two_unbiased_statistics(saved_r, cap
     for group in ("W", "gamma", "beta", "C", "A"):
         assert report[group]["routes"] > 0 and report[group]["hidden"] > 0 and report[group]["data"] > 0
         assert report[group]["best_ratio"] <= min(1.0, report[group]["ratio"]) + 1e-9
+        assert 0 < report[group]["routes_window"] <= report[group]["routes"] * 1.5
     assert 0.5 <= report["largest_resp"]["mean"] <= 1.0
     from capsnp import model_r
     params = est._params()

@@ -10,7 +10,11 @@ It loads ``<folder>/<name>_model.npz`` (a Model R estimator with its persistent 
 it forms both per-chain statistics of the same sweep and records, for every parameter group, the
 total variance over chains (the sum over a group's entries of the per-entry variance: what the
 mean over n chains divides by n), their ratio, their correlation, and the best mixture
-``lam * routes + (1 - lam) * hidden``. Beside them, ``data``: the total variance over images of
+``lam * routes + (1 - lam) * hidden``. The persistent chains of training give one statistic per
+update, and successive ones share the chains' slowly moving states; so the script also reports,
+for each estimator, the total variance over chains of each chain's mean statistic over the
+``rounds`` consecutive sweeps (``routes_window``, ``hidden_window``): the part of the noise that
+consecutive updates do not average away. Beside them, ``data``: the total variance over images of
 the data side's mean-field statistics (4.8) of as many training images (the estimator's own
 patches and routing settings), for the step's other source of noise (divided by the batch size
 where the chain ones are divided by the number of chains). One JSON line per model, the rounds'
@@ -73,7 +77,7 @@ def measure(path, burn, rounds, rng, V=None):
     J = params.W.shape[1]
     for _ in range(burn):
         v, _, a, _ = model_r.gibbs_sweep(params, v, a, rng)
-    rows = []
+    rows, sums = [], None
     for _ in range(rounds):
         v_in, a_in = v, a
         v, h, a, resp, p_h = model_r.gibbs_sweep(params, v_in, a_in, rng, return_probability=True)
@@ -81,7 +85,16 @@ def measure(path, burn, rounds, rng, V=None):
         routes, hidden = per_chain_statistics(params, v_in, (resp, h), (onehot, p_h))
         rows.append({k: compare(routes[k], hidden[k]) for k in routes})
         rows[-1]["largest_resp"] = {"mean": float(resp.max(axis=-1).mean())}
+        if sums is None:
+            sums = {k: [routes[k].copy(), hidden[k].copy()] for k in routes}  # (n, size) each
+        else:
+            for k in routes:
+                sums[k][0] += routes[k]
+                sums[k][1] += hidden[k]
     out = {k: {q: float(np.mean([r[k][q] for r in rows])) for q in rows[0][k]} for k in rows[0]}
+    for k, (sum_routes, sum_hidden) in sums.items():  # each chain's mean over the rounds
+        window = compare(sum_routes / rounds, sum_hidden / rounds)
+        out[k].update(routes_window=window["routes"], hidden_window=window["hidden"], ratio_window=window["ratio"])
     if V is not None:
         for k, x in data_variance(est, params, V[:v.shape[0]]).items():
             out[k]["data"] = x
