@@ -163,7 +163,8 @@ def test_experiment_evaluate_only_reproduces_the_evaluation(tmp_path):
     (trained,) = experiment.run("embedded", ["r"], 1, tmp_path, **kw)
     (tmp_path / "r.json").unlink()
     (again,) = experiment.run("embedded", ["r"], 99, tmp_path, evaluate_only=True, **kw)
-    assert again["epochs"] == 1 and 0 < again["train_seconds"] <= trained["train_seconds"]
+    # the saved epochs' seconds, rounded to 0.1 s: 0.0 when the compiled kernels make a tiny epoch fast
+    assert again["epochs"] == 1 and 0 <= again["train_seconds"] <= trained["train_seconds"]
     for key in ("log_z", "test_log_likelihood", "n_weights", "importance_sampling_mean_se"):
         assert again[key] == trained[key], key
     assert (tmp_path / "r.json").exists()
