@@ -21,10 +21,11 @@ import numpy as np
 
 from . import _kernels_jit as _jit
 from . import model_r as _ref
-from .ops import softmax
+from .ops import sigmoid, softmax
 
 __all__ = ["mean_field", "gibbs_sweep", "data_statistics", "model_statistics",
-           "hidden_model_statistics", "top_down", "assigned_input", "log_joint_va"]
+           "hidden_model_statistics", "top_down", "assigned_input", "hidden_probability",
+           "log_joint_va"]
 
 
 def __getattr__(name):
@@ -98,6 +99,12 @@ def assigned_input(params, v, a):
     out = np.empty((B, J, d_h), dtype=dt)
     _jit.run_chunks(_jit.r_assigned_input, B, Wt, C, v, a, out)
     return out
+
+
+def hidden_probability(params, v, a):
+    """U (4.4) ``sigmoid(gamma + sum_{i: a_i = j} u_hat_{j|i})`` from the sparse v, without
+    u_hat: (B, I, d_v), (B, I) -> (B, J, d_h); twin of :func:`capsnp.model_r.hidden_probability`."""
+    return sigmoid(params.gamma + assigned_input(params, v, a))  # (B, J, d_h)
 
 
 def log_joint_va(params, v, a):

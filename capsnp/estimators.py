@@ -1731,7 +1731,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         if over_hidden:
             negative = model_r.hidden_model_statistics(params, v_in, a_in, p_h[0], resp)  # (4b.10)
         elif self.rao_blackwell == "hidden-redrawn":
-            p_new = sigmoid(params.gamma + model_r.assigned_input(params, v_in, a))  # (B, J, d_h) (4.4)
+            p_new = model_r.hidden_probability(params, v_in, a)  # (B, J, d_h) (4.4) at the new routes
             negative = model_r.hidden_model_statistics(params, v_in, a, p_new, resp)  # (4b.10)
         else:
             negative = model_r.model_statistics(params, v_in, h, resp)

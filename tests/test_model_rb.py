@@ -602,6 +602,7 @@ def test_hidden_statistics_kernels_match_reference(seed):
             np.testing.assert_array_equal(x, z)
         np.testing.assert_allclose(out_k[4], out_r[4], rtol=1e-12)
         np.testing.assert_allclose(out_r[4], mr.hidden_probability(p, v, a), rtol=1e-12)
+        np.testing.assert_allclose(kernels.model_r.hidden_probability(p, v, a), out_r[4], rtol=1e-12)
         stats_k = kernels.model_r.hidden_model_statistics(p, v, a, out_k[4], out_k[3])
         stats_r = mr.hidden_model_statistics(p, v, a, out_r[4], out_r[3])
         assert type(stats_k) is type(p)
