@@ -69,7 +69,7 @@ from . import rbm as _rbm_ref
 from .params import PParams, RBMParams, RBParams, RParams
 from .ais import annealing_path
 from .tempering import default_temperatures, parallel_tempering
-from .training import Objective, TrainingState, initial_state, run_epochs
+from .training import Objective, TrainingState, initial_state, run_epochs, sparsity_gradient
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _sk_validate_data
@@ -257,6 +257,12 @@ def _check_pair(name, value):
         raise ValueError(f"{name} must be a positive int or a pair (height, width) of positive "
                          f"ints, got {value!r}")
     return int(pair[0]), int(pair[1])
+
+
+def _check_sparsity(estimator):
+    """The sparsity hyperparameters (4b.11): a target in (0, 1) and a cost >= 0."""
+    _check_number("sparsity_target", estimator.sparsity_target, 0, 1, low_open=True, high_open=True)
+    _check_number("sparsity_cost", estimator.sparsity_cost, 0)
 
 
 def _check_bool(name, value):
@@ -1506,6 +1512,13 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         step, ``-W_i^T l``, is then the same for every parent, so it does not touch the routing
         (it is a step of alpha). ``"visible"``: the interaction form with l = 0 (only v centred;
         A is then untouched). Needs ``assignment_biases``. Weight decay acts on W.
+    sparsity_target : float in (0, 1), default=0.1
+    sparsity_cost : float, default=0.0
+        With a cost lambda > 0, the hidden biases gamma take the sparsity step (4b.11)
+        ``lambda * (sparsity_target - q)``, q (J, d_h) being the minibatch's data statistic of
+        h (its mean-field, or sampled, mean firing probability): the gradient of a penalty that
+        pulls each hidden unit's firing probability on the data towards the target (Hinton's
+        practical guide, section 11). 0: off.
     dtype : float64 or float32, default=np.float64
         Dtype of data and parameters throughout. Input of any real dtype is converted to it,
         so with float32 every fitted array, transform, score and sample is float32. A float32
@@ -1564,8 +1577,8 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
                  batch_size=100, n_iter=10, init_scale=0.01, learn_prior=False,
                  first_parent_logit=0.0, posterior_sweeps=0, rao_blackwell="routes",
                  assignment_biases=False, assignment_bias_rate=1.0,
-                 tie_weights=False, centring=False, dtype=np.float64,
-                 random_state=None, verbose=0, monitor_fraction=0.05,
+                 tie_weights=False, centring=False, sparsity_target=0.1, sparsity_cost=0.0,
+                 dtype=np.float64, random_state=None, verbose=0, monitor_fraction=0.05,
                  checkpoint_path=None, checkpoint_every=1, resume=False, backend="numba"):
         self.n_capsules = n_capsules
         self.capsule_dim = capsule_dim
@@ -1594,6 +1607,8 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         self.assignment_bias_rate = assignment_bias_rate
         self.tie_weights = tie_weights
         self.centring = centring
+        self.sparsity_target = sparsity_target
+        self.sparsity_cost = sparsity_cost
         self.dtype = dtype
         self.random_state = random_state
         self.verbose = verbose
@@ -1618,6 +1633,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         if self.centring and not self.assignment_biases:
             raise ValueError("centring=True needs assignment_biases=True: the centred energy "
                              "(4b.8) has prediction and assignment biases, which Model R lacks")
+        _check_sparsity(self)
 
     def _init_params(self, X, rng):
         """W ~ N(0, init_scale^2); alpha = data log-odds; gamma = 0; C = A = 0; beta = 0 but for
@@ -1753,6 +1769,9 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
             grad = grad._replace(W=model_r.tied_gradient(grad.W))
         if self.centring:  # the plain parameters' step (4b.8 is linear)
             grad = _model_r_ref.from_centred(grad, m, l, centre_biases)
+        if self.sparsity_cost:  # (4b.11), q = the batch's mean-field (or sampled) mean of h
+            grad = grad._replace(gamma=grad.gamma + sparsity_gradient(
+                positive.gamma, float(self.sparsity_target), float(self.sparsity_cost)))
         return grad, ((v, a) if self.persistent else None), {
             "train_mean_field_iterations": float(np.mean(n_mf))}
 
@@ -1943,6 +1962,12 @@ class BernoulliRBM(_EnergyEstimator):
         absorb the offsets. The model is the same; the update direction changes. It costs one
         more hidden-layer pass over the minibatch per step. ``"visible"``: l = 0 (only v
         centred; no extra pass).
+    sparsity_target : float in (0, 1), default=0.1
+    sparsity_cost : float, default=0.0
+        With a cost lambda > 0, the hidden biases take the sparsity step (4b.11) ``lambda *
+        (sparsity_target - q)``, q (H,) being the minibatch's mean of ``p(h = 1 | v)``: the
+        gradient of a penalty that pulls each hidden unit's firing probability on the data
+        towards the target (Hinton's practical guide, section 11). 0: off.
     checkpoint_path : str, os.PathLike or None, default=None
         File to which :meth:`fit` writes checkpoints (see :meth:`fit`); its directory must
         exist. Not for use inside ``GridSearchCV`` and the like (every clone would write the
@@ -1978,6 +2003,7 @@ class BernoulliRBM(_EnergyEstimator):
                  verbose=0, random_state=None, cd_k=1, persistent=True, n_chains=None,
                  momentum=0.0, weight_decay=0.0, average=0, lr_schedule="constant",
                  lr_final_ratio=0.04, dtype=np.float64, chain_init="noise", centring=False,
+                 sparsity_target=0.1, sparsity_cost=0.0,
                  checkpoint_path=None, checkpoint_every=1, resume=False, backend="numba"):
         self.n_components = n_components
         self.learning_rate = learning_rate
@@ -1996,6 +2022,8 @@ class BernoulliRBM(_EnergyEstimator):
         self.dtype = dtype
         self.chain_init = chain_init
         self.centring = centring
+        self.sparsity_target = sparsity_target
+        self.sparsity_cost = sparsity_cost
         self.checkpoint_path = checkpoint_path
         self.checkpoint_every = checkpoint_every
         self.resume = resume
@@ -2004,6 +2032,7 @@ class BernoulliRBM(_EnergyEstimator):
     def _setup(self, n_features):
         _check_number("n_components", self.n_components, 1, integer=True)
         _check_choice("centring", self.centring, (False, True, "visible"))
+        _check_sparsity(self)
         _check_choice("lr_schedule", self.lr_schedule, ("constant", "linear"))
         _check_number("lr_final_ratio", self.lr_final_ratio, 0)
         self.n_features_ = n_features
@@ -2090,12 +2119,25 @@ class BernoulliRBM(_EnergyEstimator):
             v = batch
             for _ in range(int(self.cd_k)):
                 v, _ = rbm.gibbs_sweep(params, v, rng)  # (B, D)
-            return self._centred(params, batch, rbm.cd_gradient(params, batch, v)), None, {}
+            grad = self._centred(params, batch, rbm.cd_gradient(params, batch, v))
+            if self.sparsity_cost:
+                grad = self._sparse(grad, rbm.hidden_probability(params, batch).mean(axis=0))
+            return grad, None, {}
         v, p = chains
         if p is None:
             p = rbm.hidden_probability(params, v)  # (n_chains, H)
         grad, v, p = rbm.pcd_step(params, batch, v, p, rng, int(self.cd_k))
-        return self._centred(params, batch, grad), (v, p), {}
+        # grad.b = <p(h|v)>_batch - <p(h|v)>_chains, and p is the second at the new chain states
+        # (with these parameters), so the batch's mean comes without another hidden pass
+        data_mean = grad.b + p.mean(axis=0)  # (H,)
+        grad = self._centred(params, batch, grad)
+        return (self._sparse(grad, data_mean) if self.sparsity_cost else grad), (v, p), {}
+
+    def _sparse(self, grad, data_mean):
+        """``grad`` with the sparsity step (4b.11) added to the hidden biases' part, q =
+        ``data_mean`` (H,), the batch's mean of p(h = 1 | v)."""
+        return grad._replace(b=grad.b + sparsity_gradient(
+            data_mean, float(self.sparsity_target), float(self.sparsity_cost)))
 
     def _centred(self, params, batch, grad):
         """With ``centring``, the plain step of the centred gradient (5.9), offsets the batch's

@@ -32,6 +32,12 @@ the weights ``W``, as in Hinton's practical guide, section 10)::
     velocity <- momentum * velocity + lr * (g - weight_decay * W)
     theta    <- theta + velocity
 
+Sparsity targets (optional, ``sparsity_cost > 0`` in the RBM and Model R estimators): the
+hidden biases' ascent direction gains ``cost * (target - q)``, q being the minibatch's mean
+data-side firing probability of each hidden unit (docs/MODEL_RB.md (4b.11), Lee, Ekanadham and
+Ng 2008; Hinton's practical guide, section 11): the gradient of a penalty that pulls every
+unit's firing probability on the data towards the target.
+
 Parameter averaging (optional, ``average=K`` in the loop and the estimators): after every
 update, an exponential moving average of the parameters with a horizon of ``K`` updates,
 
@@ -57,6 +63,8 @@ __all__ = [
     "learning_rate_at",
     "momentum_at",
     "moving_average",
+    "sparsity_penalty",
+    "sparsity_gradient",
     "sgd_update",
     "checked_sgd_update",
     "check_finite",
@@ -209,6 +217,51 @@ def moving_average(average, params, horizon):
     horizon = float(horizon)
     return type(params)(*((a + (p - a) / horizon).astype(p.dtype, copy=False)
                           for a, p in zip(average, params)))
+
+
+def sparsity_penalty(x, target, cost):
+    """The sparsity penalty (4b.11) of hidden units whose total inputs on B data images are x.
+
+        Omega = lambda (1/B) sum_n sum_k CE(p, sigmoid(x_nk))
+              = lambda (1/B) sum_n sum_k [softplus(x_nk) - p x_nk],
+
+    the cross-entropy between the target p and each unit's firing probability, summed over the
+    units and averaged over the images (``CE(p, s) = -p log s - (1 - p) log(1 - s)``).
+
+    Parameters
+    ----------
+    x : ndarray of shape (B, H) or (B, J, d_h), total inputs of the hidden units
+    target : float in (0, 1), p
+    cost : float >= 0, lambda
+
+    Returns
+    -------
+    float, the penalty (to be minimised)
+    """
+    x = np.asarray(x, dtype=np.float64)  # (B, ...)
+    return float(cost * (np.logaddexp(0.0, x) - target * x).sum() / x.shape[0])
+
+
+def sparsity_gradient(q, target, cost):
+    """Ascent direction of the hidden biases under the sparsity penalty (4b.11).
+
+    A hidden bias adds to its unit's input on every image, so ``-dOmega/db_k = lambda (p -
+    q_k)`` with ``q_k = (1/B) sum_n sigmoid(x_nk)``, the minibatch's mean firing probability of
+    unit k on the data (Lee, Ekanadham and Ng 2008 use this step on the biases alone; Hinton's
+    guide keeps a running mean of q, here the minibatch's own).
+
+    Parameters
+    ----------
+    q : ndarray of shape (H,) or (J, d_h), mean data-side firing probabilities
+    target : float in (0, 1), p
+    cost : float >= 0, lambda
+
+    Returns
+    -------
+    ndarray of the shape and dtype of q, to add to the hidden biases' ascent direction
+    """
+    q = np.asarray(q)
+    return (cost * (target - q)).astype(q.dtype, copy=False)  # (H,) or (J, d_h)
 
 
 def sgd_update(params, velocity, grad, learning_rate, momentum, weight_decay=0.0):
