@@ -263,6 +263,7 @@ def _check_sparsity(estimator):
     """The sparsity hyperparameters (4b.11): a target in (0, 1) and a cost >= 0."""
     _check_number("sparsity_target", estimator.sparsity_target, 0, 1, low_open=True, high_open=True)
     _check_number("sparsity_cost", estimator.sparsity_cost, 0)
+    _check_choice("sparsity_on", estimator.sparsity_on, ("biases", "inputs"))
 
 
 def _check_bool(name, value):
@@ -1519,6 +1520,12 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         h (its mean-field, or sampled, mean firing probability): the gradient of a penalty that
         pulls each hidden unit's firing probability on the data towards the target (Hinton's
         practical guide, section 11). 0: off.
+    sparsity_on : {"biases", "inputs"}, default="biases"
+        Which parameters take the sparsity step: gamma alone (Lee, Ekanadham and Ng 2008), or
+        every parameter of the hidden units' mean-field input at the batch's routing, W, gamma
+        and C (:func:`capsnp.model_r.sparsity_gradient`; Hinton's guide adjusts the bias and
+        the incoming weights). On MNIST the capsule model escaped the step on gamma through
+        its prediction biases C (docs/results.md section 24).
     dtype : float64 or float32, default=np.float64
         Dtype of data and parameters throughout. Input of any real dtype is converted to it,
         so with float32 every fitted array, transform, score and sample is float32. A float32
@@ -1578,7 +1585,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
                  first_parent_logit=0.0, posterior_sweeps=0, rao_blackwell="routes",
                  assignment_biases=False, assignment_bias_rate=1.0,
                  tie_weights=False, centring=False, sparsity_target=0.1, sparsity_cost=0.0,
-                 dtype=np.float64, random_state=None, verbose=0, monitor_fraction=0.05,
+                 sparsity_on="biases", dtype=np.float64, random_state=None, verbose=0, monitor_fraction=0.05,
                  checkpoint_path=None, checkpoint_every=1, resume=False, backend="numba"):
         self.n_capsules = n_capsules
         self.capsule_dim = capsule_dim
@@ -1609,6 +1616,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         self.centring = centring
         self.sparsity_target = sparsity_target
         self.sparsity_cost = sparsity_cost
+        self.sparsity_on = sparsity_on
         self.dtype = dtype
         self.random_state = random_state
         self.verbose = verbose
@@ -1769,11 +1777,23 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
             grad = grad._replace(W=model_r.tied_gradient(grad.W))
         if self.centring:  # the plain parameters' step (4b.8 is linear)
             grad = _model_r_ref.from_centred(grad, m, l, centre_biases)
-        if self.sparsity_cost:  # (4b.11), q = the batch's mean-field (or sampled) mean of h
-            grad = grad._replace(gamma=grad.gamma + sparsity_gradient(
-                positive.gamma, float(self.sparsity_target), float(self.sparsity_cost)))
+        if self.sparsity_cost:  # (4b.11)
+            grad = self._sparse(params, grad, batch, c, mu, positive)
         return grad, ((v, a) if self.persistent else None), {
             "train_mean_field_iterations": float(np.mean(n_mf))}
+
+    def _sparse(self, params, grad, batch, c, mu, positive):
+        """``grad`` plus the sparsity step (4b.11): on gamma alone, with q the batch's data
+        statistic of gamma (the mean of mu, or of the sampled h), or on every parameter of the
+        hidden units' mean-field input at the batch's routing c (W, gamma, C; the tied W's
+        share summed over the parents as in (4b.6))."""
+        target, cost = float(self.sparsity_target), float(self.sparsity_cost)
+        if self.sparsity_on == "biases":
+            return grad._replace(gamma=grad.gamma + sparsity_gradient(positive.gamma, target, cost))
+        pull = self._kernels("model_r").sparsity_gradient(params, batch, c, mu, target, cost)
+        if self.tie_weights:
+            pull = pull._replace(W=self._kernels("model_r").tied_gradient(pull.W))
+        return type(grad)(*(g + x for g, x in zip(grad, pull)))
 
     def _monitor(self, params, X, rng):
         iters, elbo, error = [], [], []
@@ -1968,6 +1988,9 @@ class BernoulliRBM(_EnergyEstimator):
         (sparsity_target - q)``, q (H,) being the minibatch's mean of ``p(h = 1 | v)``: the
         gradient of a penalty that pulls each hidden unit's firing probability on the data
         towards the target (Hinton's practical guide, section 11). 0: off.
+    sparsity_on : {"biases", "inputs"}, default="biases"
+        Which parameters take the sparsity step: the hidden biases alone, or b and W
+        (:func:`capsnp.rbm.sparsity_gradient`, one more hidden pass per step).
     checkpoint_path : str, os.PathLike or None, default=None
         File to which :meth:`fit` writes checkpoints (see :meth:`fit`); its directory must
         exist. Not for use inside ``GridSearchCV`` and the like (every clone would write the
@@ -2003,7 +2026,7 @@ class BernoulliRBM(_EnergyEstimator):
                  verbose=0, random_state=None, cd_k=1, persistent=True, n_chains=None,
                  momentum=0.0, weight_decay=0.0, average=0, lr_schedule="constant",
                  lr_final_ratio=0.04, dtype=np.float64, chain_init="noise", centring=False,
-                 sparsity_target=0.1, sparsity_cost=0.0,
+                 sparsity_target=0.1, sparsity_cost=0.0, sparsity_on="biases",
                  checkpoint_path=None, checkpoint_every=1, resume=False, backend="numba"):
         self.n_components = n_components
         self.learning_rate = learning_rate
@@ -2024,6 +2047,7 @@ class BernoulliRBM(_EnergyEstimator):
         self.centring = centring
         self.sparsity_target = sparsity_target
         self.sparsity_cost = sparsity_cost
+        self.sparsity_on = sparsity_on
         self.checkpoint_path = checkpoint_path
         self.checkpoint_every = checkpoint_every
         self.resume = resume
@@ -2121,7 +2145,7 @@ class BernoulliRBM(_EnergyEstimator):
                 v, _ = rbm.gibbs_sweep(params, v, rng)  # (B, D)
             grad = self._centred(params, batch, rbm.cd_gradient(params, batch, v))
             if self.sparsity_cost:
-                grad = self._sparse(grad, rbm.hidden_probability(params, batch).mean(axis=0))
+                grad = self._sparse(params, grad, batch, None)
             return grad, None, {}
         v, p = chains
         if p is None:
@@ -2131,13 +2155,20 @@ class BernoulliRBM(_EnergyEstimator):
         # (with these parameters), so the batch's mean comes without another hidden pass
         data_mean = grad.b + p.mean(axis=0)  # (H,)
         grad = self._centred(params, batch, grad)
-        return (self._sparse(grad, data_mean) if self.sparsity_cost else grad), (v, p), {}
+        return (self._sparse(params, grad, batch, data_mean) if self.sparsity_cost else grad), (v, p), {}
 
-    def _sparse(self, grad, data_mean):
-        """``grad`` with the sparsity step (4b.11) added to the hidden biases' part, q =
-        ``data_mean`` (H,), the batch's mean of p(h = 1 | v)."""
-        return grad._replace(b=grad.b + sparsity_gradient(
-            data_mean, float(self.sparsity_target), float(self.sparsity_cost)))
+    def _sparse(self, params, grad, batch, data_mean):
+        """``grad`` plus the sparsity step (4b.11): on the hidden biases alone, q = ``data_mean``
+        (H,), the batch's mean of p(h = 1 | v) (None: computed here), or on b and W
+        (``sparsity_on="inputs"``, one more hidden pass over the batch)."""
+        rbm = self._kernels("rbm")
+        target, cost = float(self.sparsity_target), float(self.sparsity_cost)
+        if self.sparsity_on == "inputs":
+            pull = rbm.sparsity_gradient(params, batch, target, cost)
+            return type(grad)(*(g + x for g, x in zip(grad, pull)))
+        if data_mean is None:
+            data_mean = rbm.hidden_probability(params, batch).mean(axis=0)  # (H,)
+        return grad._replace(b=grad.b + sparsity_gradient(data_mean, target, cost))
 
     def _centred(self, params, batch, grad):
         """With ``centring``, the plain step of the centred gradient (5.9), offsets the batch's

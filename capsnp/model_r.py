@@ -65,6 +65,7 @@ __all__ = [
     "assigned_input",
     "top_down",
     "tied_gradient",
+    "sparsity_gradient",
     "to_centred",
     "from_centred",
     "centred_gradient",
@@ -539,6 +540,36 @@ def bias_statistics(params, v, c, mu, w):
         wc_t, v_t = np.ascontiguousarray(wc.transpose(1, 2, 0)), np.ascontiguousarray(np.swapaxes(v, 0, 1))
         out["A"] = np.matmul(wc_t, v_t)  # (I, J, d_v)
     return out
+
+
+def sparsity_gradient(params, v, c, mu, target, cost):
+    """Ascent direction of the sparsity penalty (4b.11) in every parameter of the hidden inputs.
+
+    The mean-field input of h_jk on image n is ``x_njk = gamma_jk + sum_i c_nij (W_ij v_ni +
+    C_ij)_k`` (sigmoid(x) = mu). With the routing c held as it is, ``-dOmega/dtheta = lambda
+    (1/B) sum_n (p - mu_n) dx_n/dtheta``: the data statistics (4.8), (4b.5) of W, gamma and C
+    with ``p - mu`` in place of mu, times lambda,
+
+        W: lambda <c_ij (p - mu_j) v_i^T>,   gamma: lambda <p - mu_j>,   C: lambda <c_ij (p - mu_j)>,
+
+    and zero for alpha, beta and A, which do not reach h.
+
+    Parameters
+    ----------
+    params : RParams or RBParams (its type and dtype are used)
+    v : ndarray of shape (B, I, d_v)
+    c : ndarray of shape (B, I, J), the batch's mean-field routing
+    mu : ndarray of shape (B, J, d_h), its mean-field hidden probabilities
+    target : float in (0, 1), p
+    cost : float >= 0, lambda
+
+    Returns
+    -------
+    the type of ``params``, shapes as ``params``
+    """
+    pull = data_statistics(params, v, c, target - np.asarray(mu))  # W, gamma, C: linear in mu
+    return type(params)(**{name: (cost * x if name in ("W", "gamma", "C") else np.zeros_like(x))
+                           for name, x in pull._asdict().items()})
 
 
 def tied_gradient(dW):

@@ -52,6 +52,7 @@ __all__ = [
     "to_centred",
     "from_centred",
     "centred_gradient",
+    "sparsity_gradient",
 ]
 
 # Largest number of entries of an enumerated (states x states) table built at once.
@@ -643,3 +644,35 @@ def centred_gradient(grad, m, l):
     RBMParams
     """
     return RBMParams(W=grad.W - np.outer(m, grad.b) - np.outer(grad.a, l), a=grad.a, b=grad.b)  # (D, H)
+
+
+# --------------------------------------------------------------------------------------------
+# sparsity targets (docs/MODEL_RB.md (4b.11))
+# --------------------------------------------------------------------------------------------
+
+
+def sparsity_gradient(params, v, target, cost):
+    """Ascent direction of the sparsity penalty (4b.11) in every parameter of the hidden inputs.
+
+    The input of h_k on image n is ``x_nk = b_k + (W^T v_n)_k``, so ``-dOmega/dtheta = lambda
+    (1/B) sum_n (p - p(h = 1 | v_n)) dx_n/dtheta``:
+
+        W: lambda <v (p - p(h|v))^T>,   b: lambda <p - p(h|v)>,   a: 0
+
+    (Hinton's practical guide, section 11, adjusts the bias and the incoming weights).
+
+    Parameters
+    ----------
+    params : RBMParams
+    v : ndarray of shape (B, D), the minibatch
+    target : float in (0, 1), p
+    cost : float >= 0, lambda
+
+    Returns
+    -------
+    RBMParams with W (D, H), a (D,), b (H,)
+    """
+    v = np.asarray(v, dtype=_float_dtype(params.W, v))
+    pull = target - hidden_probability(params, v)  # (B, H)
+    return RBMParams(W=cost * (v.T @ pull) / v.shape[0], a=np.zeros_like(params.a),
+                     b=cost * pull.mean(axis=0))  # (D, H), (D,), (H,)
