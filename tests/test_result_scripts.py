@@ -481,3 +481,28 @@ def test_chain_statistics_variance_compares_two_unbiased_statistics(saved_r, cap
     np.testing.assert_allclose(routes["beta"].mean(axis=0), model_r.model_statistics(params, v, h, resp).beta.ravel(),
                                rtol=1e-10)
     np.testing.assert_allclose(hidden["beta"].mean(axis=0), onehot.mean(axis=0).ravel(), rtol=1e-12)
+
+
+def test_sparsity_parameters_reports_where_the_hidden_units_sit(saved_r, capsys):
+    """main() reports the firing probabilities and biases of saved models; its firing mean is
+    the models' own data-side mean, and a strong sparsity target lowers it."""
+    from capsnp.estimators import BernoulliRBM
+    module = _script("sparsity_parameters")
+    X, _ = load_dataset("embedded", "train")
+    V = binarize(X[:300], "stochastic", random_state=0)
+    kw = dict(n_iter=2, n_chains=40, momentum=0.5, assignment_biases=True, random_state=0)
+    RoutedCapsuleRBM(2, 6, **kw).fit(V).save(saved_r / "tiny-sp0_model.npz")
+    RoutedCapsuleRBM(2, 6, **kw, sparsity_cost=2.0, sparsity_target=0.05).fit(V).save(saved_r / "tiny-sp2_model.npz")
+    rbm = BernoulliRBM(8, n_iter=2, batch_size=20, learning_rate=0.05, random_state=0).fit(V)
+    rbm.save(saved_r / "tiny-rbm_model.npz")
+    module.main("tiny-sp0,tiny-sp2,tiny-rbm", "embedded", 50, saved_r)
+    plain, sparse, r = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert sparse["firing"]["mean"] < plain["firing"]["mean"] - 0.05
+    for row in (plain, sparse):
+        assert 0.5 <= row["largest_c_mean"] <= 1.0 and 0.0 <= row["parent_0_share"] <= 1.0
+        assert "routed_C_mean" in row and row["images"] == 50
+        assert row["firing"]["quantiles"] == sorted(row["firing"]["quantiles"])
+    Xt, _ = load_dataset("embedded", "test")
+    Vt = binarize(Xt[:50], "stochastic", random_state=0)
+    assert r["firing"]["mean"] == pytest.approx(rbm.transform(Vt).mean(), abs=1e-4)
+    assert r["hidden_bias_mean"] == pytest.approx(rbm.intercept_hidden_.mean(), abs=1e-4)
