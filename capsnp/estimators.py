@@ -2151,11 +2151,12 @@ class BernoulliRBM(_EnergyEstimator):
         if p is None:
             p = rbm.hidden_probability(params, v)  # (n_chains, H)
         grad, v, p = rbm.pcd_step(params, batch, v, p, rng, int(self.cd_k))
+        if not self.sparsity_cost:
+            return self._centred(params, batch, grad), (v, p), {}
         # grad.b = <p(h|v)>_batch - <p(h|v)>_chains, and p is the second at the new chain states
         # (with these parameters), so the batch's mean comes without another hidden pass
         data_mean = grad.b + p.mean(axis=0)  # (H,)
-        grad = self._centred(params, batch, grad)
-        return (self._sparse(params, grad, batch, data_mean) if self.sparsity_cost else grad), (v, p), {}
+        return self._sparse(params, self._centred(params, batch, grad), batch, data_mean), (v, p), {}
 
     def _sparse(self, params, grad, batch, data_mean):
         """``grad`` plus the sparsity step (4b.11): on the hidden biases alone, q = ``data_mean``
