@@ -266,6 +266,12 @@ PRESETS = {
                                                                          sparsity_on="inputs")),
     "rbm-pcd-long-m5-lr2-c300-spi01-40": (BernoulliRBM, dict(n_components=500, n_chains=300, sparsity_cost=0.1,
                                                              sparsity_on="inputs", **{**_RBM_PCD_LONG, **_STEP_M5_LR2})),
+    # ... and both forms at cost 0.01 for the capsule model: is a weaker pull neutral?
+    "rb-2x250-m5-lr2-mf3-c300-sp001-equal-time": (RoutedCapsuleRBM, dict(_BIASED_2X250, **_STEP_M5_LR2, max_routing=3,
+                                                                         n_chains=300, sparsity_cost=0.01)),
+    "rb-2x250-m5-lr2-mf3-c300-spi001-equal-time": (RoutedCapsuleRBM, dict(_BIASED_2X250, **_STEP_M5_LR2, max_routing=3,
+                                                                          n_chains=300, sparsity_cost=0.01,
+                                                                          sparsity_on="inputs")),
     # The same two models without assignment biases (plain Model R, 1,382 more parameters
     # instead of 27,450), with 1 and 3 sweeps: is the 3-sweep gain of the biased model (1.6
     # nats against the RBM-500's 0.5, docs/results.md section 16) a gain of its biases, whose
