@@ -25,7 +25,7 @@ from .ops import sigmoid, softmax
 
 __all__ = ["mean_field", "gibbs_sweep", "data_statistics", "model_statistics",
            "hidden_model_statistics", "top_down", "assigned_input", "hidden_probability",
-           "log_joint_va"]
+           "sparsity_gradient", "log_joint_va"]
 
 
 def __getattr__(name):
@@ -105,6 +105,12 @@ def hidden_probability(params, v, a):
     """U (4.4) ``sigmoid(gamma + sum_{i: a_i = j} u_hat_{j|i})`` from the sparse v, without
     u_hat: (B, I, d_v), (B, I) -> (B, J, d_h); twin of :func:`capsnp.model_r.hidden_probability`."""
     return sigmoid(params.gamma + assigned_input(params, v, a))  # (B, J, d_h)
+
+
+def sparsity_gradient(params, v, c, mu, target, cost):
+    """(4b.11) in W, gamma and C at the routing c, from the compiled data statistics with
+    ``p - mu`` in place of mu; twin of :func:`capsnp.model_r.sparsity_gradient`."""
+    return _ref.input_pull(data_statistics(params, v, c, target - np.asarray(mu)), cost)
 
 
 def log_joint_va(params, v, a):

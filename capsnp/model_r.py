@@ -66,6 +66,7 @@ __all__ = [
     "top_down",
     "tied_gradient",
     "sparsity_gradient",
+    "input_pull",
     "to_centred",
     "from_centred",
     "centred_gradient",
@@ -567,9 +568,15 @@ def sparsity_gradient(params, v, c, mu, target, cost):
     -------
     the type of ``params``, shapes as ``params``
     """
-    pull = data_statistics(params, v, c, target - np.asarray(mu))  # W, gamma, C: linear in mu
-    return type(params)(**{name: (cost * x if name in ("W", "gamma", "C") else np.zeros_like(x))
-                           for name, x in pull._asdict().items()})
+    return input_pull(data_statistics(params, v, c, target - np.asarray(mu)), cost)
+
+
+def input_pull(statistics, cost):
+    """``cost`` times the W, gamma and C parts of data statistics taken with ``p - mu`` (linear
+    in mu), zero for alpha, beta and A: the last step of :func:`sparsity_gradient`, shared
+    with its compiled twin."""
+    return type(statistics)(**{name: (cost * x if name in ("W", "gamma", "C") else np.zeros_like(x))
+                               for name, x in statistics._asdict().items()})
 
 
 def tied_gradient(dW):

@@ -68,6 +68,10 @@ def test_model_r_sparsity_gradient_is_the_penalty_s_gradient_in_every_input_para
         np.testing.assert_allclose(-x, y, rtol=1e-6, atol=1e-9, err_msg=name)
     # its gamma part is the bias step of (4b.11)
     np.testing.assert_allclose(analytic.gamma, sparsity_gradient(sigmoid(inputs(params)).mean(axis=0), target, cost))
+    if kernels.available():  # the compiled twin, on the compiled data statistics
+        twin = kernels.model_r.sparsity_gradient(params, v, c, sigmoid(inputs(params)), target, cost)
+        for name, x, y in zip(RBParams._fields, twin, analytic):
+            np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-13, err_msg=name)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
