@@ -1433,6 +1433,10 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
     routing_tol : float, default=1e-3
         Per-image stopping tolerance on ``max |delta c|`` of the mean-field iteration.
     max_routing : int, default=30
+    routing_damping : float in [0, 1), default=0.0
+        Each mean-field update keeps this share of the previous routing,
+        ``c <- (1 - routing_damping) c_new + routing_damping c`` (4.6). Damping does not move
+        the fixed points; with ``max_routing`` small it stops the routing nearer its start.
     cd_k : int, default=1
     persistent : bool, default=True
     n_chains : int or None, default=None
@@ -1578,7 +1582,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         return base + ("C_", "A_") if self.assignment_biases else base
 
     def __init__(self, n_capsules=16, capsule_dim=8, *, image_shape=None, patch=4,
-                 routing_tol=1e-3, max_routing=30, cd_k=1, persistent=True, n_chains=None,
+                 routing_tol=1e-3, max_routing=30, routing_damping=0.0, cd_k=1, persistent=True, n_chains=None,
                  chain_init="data", learning_rate=0.05, lr_schedule="linear",
                  lr_final_ratio=0.04, momentum=0.9, weight_decay=1e-4, average=0,
                  batch_size=100, n_iter=10, init_scale=0.01, learn_prior=False,
@@ -1593,6 +1597,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         self.patch = patch
         self.routing_tol = routing_tol
         self.max_routing = max_routing
+        self.routing_damping = routing_damping
         self.cd_k = cd_k
         self.persistent = persistent
         self.n_chains = n_chains
@@ -1630,6 +1635,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         super()._setup(n_features)
         _check_number("routing_tol", self.routing_tol, 0)
         _check_number("max_routing", self.max_routing, 1, integer=True)
+        _check_number("routing_damping", self.routing_damping, 0, 1, high_open=True)
         _check_number("first_parent_logit", self.first_parent_logit)
         _check_number("posterior_sweeps", self.posterior_sweeps, 0, integer=True)
         _check_choice("rao_blackwell", self.rao_blackwell, ("routes", "hidden", "hidden-redrawn"))
@@ -1676,7 +1682,8 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
 
     def _mean_field(self, params, v):
         return self._kernels("model_r").mean_field(params, v, tol=float(self.routing_tol),
-                                                   max_iter=int(self.max_routing))
+                                                   max_iter=int(self.max_routing),
+                                                   damping=float(self.routing_damping))
 
     # ------------------------------------------------------------------ chains: (v, a)
 

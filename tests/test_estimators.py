@@ -393,3 +393,38 @@ def test_unfitted_estimator_raises(digits):
     for kind in KINDS:
         with pytest.raises(NotFittedError):
             make(kind).transform(digits)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_routing_damping_reaches_the_data_step_and_is_checked_and_saved(digits, backend, tmp_path):
+    """``routing_damping`` is the damping of the mean field (4.6): the estimator's routing is
+    ``model_r.mean_field`` with it, and the step changes by exactly the change of the data
+    statistics (the chains do not use the mean field). Checked on input and kept in model files."""
+    kw = dict(n_capsules=2, capsule_dim=3, patch=4, assignment_biases=True, max_routing=3,
+              n_iter=1, batch_size=20, init_scale=0.5, random_state=0, monitor_fraction=0,
+              backend=backend)
+    est = RoutedCapsuleRBM(**kw).fit(digits)
+    params, batch = est._params(), est._checked(digits[:20])  # (20, I, d_v)
+    chains = (batch[::-1].copy(), np.random.default_rng(1).integers(0, 2, size=batch.shape[:2]))
+    g0, ch0, _ = est._step(params, batch, chains, np.random.default_rng(5))
+    damped = clone(est).set_params(routing_damping=0.5)
+    c, mu, n = damped._mean_field(params, batch)  # (B, I, J), (B, J, d_h), (B,)
+    c_ref, mu_ref, n_ref = model_r.mean_field(params, batch, tol=1e-3, max_iter=3, damping=0.5)
+    np.testing.assert_allclose(c, c_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(mu, mu_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(n, n_ref)
+    c0, mu0, _ = est._mean_field(params, batch)
+    assert np.abs(c - c0).max() > 1e-3  # three damped updates stop elsewhere
+    g1, ch1, _ = damped._step(params, batch, chains, np.random.default_rng(5))
+    for x, y in zip(ch0, ch1):
+        np.testing.assert_array_equal(x, y)
+    pos1 = model_r.data_statistics(params, batch, c, mu)
+    pos0 = model_r.data_statistics(params, batch, c0, mu0)
+    for name, a, b, p1, p0 in zip(type(g0)._fields, g0, g1, pos1, pos0):
+        expected = np.zeros_like(a) if name == "beta" else p1 - p0  # beta is not learned here
+        np.testing.assert_allclose(b - a, expected, rtol=1e-8, atol=1e-10, err_msg=name)
+    damped.fit(digits).save(tmp_path / "m.npz")
+    assert load_estimator(tmp_path / "m.npz").routing_damping == 0.5
+    for bad in (1.0, -0.1, "0.5"):
+        with pytest.raises(ValueError, match="routing_damping"):
+            RoutedCapsuleRBM(**{**kw, "routing_damping": bad}).fit(digits)
