@@ -1,0 +1,163 @@
+"""Does the importance sampling over routings (4.10) miss routing-posterior mass?
+
+A capsule row's test log-likelihood is ``log p~(v) - log Z`` with ``log p~(v)`` estimated by
+importance sampling over the J**I routings, the proposal being the product of the mean-field
+routing c of each image (``RoutedCapsuleRBM.log_likelihood``, 100 draws). The estimate is
+unbiased in ``p~(v)`` for any proposal that covers the posterior, but a routing posterior with
+several modes, of which the mean field finds one, is covered in name only: the other modes are
+(almost) never drawn, their mass is missing, and the per-image standard errors do not show it.
+
+This loads ``<folder>/<name>_model.npz`` (default folder ``docs/results/<dataset>``) and, on the
+first ``n`` test images (binarised as the experiment binarises them, ``random_state = seed + 1``),
+estimates ``log p~(v)`` with five proposals, all from ``np.random.default_rng(0)``:
+
+- ``training``: the routing the model trains and is scored with (its ``max_routing``,
+  ``routing_tol``, ``routing_damping``), 100 draws: the estimator of the reported row;
+- ``training_S``: the same routing, ``S`` draws;
+- ``converged``: the mean field run to a fixed point from the same start (damping 0.5,
+  tolerance 1e-8, up to 500 updates), ``S`` draws;
+- ``multi_start``: the equal-weight mixture of the fixed points reached from ``K`` starts (the
+  default start and K - 1 routings drawn uniformly from the simplex of each patch),
+  ``q(a) = (1/K) sum_k prod_i c^k_{i a_i}``, ``S`` draws;
+- ``widened``: the training routing mixed with the uniform routing on every patch,
+  ``(1 - eps) c + eps / J`` with eps = 0.2, ``S`` draws (a broad proposal around it).
+
+It prints one JSON line per proposal: the mean estimate over the images, its mean paired
+difference from ``training`` with the standard error of that mean, and the mean per-image
+standard error; then one line on the fixed points: how many distinct ones (two differ when some
+patch's c differs by more than 0.5) the K starts reach per image, and how often the default
+start's is not the one of highest mean-field bound. ``log Z`` is the same for every proposal, so
+a difference in ``log p~(v)`` is the same difference in the test log-likelihood.
+
+    CAPSNP_DATA_DIR=../shared/data python docs/results/is_proposal_check.py rb-2x250-m5-lr2-mf3-c300-avg mnist 500 docs/results/mnist/epochs200
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from capsnp import kernels
+from capsnp import model_r as mr
+from capsnp.capsules import to_capsules
+from capsnp.datasets import binarize, load_dataset
+from capsnp.estimators import load_estimator, mean_field_elbo
+from capsnp.ops import sigmoid, softmax
+
+
+def fixed_point(params, v, c, damping=0.5, tol=1e-8, max_iter=500):
+    """The mean field (4.6) from the routing c (B, I, J) to a fixed point: (B, I, J)."""
+    u_hat = mr.prediction(params, v)  # (B, I, J, d_h)
+    prior = mr.prior_logits(params, v)  # (B, I, J)
+    for _ in range(max_iter):
+        mu = sigmoid(params.gamma + mr._routed_input(u_hat, c))  # (B, J, d_h)
+        c_new = softmax(prior + mr._agreement(u_hat, mu), axis=-1)  # (B, I, J)
+        step = np.max(np.abs(c_new - c))
+        c = (1.0 - damping) * c_new + damping * c
+        if step < tol:
+            break
+    return c
+
+
+def log_mixture(cs, a):
+    """``log (1/K) sum_k prod_i c^k_{i a_i}``: (K, B, I, J), (S, B, I) -> (S, B)."""
+    K = cs.shape[0]
+    log_c = np.log(np.maximum(cs, 1e-300))  # (K, B, I, J)
+    chosen = np.stack([np.take_along_axis(np.broadcast_to(lc, a.shape + lc.shape[-1:]), a[..., None],
+                                          axis=-1)[..., 0] for lc in log_c])  # (K, S, B, I)
+    per_component = chosen.sum(axis=-1)  # (K, S, B)
+    m = per_component.max(axis=0)  # (S, B)
+    return m + np.log(np.exp(per_component - m).mean(axis=0))  # (S, B)
+
+
+def mixture_estimate(params, v, cs, n_draws, rng):
+    """Importance-sampling estimate of ``log p~(v)`` (4.10) under the mixture of the product
+    routings ``cs`` (K, B, I, J): the log-mean weight and its delta-method standard error, (B,)."""
+    K, B, I, _ = cs.shape
+    k = rng.integers(0, K, size=(n_draws, B))  # (S, B) component of each draw
+    chosen = cs[k, np.arange(B)[None, :]]  # (S, B, I, J)
+    a = mr._categorical_draw(chosen, rng.random((n_draws, B, I)))  # (S, B, I)
+    log_q = log_mixture(cs, a)  # (S, B)
+    log_p = np.stack([kernels.model_r.log_joint_va(params, v, a[s]) for s in range(n_draws)])  # (S, B)
+    log_w = log_p - log_q  # (S, B)
+    m = log_w.max(axis=0)  # (B,)
+    w = np.exp(log_w - m)  # (S, B)
+    mean_w = w.mean(axis=0)  # (B,)
+    se = w.std(axis=0, ddof=1) / (np.sqrt(n_draws) * mean_w)  # (B,)
+    return m + np.log(mean_w), se
+
+
+def distinct_count(cs):
+    """Distinct fixed points per image among K: (K, B, I, J) -> (B,)."""
+    K, B = cs.shape[:2]
+    counts = np.zeros(B, dtype=int)
+    for b in range(B):
+        kept = []
+        for k in range(K):
+            if all(np.abs(cs[k, b] - c).max() > 0.5 for c in kept):
+                kept.append(cs[k, b])
+        counts[b] = len(kept)
+    return counts
+
+
+def main(name, dataset="mnist", n=500, folder=None, S=1000, K=8, chunk=100):
+    n, S, K, chunk = int(n), int(S), int(K), int(chunk)
+    folder = Path(folder or Path("docs/results") / dataset)
+    est = load_estimator(folder / f"{name}_model.npz")
+    meta = json.loads((folder / f"{name}.json").read_text())
+    seed = int(meta.get("params", {}).get("random_state") or 0)  # the run's --seed
+    X, _ = load_dataset(dataset, "test")
+    V = binarize(X[:n], "stochastic", random_state=seed + 1)  # the experiment's test binarisation
+    v_all = to_capsules(V, est.image_shape_, est.patch_)  # (n, I, d_v)
+    params = est._params()
+    J = params.W.shape[1]
+    rng = np.random.default_rng(0)
+    names = ("training", "training_S", "converged", "multi_start", "widened")
+    est_, se_ = {k: [] for k in names}, {k: [] for k in names}
+    distinct, default_not_best = [], []
+    t0 = time.perf_counter()
+    for s in range(0, n, chunk):
+        v = v_all[s:s + chunk]  # (B, I, d_v)
+        B, I = v.shape[:2]
+        c_train, _, _ = est._mean_field(params, v)  # (B, I, J)
+        c_start = softmax(mr.prior_logits(params, v), axis=-1)  # (B, I, J): the default start
+        starts = [c_start] + [rng.dirichlet(np.ones(J), size=(B, I)) for _ in range(K - 1)]
+        fixed = np.stack([fixed_point(params, v, c0) for c0 in starts])  # (K, B, I, J)
+        bounds = np.stack([mean_field_elbo(params, v, c) for c in fixed])  # (K, B)
+        distinct.append(distinct_count(fixed))
+        default_not_best.append(bounds.argmax(axis=0) != 0)
+        proposals = {"training": (c_train[None], 100), "training_S": (c_train[None], S),
+                     "converged": (fixed[:1], S), "multi_start": (fixed, S),
+                     "widened": ((0.8 * c_train + 0.2 / J)[None], S)}
+        for key in names:
+            cs, draws = proposals[key]
+            e, se = mixture_estimate(params, v, cs, draws, rng)
+            est_[key].append(e)
+            se_[key].append(se)
+    base = np.concatenate(est_["training"])  # (n,)
+    for key in names:
+        e, se = np.concatenate(est_[key]), np.concatenate(se_[key])
+        d = e - base  # (n,)
+        print(json.dumps({
+            "model": name, "dataset": dataset, "folder": str(folder), "images": n, "proposal": key,
+            "draws": 100 if key == "training" else S,
+            "mean_log_p_unnormalised": round(float(e.mean()), 4),
+            "mean_difference_from_training": round(float(d.mean()), 4),
+            "difference_se": round(float(d.std(ddof=1) / np.sqrt(n)), 4),
+            "max_difference": round(float(d.max()), 4),
+            "mean_is_se": round(float(se.mean()), 4),
+        }), flush=True)
+    distinct, default_not_best = np.concatenate(distinct), np.concatenate(default_not_best)
+    print(json.dumps({
+        "model": name, "dataset": dataset, "images": n, "starts": K,
+        "mean_distinct_fixed_points": round(float(distinct.mean()), 3),
+        "share_with_more_than_one": round(float(np.mean(distinct > 1)), 4),
+        "share_default_start_not_best_bound": round(float(default_not_best.mean()), 4),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }), flush=True)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
