@@ -122,10 +122,10 @@ def log_joint_va(params, v, a):
     return _ref._log_joint_from_routed(params, v, np.asarray(a), assigned_input(params, v, a))  # (B,)
 
 
-def mean_field(params, v, tol=1e-3, max_iter=30, damping=0.0):
+def mean_field(params, v, tol=1e-3, max_iter=30, damping=0.0, start=None):
     """Mean-field routing (4.6) with per-image stopping; twin of :func:`capsnp.model_r.mean_field`.
 
-    From ``c = softmax_j(beta)``, iterate ``mu = sigmoid(gamma + s(c))``,
+    From ``c = softmax_j(beta)`` (or ``start``), iterate ``mu = sigmoid(gamma + s(c))``,
     ``c_new = softmax_j(beta + u_hat . mu)``, ``c <- (1 - damping) c_new + damping c``; an image
     stops after the update with ``max |c_new - c| < tol``, or after ``max_iter`` updates.
     With assignment biases (RBParams) beta reads ``b(v) = beta + A . v`` (4b.3) and u_hat
@@ -138,6 +138,7 @@ def mean_field(params, v, tol=1e-3, max_iter=30, damping=0.0):
     tol : float
     max_iter : int
     damping : float in [0, 1)
+    start : ndarray of shape (B, I, J), optional, the routing to iterate from
 
     Returns
     -------
@@ -147,13 +148,16 @@ def mean_field(params, v, tol=1e-3, max_iter=30, damping=0.0):
     """
     dt = _jit.kernel_dtype(params.W, v)
     if dt is None:
-        return _ref.mean_field(params, v, tol=tol, max_iter=max_iter, damping=damping)
+        return _ref.mean_field(params, v, tol=tol, max_iter=max_iter, damping=damping, start=start)
     gamma, v = (_jit.as_c(x, dt) for x in (params.gamma, v))
     B = v.shape[0]
     I, J, d_h = params.W.shape[:3]
     Wt, C = _transposed_weights(params, dt)  # (I, J, d_v, d_h), (I, J, d_h)
     prior = _jit.as_c(_ref.prior_logits(params, v), dt)  # (B, I, J)
-    c0 = softmax(prior, axis=-1)  # (B, I, J), the routing at h = 0: each image's starting point
+    if start is None:
+        c0 = softmax(prior, axis=-1)  # (B, I, J), the routing at h = 0: each image's starting point
+    else:
+        c0 = _jit.as_c(start, dt)  # (B, I, J)
     c = np.empty((B, I, J), dtype=dt)
     mu = np.empty((B, J, d_h), dtype=dt)
     n_iter = np.empty(B, dtype=np.int64)

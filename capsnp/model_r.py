@@ -383,12 +383,13 @@ def visible_probability(params, h, a):
 # --------------------------------------------------------------------------------------------
 
 
-def mean_field(params, v, tol=1e-3, max_iter=30, damping=0.0):
+def mean_field(params, v, tol=1e-3, max_iter=30, damping=0.0, start=None):
     """Mean-field routing (4.6): dynamic routing with a sigmoid and "replace".
 
     The factorised posterior ``q(a_i = j) = c_ij``, ``q(h_jk = 1) = mu_jk`` is found by
-    iterating, from ``c = softmax_j(beta)`` for every image (with assignment biases, beta
-    reads ``b(v)`` (4b.3) here and below, and the start is the routing at h = 0),
+    iterating, from ``c = softmax_j(beta)`` for every image unless ``start`` is given (with
+    assignment biases, beta reads ``b(v)`` (4b.3) here and below, and the start is the routing
+    at h = 0),
 
     .. math::
         s_j = \\sum_i c_{ij} \\hat u_{j|i}, \\quad \\mu_j = \\sigma(\\gamma_j + s_j), \\quad
@@ -407,6 +408,9 @@ def mean_field(params, v, tol=1e-3, max_iter=30, damping=0.0):
     tol : float
     max_iter : int
     damping : float in [0, 1)
+    start : ndarray of shape (B, I, J), optional
+        The routing to iterate from (rows summing to one): another start can reach another
+        fixed point when the mean field has several.
 
     Returns
     -------
@@ -420,7 +424,7 @@ def mean_field(params, v, tol=1e-3, max_iter=30, damping=0.0):
     u_hat = prediction(params, v)  # (B, I, J, d_h)
     B = u_hat.shape[0]
     prior = np.asarray(prior_logits(params, v), dtype=dt)  # (B, I, J)
-    c = softmax(prior, axis=-1)  # (B, I, J)
+    c = softmax(prior, axis=-1) if start is None else np.array(start, dtype=dt)  # (B, I, J)
     n_iter = np.full(B, max_iter, dtype=np.int64)
     active = np.arange(B)
     for t in range(1, max_iter + 1):
@@ -880,8 +884,14 @@ def log_marginal_is(params, v, n_samples, rng, c=None, log_z=None):
     biased LOW (by about ``se^2 / 2``). The standard error is the delta method on the
     log-mean: ``se = sd(w) / (sqrt(S) mean(w))``, computed from ``w / max w``.
 
-    Draw order: one call ``rng.random((n_samples, B, I))``, turned into assignments by inverse CDF
-    over parents as in :func:`gibbs_sweep`.
+    Given K routings per image (c of shape (K, B, I, J)), the proposal is their equal-weight
+    mixture ``q(a) = (1/K) sum_k prod_i c^k_{i a_i}``, unbiased as well, and covering every
+    mode of the routing posterior that one of them sits on (e.g. mean-field fixed points reached
+    from several starts, ``mean_field(start=...)``).
+
+    Draw order: with K > 1, first ``rng.integers(0, K, (n_samples, B))`` (each draw's
+    component); then one call ``rng.random((n_samples, B, I))``, turned into assignments by
+    inverse CDF over parents as in :func:`gibbs_sweep`.
 
     Parameters
     ----------
@@ -889,9 +899,10 @@ def log_marginal_is(params, v, n_samples, rng, c=None, log_z=None):
     v : ndarray of shape (B, I, d_v)
     n_samples : int, S
     rng : np.random.Generator
-    c : ndarray of shape (B, I, J), optional proposal (rows summing to one). It must be positive
-        wherever ``p(a_i = j | v) > 0``; assignments it gives probability zero are never drawn
-        and their mass is silently missing (a further downward bias).
+    c : ndarray of shape (B, I, J) or (K, B, I, J), optional proposal (rows summing to one). The
+        proposal must be positive wherever ``p(a_i = j | v) > 0``; assignments it gives
+        probability zero are never drawn and their mass is silently missing (a further
+        downward bias).
     log_z : float, optional
         If given, the estimate is ``log p~(v) - log_z`` (a normalised log-likelihood); otherwise
         the unnormalised ``log p~(v) = log sum_a p~(v, a)``.
@@ -906,18 +917,32 @@ def log_marginal_is(params, v, n_samples, rng, c=None, log_z=None):
     if c is None:
         c, _, _ = mean_field(params, v)
     c = np.asarray(c, dtype=dt)
-    u = rng.random((n_samples,) + c.shape[:2])  # (S, B, I)
-    a = _categorical_draw(c[None], u)  # (S, B, I)
+    cs = c if c.ndim == 4 else c[None]  # (K, B, I, J)
+    K, B, I, J = cs.shape
+    if K > 1:
+        k = rng.integers(0, K, size=(n_samples, B))  # (S, B): each draw's component
+    else:
+        k = np.zeros((n_samples, B), dtype=np.int64)  # (S, B)
+    u = rng.random((n_samples, B, I))  # (S, B, I)
     u_hat = prediction(params, v)  # (B, I, J, d_h)
-    # c_{i a_i} of each draw; all > 0, since a parent of probability zero is never drawn
-    c_chosen = np.take_along_axis(np.broadcast_to(c, a.shape + c.shape[-1:]), a[..., None],
-                                  axis=-1)[..., 0]  # (S, B, I)
-    log_q = np.sum(np.log(c_chosen), axis=-1)  # (S, B)
-    log_w = np.empty(a.shape[:2], dtype=dt)  # (S, B)
-    B, _, J, d_h = u_hat.shape
-    chunk = max(1, 2**22 // max(B * J * d_h, 1))  # draws per chunk: hidden inputs (chunk, B, J, d_h)
+    with np.errstate(divide="ignore"):
+        log_cs = np.log(cs)  # (K, B, I, J); -inf where a component gives a parent probability 0
+    log_w = np.empty((n_samples, B), dtype=dt)  # (S, B)
+    rows = np.arange(B)
+    # draws per chunk: hidden inputs (chunk, B, J, d_h), proposals (chunk, B, I, J) and the
+    # mixture's log-densities (K, chunk, B, I)
+    chunk = max(1, 2**22 // max(B * J * u_hat.shape[-1], B * I * J, K * B * I, 1))
     for s in range(0, n_samples, chunk):
-        log_w[s:s + chunk] = _log_joint_va(params, v, u_hat, a[s:s + chunk]) - log_q[s:s + chunk]
+        a = _categorical_draw(cs[k[s:s + chunk], rows], u[s:s + chunk])  # (n, B, I)
+        # log prod_i c^k_{i a_i} for every component; the drawn one is > 0 (a parent of
+        # probability zero is never drawn), so the mixture's log-density is finite
+        idx = np.broadcast_to(a[None, ..., None], (K,) + a.shape + (1,))  # (K, n, B, I, 1)
+        log_c = np.take_along_axis(np.broadcast_to(log_cs[:, None], idx.shape[:-1] + (J,)), idx,
+                                   axis=-1)[..., 0]  # (K, n, B, I)
+        per_component = np.sum(log_c, axis=-1)  # (K, n, B)
+        top = np.max(per_component, axis=0)  # (n, B)
+        log_q = top + np.log(np.mean(np.exp(per_component - top), axis=0))  # (n, B)
+        log_w[s:s + chunk] = _log_joint_va(params, v, u_hat, a) - log_q
     m = np.max(log_w, axis=0)  # (B,)
     w = np.exp(log_w - m)  # (S, B), in (0, 1]
     mean_w = np.mean(w, axis=0)  # (B,)

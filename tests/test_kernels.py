@@ -258,6 +258,21 @@ def test_r_mean_field_matches_reference(seed, dtype, damping, max_iter):
 
 
 @needs_numba
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_r_mean_field_from_a_given_start_matches_reference(seed, dtype):
+    params, v = r_params(seed, dtype), visible(seed, dtype)
+    B, I, J = v.shape[0], params.W.shape[0], params.W.shape[1]
+    start = np.random.default_rng(seed).dirichlet(np.ones(J), size=(B, I)).astype(dtype)  # (B, I, J)
+    c, mu, n = kernels.model_r.mean_field(params, v, 1e-3, 30, 0.0, start)
+    c_ref, mu_ref, n_ref = ref_r.mean_field(params, v, 1e-3, 30, 0.0, start)
+    assert_all_close((c, mu), (c_ref, mu_ref), tol(dtype))
+    np.testing.assert_array_equal(n, n_ref)
+    c_one, _, _ = kernels.model_r.mean_field(params, v, 1e-3, 1, 0.0, start)
+    c_def, _, _ = kernels.model_r.mean_field(params, v, 1e-3, 1, 0.0)
+    assert np.abs(c_one - c_def).max() > 1e-3  # the start is used
+
+
+@needs_numba
 def test_r_gibbs_sweep_reproduces_reference(seed):
     params, v = r_params(seed), visible(seed)
     a = np.random.default_rng(seed).integers(0, J, (B, I))

@@ -216,12 +216,12 @@ def test_as_rbm_refuses_several_parents():
 # ------------------------------------------------------------------------------ (4.6)
 
 
-def mean_field_one_image(params, v, tol, max_iter, damping):
+def mean_field_one_image(params, v, tol, max_iter, damping, start=None):
     """Un-vectorised reference: one image, plain loops over children and parents."""
     W, alpha, gamma, beta = params
     I, J, d_h, d_v = W.shape
     u_hat = np.array([[W[i, j] @ v[i] for j in range(J)] for i in range(I)])  # (I, J, d_h)
-    c = np.array([sp_softmax(beta[i]) for i in range(I)])
+    c = np.array([sp_softmax(beta[i]) for i in range(I)]) if start is None else start.copy()
     n_iter = max_iter
     for t in range(1, max_iter + 1):
         s = np.array([sum(c[i, j] * u_hat[i, j] for i in range(I)) for j in range(J)])
@@ -249,6 +249,29 @@ def test_mean_field_matches_single_image_loop(seed, damping):
         assert n_iter[b] == n_ref
         np.testing.assert_allclose(c[b], c_ref, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(mu[b], mu_ref, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_mean_field_from_a_given_start_matches_single_image_loop(seed):
+    """``start`` replaces the routing at h = 0 as the first c; with large weights different
+    starts reach different fixed points, each a fixed point (one more update stays put)."""
+    params = make_params(seed, I=5, J=3, d_h=4, d_v=3, scale=2.0)
+    rng = np.random.default_rng(seed)
+    v = (rng.random((12, 5, 3)) < 0.5).astype(float)
+    starts = rng.dirichlet(np.ones(3), size=(4, 12, 5))  # (K, B, I, J)
+    ends = []
+    for start in starts:
+        c, mu, n_iter = mr.mean_field(params, v, tol=1e-10, max_iter=200, damping=0.5, start=start)
+        for b in range(12):
+            c_ref, mu_ref, n_ref = mean_field_one_image(params, v[b], 1e-10, 200, 0.5, start[b])
+            assert n_iter[b] == n_ref
+            np.testing.assert_allclose(c[b], c_ref, rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(mu[b], mu_ref, rtol=1e-10, atol=1e-12)
+        again, _, _ = mr.mean_field(params, v, tol=1e-6, max_iter=1, start=c)
+        np.testing.assert_allclose(again, c, atol=1e-6)
+        ends.append(c)
+    spread = max(np.abs(x - y).max() for x in ends for y in ends)
+    assert spread > 0.5  # another fixed point for some image
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -368,6 +391,42 @@ def test_importance_sampling_matches_exact_log_marginal(seed):
     uniform = np.full((10, 4, 3), 1 / 3)
     est_uni, se_uni = mr.log_marginal_is(params, v, 4000, np.random.default_rng(seed), c=uniform, log_z=log_z)
     assert np.all(np.abs(est_uni - exact) < 5 * se_uni + 1e-12)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_importance_sampling_under_a_mixture_of_routings(seed):
+    """c of shape (K, B, I, J): the proposal is the equal-weight mixture of K products. The
+    estimate is within its standard errors of the exact value, also when one component gives
+    parents probability zero (a one-hot routing) and another covers them. The mixture's density
+    by hand: two one-hot routings a^1, a^2 draw exactly those, each with q = 1/2, so the weights
+    are 2 p~(v, a^k); and a mixture of two equal products is that product, draw by draw."""
+    params = make_params(seed, I=4, J=3, d_h=2, d_v=2, scale=1.5)
+    V = enumerate_binary(8).reshape(-1, 4, 2)
+    rng = np.random.default_rng(seed)
+    v = V[rng.integers(0, 256, size=10)]  # (B, I, d_v)
+    exact = mr.exact_log_unnormalised_marginal(params, v)  # (B,)
+    c_mf, _, _ = mr.mean_field(params, v)  # (B, I, J)
+    one_hot = np.eye(3)[rng.integers(0, 3, size=(10, 4))]  # (B, I, J)
+    mixtures = [np.stack([c_mf, rng.dirichlet(np.ones(3), size=(10, 4))]),
+                np.stack([one_hot, np.full((10, 4, 3), 1 / 3), c_mf])]
+    for cs in mixtures:
+        est, se = mr.log_marginal_is(params, v, 3000, np.random.default_rng(seed + 7), c=cs)
+        assert np.all(np.isfinite(est)) and np.all(se > 0)
+        assert np.all(np.abs(est - exact) < 5 * se + 1e-9)
+    a_two = rng.integers(0, 3, size=(2, 10, 4))  # (K, B, I) two routings per image
+    a_two[1, :, 0] = (a_two[0, :, 0] + 1) % 3  # distinct on patch 0
+    est, se = mr.log_marginal_is(params, v, 40, np.random.default_rng(11), c=np.eye(3)[a_two])
+    k = np.random.default_rng(11).integers(0, 2, size=(40, 10))  # (S, B) the components drawn
+    log_w = np.stack([mr.log_joint_va(params, v, a_two[k[s], np.arange(10)]) for s in range(40)]) + np.log(2)
+    np.testing.assert_allclose(est, logsumexp(log_w, axis=0) - np.log(40), rtol=1e-12)
+    # one component equal to the others: the mixture is that product, draw by draw the same q
+    same = np.stack([c_mf, c_mf])
+    est_2, se_2 = mr.log_marginal_is(params, v, 500, np.random.default_rng(3), c=same)
+    rng_1 = np.random.default_rng(3)
+    rng_1.integers(0, 2, size=(500, 10))  # the component draws the mixture made first
+    est_1, se_1 = mr.log_marginal_is(params, v, 500, rng_1, c=c_mf)
+    np.testing.assert_allclose(est_2, est_1, rtol=1e-12)
+    np.testing.assert_allclose(se_2, se_1, rtol=1e-9)
 
 
 # ------------------------------------------------------------------------------ robustness

@@ -508,11 +508,9 @@ def test_sparsity_parameters_reports_where_the_hidden_units_sit(saved_r, capsys)
     assert r["hidden_bias_mean"] == pytest.approx(rbm.intercept_hidden_.mean(), abs=1e-4)
 
 
-def test_is_proposal_check_parts_against_enumeration():
-    """The check's pieces on a Model R small enough to enumerate (2**6 routings): the mixture
-    density against a brute-force sum, the fixed point is one, the estimate under a mixture
-    proposal is within a few standard errors of the exact log p~(v), and distinct fixed points
-    are counted."""
+def test_is_proposal_check_fixed_points():
+    """The check's fixed points are fixed points of the mean field (one more update stays put),
+    and distinct ones are counted (a routing and its parent swap differ on decisive patches)."""
     from capsnp import model_r as mr
     from capsnp.ops import softmax
     from test_model_rb import make_params
@@ -521,22 +519,12 @@ def test_is_proposal_check_parts_against_enumeration():
     rng = np.random.default_rng(0)
     p = make_params(0, I=6, J=2, d_h=3, d_v=2, scale=1.5)
     v = rng.integers(0, 2, size=(5, 6, 2)).astype(float)  # (B, I, d_v)
-    cs = rng.dirichlet(np.ones(2), size=(3, 5, 6))  # (K, B, I, J)
-    a = rng.integers(0, 2, size=(4, 5, 6))  # (S, B, I)
-    for s in range(4):
-        for b in range(5):
-            brute = np.log(np.mean([np.prod(cs[k, b, np.arange(6), a[s, b]]) for k in range(3)]))
-            assert abs(check.log_mixture(cs, a)[s, b] - brute) < 1e-10
     c = check.fixed_point(p, v, softmax(mr.prior_logits(p, v), axis=-1))  # (B, I, J)
-    assert np.abs(check.fixed_point(p, v, c, damping=0.0, max_iter=1) - c).max() < 1e-6
-    exact = mr.exact_log_unnormalised_marginal(p, v)  # (B,)
-    mix = np.stack([c, 0.5 * c + 0.25, rng.dirichlet(np.ones(2), size=(5, 6))])  # (3, B, I, J)
-    estimate, se = check.mixture_estimate(p, v, mix, 4000, rng)
-    assert np.all(np.abs(estimate - exact) < 5 * se + 1e-3)
-    assert np.all(se > 0)
+    assert np.abs(mr.mean_field(p, v, max_iter=1, start=c)[0] - c).max() < 1e-6
     two = np.stack([c, c, 1.0 - c])  # the third swaps the parents of every patch
-    assert list(check.distinct_count(two)) == [1 if np.abs(1 - 2 * c[b]).max() <= 0.5 else 2
-                                               for b in range(5)]
+    counts = check.distinct_count(two)  # (B,)
+    assert list(counts) == [1 if np.abs(1 - 2 * c[b]).max() <= 0.5 else 2 for b in range(5)]
+    assert counts.max() == 2
 
 
 def test_is_proposal_check_reports_every_proposal(saved_r, tmp_path, capsys):

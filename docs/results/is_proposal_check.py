@@ -44,49 +44,13 @@ from capsnp import model_r as mr
 from capsnp.capsules import to_capsules
 from capsnp.datasets import binarize, load_dataset
 from capsnp.estimators import load_estimator, mean_field_elbo
-from capsnp.ops import sigmoid, softmax
+from capsnp.ops import softmax
 
 
-def fixed_point(params, v, c, damping=0.5, tol=1e-8, max_iter=500):
-    """The mean field (4.6) from the routing c (B, I, J) to a fixed point: (B, I, J)."""
-    u_hat = mr.prediction(params, v)  # (B, I, J, d_h)
-    prior = mr.prior_logits(params, v)  # (B, I, J)
-    for _ in range(max_iter):
-        mu = sigmoid(params.gamma + mr._routed_input(u_hat, c))  # (B, J, d_h)
-        c_new = softmax(prior + mr._agreement(u_hat, mu), axis=-1)  # (B, I, J)
-        step = np.max(np.abs(c_new - c))
-        c = (1.0 - damping) * c_new + damping * c
-        if step < tol:
-            break
-    return c
-
-
-def log_mixture(cs, a):
-    """``log (1/K) sum_k prod_i c^k_{i a_i}``: (K, B, I, J), (S, B, I) -> (S, B)."""
-    K = cs.shape[0]
-    log_c = np.log(np.maximum(cs, 1e-300))  # (K, B, I, J)
-    chosen = np.stack([np.take_along_axis(np.broadcast_to(lc, a.shape + lc.shape[-1:]), a[..., None],
-                                          axis=-1)[..., 0] for lc in log_c])  # (K, S, B, I)
-    per_component = chosen.sum(axis=-1)  # (K, S, B)
-    m = per_component.max(axis=0)  # (S, B)
-    return m + np.log(np.exp(per_component - m).mean(axis=0))  # (S, B)
-
-
-def mixture_estimate(params, v, cs, n_draws, rng):
-    """Importance-sampling estimate of ``log p~(v)`` (4.10) under the mixture of the product
-    routings ``cs`` (K, B, I, J): the log-mean weight and its delta-method standard error, (B,)."""
-    K, B, I, _ = cs.shape
-    k = rng.integers(0, K, size=(n_draws, B))  # (S, B) component of each draw
-    chosen = cs[k, np.arange(B)[None, :]]  # (S, B, I, J)
-    a = mr._categorical_draw(chosen, rng.random((n_draws, B, I)))  # (S, B, I)
-    log_q = log_mixture(cs, a)  # (S, B)
-    log_p = np.stack([kernels.model_r.log_joint_va(params, v, a[s]) for s in range(n_draws)])  # (S, B)
-    log_w = log_p - log_q  # (S, B)
-    m = log_w.max(axis=0)  # (B,)
-    w = np.exp(log_w - m)  # (S, B)
-    mean_w = w.mean(axis=0)  # (B,)
-    se = w.std(axis=0, ddof=1) / (np.sqrt(n_draws) * mean_w)  # (B,)
-    return m + np.log(mean_w), se
+def fixed_point(params, v, start):
+    """The mean field (4.6) run from the routing ``start`` (B, I, J) to a fixed point (damping
+    0.5, tolerance 1e-8, up to 500 updates): (B, I, J)."""
+    return kernels.model_r.mean_field(params, v, tol=1e-8, max_iter=500, damping=0.5, start=start)[0]
 
 
 def distinct_count(cs):
@@ -128,12 +92,12 @@ def main(name, dataset="mnist", n=500, folder=None, S=1000, K=8, chunk=100):
         bounds = np.stack([mean_field_elbo(params, v, c) for c in fixed])  # (K, B)
         distinct.append(distinct_count(fixed))
         default_not_best.append(bounds.argmax(axis=0) != 0)
-        proposals = {"training": (c_train[None], 100), "training_S": (c_train[None], S),
+        proposals = {"training": (c_train[None], 100), "training_S": (c_train[None], S),  # (4.10)
                      "converged": (fixed[:1], S), "multi_start": (fixed, S),
                      "widened": ((0.8 * c_train + 0.2 / J)[None], S)}
         for key in names:
-            cs, draws = proposals[key]
-            e, se = mixture_estimate(params, v, cs, draws, rng)
+            cs, draws = proposals[key]  # (K, B, I, J), S
+            e, se = mr.log_marginal_is(params, v, draws, rng, c=cs if len(cs) > 1 else cs[0])
             est_[key].append(e)
             se_[key].append(se)
     base = np.concatenate(est_["training"])  # (n,)
