@@ -1582,8 +1582,8 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         return base + ("C_", "A_") if self.assignment_biases else base
 
     def __init__(self, n_capsules=16, capsule_dim=8, *, image_shape=None, patch=4,
-                 routing_tol=1e-3, max_routing=30, routing_damping=0.0, cd_k=1, persistent=True, n_chains=None,
-                 chain_init="data", learning_rate=0.05, lr_schedule="linear",
+                 routing_tol=1e-3, max_routing=30, routing_damping=0.0, cd_k=1, persistent=True,
+                 n_chains=None, chain_init="data", learning_rate=0.05, lr_schedule="linear",
                  lr_final_ratio=0.04, momentum=0.9, weight_decay=1e-4, average=0,
                  batch_size=100, n_iter=10, init_scale=0.01, learn_prior=False,
                  first_parent_logit=0.0, posterior_sweeps=0, rao_blackwell="routes",
