@@ -605,9 +605,9 @@ assert several.any() and abs(err_mix[:, several].mean()) < 0.5 * abs(err_one[:, 
 # estimate is several times further below the truth than the mixture's; where it has one, the
 # two are alike. On MNIST (docs/results.md sec. 26, `docs/results/is_proposal_check.py`) the
 # trained capsule models have more fixed points the longer they train (1.1 per test image after
-# 40 epochs, 1.6 after 200), but the mixture of 8 fixed points and 10,000 draws raise their
-# estimates by only 0.01 to 0.1 nats per image over the 100-draw single-mode estimate that the
-# tables report: the other modes carry little mass there.
+# 40 epochs, 1.6 and 2.3 after 200 on two seeds), and the mixture of 8 fixed points with up to
+# 10,000 draws raises their estimates by 0.01 to 0.3 nats per image over the 100-draw
+# single-mode estimate that the tables report: most on the model with the most fixed points.
 #
 # ## 7. Pseudo-likelihood is not likelihood (5.7, 3.11)
 #
@@ -748,7 +748,7 @@ print(f"    RBM-16, 10 epochs on 2,000 images:    {ll16:8.2f} nats")
 # * (4.10) Model R's $\log\tilde p(v)$ by importance sampling over routings is biased low too;
 #   combined with AIS, the result was too low in one setting and too high in another. Where the
 #   mean field has several fixed points, a mixture of them is the better proposal; on MNIST it
-#   changed the capsule models' estimates by at most 0.1 nats per image.
+#   changed the capsule models' estimates by 0.01 to 0.3 nats per image.
 # * (5.7) Pseudo-likelihood ignores mass away from the data and bounds nothing.
 #
 # ## Exercises
