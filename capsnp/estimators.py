@@ -1877,16 +1877,18 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         """
         return -self.score_samples(X)
 
-    def log_likelihood(self, X, log_z, n_samples=100, random_state=None, return_std=False):
+    def log_likelihood(self, X, log_z, n_samples=100, random_state=None, return_std=False,
+                       n_starts=1):
         """Importance-sampling estimate of ``log p(v) = log p~(v) - log Z`` in nats per image.
 
         ``log p~(v) = log sum_a p~(v, a)`` (h summed out in closed form, (4.9)) is estimated by
         importance sampling over the J**I routing assignments with the mean-field routing of
         each image as proposal, ``q(a) = prod_i c_{i a_i}`` (4.10,
         :func:`capsnp.model_r.log_marginal_is`). The estimate is biased LOW, by about
-        ``se**2 / 2`` (Jensen; MODEL.md sec. 4). The AIS estimate of log Z is biased low too,
-        so with it the result is neither a lower nor an upper bound on the log-likelihood:
-        report it as such, with the spread over reruns.
+        ``se**2 / 2`` (Jensen; MODEL.md sec. 4), and by the mass of posterior modes the
+        mean-field routing does not sit on (``n_starts``). The AIS estimate of log Z is biased
+        low too, so with it the result is neither a lower nor an upper bound on the
+        log-likelihood: report it as such, with the spread over reruns.
 
         Parameters
         ----------
@@ -1906,6 +1908,14 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
             small where the mean-field proposal misses part of the routing posterior (zero if
             every draw hit one assignment): on tiny fitted models with S = 1000, 1% to 4% of
             the images were more than 4 standard errors from the exact value.
+        n_starts : int, default=1
+            With K > 1 the proposal is the equal-weight mixture of the mean-field routing and
+            the fixed points the mean field reaches from K - 1 routings drawn uniformly on each
+            patch's simplex (damping 0.5, tolerance 1e-8, up to 500 updates): it also covers
+            posterior modes the usual start misses. The starts are drawn first, per chunk, from
+            the same generator; then the component of each draw (:func:`model_r.log_marginal_is`).
+            On MNIST, 8 starts raised trained capsule models' estimates by 0.02 to 0.3 nats per
+            image (docs/results.md sec. 26).
 
         Returns
         -------
@@ -1915,12 +1925,18 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         V = self._checked(X)  # (n, I, d_v)
         log_z = _check_log_z(log_z)
         _check_number("n_samples", n_samples, 1, integer=True)
+        _check_number("n_starts", n_starts, 1, integer=True)
         _check_bool("return_std", return_std)
         rng = np.random.default_rng(self.random_state if random_state is None else random_state)
         params, model_r = self._params(), self._kernels("model_r")
 
         def estimate(v):
             c, _, _ = self._mean_field(params, v)  # (B, I, J)
+            if n_starts > 1:
+                starts = rng.dirichlet(np.ones(c.shape[-1]), size=(int(n_starts) - 1,) + c.shape[:2])
+                fixed = [model_r.mean_field(params, v, tol=1e-8, max_iter=500, damping=0.5,
+                                            start=c0)[0] for c0 in starts]  # K - 1 of (B, I, J)
+                c = np.stack([c] + fixed)  # (K, B, I, J)
             return model_r.log_marginal_is(params, v, int(n_samples), rng, c=c, log_z=log_z)
 
         parts = [estimate(V[s:s + _CHUNK]) for s in range(0, V.shape[0], _CHUNK)]
