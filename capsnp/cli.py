@@ -200,9 +200,10 @@ def _sample(args):
 def _evaluate(args):
     if (args.ais_runs is not None or args.fast_ais) and not args.ais:
         raise ValueError("--ais-runs and --fast-ais set up --ais, which was not given")
-    if args.is_samples is not None and not (args.ais or args.exact):
-        raise ValueError("--is-samples sets up the log-likelihood of --ais or --exact, neither "
-                         "of which was given")
+    for flag, value in (("--is-samples", args.is_samples), ("--is-starts", args.is_starts)):
+        if value is not None and not (args.ais or args.exact):
+            raise ValueError(f"{flag} sets up the log-likelihood of --ais or --exact, neither "
+                             "of which was given")
     estimator = load_estimator(args.model_file)
     from .io import load_model
 
@@ -275,9 +276,11 @@ def _likelihood(estimator, X, dataset, method, args):
     log_z = out[f"{source}_log_z"]
     if isinstance(estimator, RoutedCapsuleRBM):
         n_is = DEFAULT_IS_SAMPLES if args.is_samples is None else args.is_samples
+        n_starts = 1 if args.is_starts is None else args.is_starts
         ll, is_se = estimator.log_likelihood(X, log_z, n_samples=n_is, random_state=args.seed,
-                                             return_std=True)
-        out.update(importance_samples=n_is, importance_sampling_mean_se=float(np.mean(is_se)))
+                                             return_std=True, n_starts=n_starts)
+        out.update(importance_samples=n_is, importance_starts=n_starts,
+                   importance_sampling_mean_se=float(np.mean(is_se)))
     else:
         ll = estimator.log_likelihood(X, log_z)  # (n,)
     out.update(log_z=log_z, log_z_source=source, log_likelihood=float(np.mean(ll)),
@@ -286,8 +289,10 @@ def _likelihood(estimator, X, dataset, method, args):
                  f"+- {out['log_likelihood_sem']:.4f} (standard error of the mean over "
                  f"{len(ll)} images" + (", plus the log Z error" if source == "ais" else "") + ")")
     if isinstance(estimator, RoutedCapsuleRBM):
+        starts = f" from a mixture of {n_starts} mean-field fixed points" if n_starts > 1 else ""
         lines.append(f"  (Model R: log p~(v) by importance sampling over routings, {n_is} samples "
-                     f"per image, mean standard error {out['importance_sampling_mean_se']:.4f}; "
+                     f"per image{starts}, mean standard error "
+                     f"{out['importance_sampling_mean_se']:.4f}; "
                      f"biased low, and with an AIS log Z neither a lower nor an upper bound: "
                      f"MODEL.md sec. 4)")
     return out, lines
@@ -417,6 +422,10 @@ def build_parser():
     evaluate.add_argument("--is-samples", type=_positive_int, default=None,
                           help=f"Model R: importance samples per image for log p(v) "
                                f"(default: {DEFAULT_IS_SAMPLES})")
+    evaluate.add_argument("--is-starts", type=_positive_int, default=None,
+                          help="Model R: draw the routings from a mixture of the mean-field "
+                               "routing and the fixed points from this many - 1 random starts "
+                               "(default: 1, the mean-field routing alone)")
     evaluate.set_defaults(func=_evaluate)
     return parser
 

@@ -315,6 +315,14 @@ def test_evaluate_ais_agrees_with_exact(model, trained, capsys):
         assert report["importance_samples"] == 100
         assert report["log_likelihood"] == pytest.approx(np.mean(ll), abs=1e-9)
         assert report["importance_sampling_mean_se"] == pytest.approx(np.mean(se), abs=1e-12)
+        assert report["importance_starts"] == 1
+        capsys.readouterr()
+        assert main(["evaluate", "--model-file", trained[model], "--max-images", "30", "--exact",
+                     "--is-samples", "50", "--is-starts", "3", "--json"]) == 0
+        mixed = json.loads(capsys.readouterr().out)
+        ll3 = est.log_likelihood(X, report["exact_log_z"], n_samples=50, random_state=0, n_starts=3)
+        assert mixed["importance_starts"] == 3 and mixed["importance_samples"] == 50
+        assert mixed["log_likelihood"] == pytest.approx(np.mean(ll3), abs=1e-9)
 
 
 def test_evaluate_ais_prints_log_z_and_log_likelihood(trained, capsys):
@@ -338,6 +346,8 @@ def test_evaluate_likelihood_options_need_their_flag(trained, capsys):
     assert main(["evaluate", "--model-file", trained["rbm"], "--fast-ais"]) == 1
     assert "--ais" in capsys.readouterr().err
     assert main(["evaluate", "--model-file", trained["rbm"], "--is-samples", "5"]) == 1
+    assert main(["evaluate", "--model-file", trained["rbm"], "--is-starts", "5"]) == 1
+    assert "--is-starts" in capsys.readouterr().err
     assert main(["evaluate", "--model-file", trained["rbm"], "--ais", "--ais-runs", "0"]) == 2
 
 
