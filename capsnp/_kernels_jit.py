@@ -889,7 +889,7 @@ _r_image_predictions = _jit(_r_image_predictions)
 def r_mean_field(start, stop, Wt, C, gamma, prior, c0, v, tol, max_iter, damping, c_out, mu_out, n_out):
     """(4.6) mean-field routing of images b in [start, stop), each stopping on its own.
 
-    From ``c = softmax(b)``: ``mu = sigmoid(gamma + s(c))``, ``c_new = softmax(b + u . mu)``,
+    From ``c = c0``: ``mu = sigmoid(gamma + s(c))``, ``c_new = softmax(b + u . mu)``,
     ``c <- (1 - damping) c_new + damping c``; stop after the update whose
     ``max |c_new - c| < tol`` (n_out = that update's number) or after ``max_iter`` updates.
     ``mu_out`` is recomputed from the returned c.
@@ -902,7 +902,8 @@ def r_mean_field(start, stop, Wt, C, gamma, prior, c0, v, tol, max_iter, damping
     start, stop : int, range of images
     Wt : (I, J, d_v, d_h) W with its last two axes swapped; C : (I, J, d_h) prediction biases
     (zeros without them); gamma (J, d_h); prior (B, I, J) prior routing logits b(v) (4b.3;
-    beta for every image without assignment biases); c0 = softmax(prior) (B, I, J);
+    beta for every image without assignment biases); c0 (B, I, J) the starting routing
+    (softmax(prior), the routing at h = 0, unless the caller gives another);
     v (B, I, d_v)
     c_out (B, I, J), mu_out (B, J, d_h), n_out (B,) int64 : out
     """

@@ -157,7 +157,7 @@ def mean_field(params, v, tol=1e-3, max_iter=30, damping=0.0, start=None):
     if start is None:
         c0 = softmax(prior, axis=-1)  # (B, I, J), the routing at h = 0: each image's starting point
     else:
-        c0 = _jit.as_c(start, dt)  # (B, I, J)
+        c0 = _jit.as_c(_ref._checked_start(start, prior.shape, dt), dt)  # (B, I, J)
     c = np.empty((B, I, J), dtype=dt)
     mu = np.empty((B, J, d_h), dtype=dt)
     n_iter = np.empty(B, dtype=np.int64)

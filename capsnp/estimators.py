@@ -1914,8 +1914,10 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
             patch's simplex (damping 0.5, tolerance 1e-8, up to 500 updates): it also covers
             posterior modes the usual start misses. The starts are drawn first, per chunk, from
             the same generator; then the component of each draw (:func:`model_r.log_marginal_is`).
-            On MNIST, 8 starts raised trained capsule models' estimates by 0.02 to 0.3 nats per
-            image (docs/results.md sec. 26).
+            On trained MNIST capsule models, a mixture of 8 fixed points (its first the converged
+            mean field rather than the scored routing) with 1,000 to 10,000 draws scored 0.02 to
+            0.3 nats per image above the default 100-draw estimate, of which more draws of the
+            scored routing alone gave 0.01 to 0.13 (docs/results.md sec. 26).
 
         Returns
         -------

@@ -383,6 +383,14 @@ def visible_probability(params, h, a):
 # --------------------------------------------------------------------------------------------
 
 
+def _checked_start(start, shape, dtype):
+    """A copy of the routing ``start`` to iterate from, checked to be of ``shape`` (B, I, J)."""
+    start = np.array(start, dtype=dtype)
+    if start.shape != tuple(shape):
+        raise ValueError(f"start must have the routing's shape {tuple(shape)}, got {start.shape}")
+    return start
+
+
 def mean_field(params, v, tol=1e-3, max_iter=30, damping=0.0, start=None):
     """Mean-field routing (4.6): dynamic routing with a sigmoid and "replace".
 
@@ -424,7 +432,7 @@ def mean_field(params, v, tol=1e-3, max_iter=30, damping=0.0, start=None):
     u_hat = prediction(params, v)  # (B, I, J, d_h)
     B = u_hat.shape[0]
     prior = np.asarray(prior_logits(params, v), dtype=dt)  # (B, I, J)
-    c = softmax(prior, axis=-1) if start is None else np.array(start, dtype=dt)  # (B, I, J)
+    c = softmax(prior, axis=-1) if start is None else _checked_start(start, prior.shape, dt)  # (B, I, J)
     n_iter = np.full(B, max_iter, dtype=np.int64)
     active = np.arange(B)
     for t in range(1, max_iter + 1):
@@ -890,8 +898,9 @@ def log_marginal_is(params, v, n_samples, rng, c=None, log_z=None):
     from several starts, ``mean_field(start=...)``).
 
     Draw order: with K > 1, first ``rng.integers(0, K, (n_samples, B))`` (each draw's
-    component); then one call ``rng.random((n_samples, B, I))``, turned into assignments by
-    inverse CDF over parents as in :func:`gibbs_sweep`.
+    component); then the numbers of one call ``rng.random((n_samples, B, I))`` (drawn in
+    chunks of draws, which gives the same numbers), turned into assignments by inverse CDF over
+    parents as in :func:`gibbs_sweep`.
 
     Parameters
     ----------
@@ -923,7 +932,6 @@ def log_marginal_is(params, v, n_samples, rng, c=None, log_z=None):
         k = rng.integers(0, K, size=(n_samples, B))  # (S, B): each draw's component
     else:
         k = np.zeros((n_samples, B), dtype=np.int64)  # (S, B)
-    u = rng.random((n_samples, B, I))  # (S, B, I)
     u_hat = prediction(params, v)  # (B, I, J, d_h)
     with np.errstate(divide="ignore"):
         log_cs = np.log(cs)  # (K, B, I, J); -inf where a component gives a parent probability 0
@@ -933,12 +941,11 @@ def log_marginal_is(params, v, n_samples, rng, c=None, log_z=None):
     # mixture's log-densities (K, chunk, B, I)
     chunk = max(1, 2**22 // max(B * J * u_hat.shape[-1], B * I * J, K * B * I, 1))
     for s in range(0, n_samples, chunk):
-        a = _categorical_draw(cs[k[s:s + chunk], rows], u[s:s + chunk])  # (n, B, I)
+        u = rng.random((min(chunk, n_samples - s), B, I))  # (n, B, I)
+        a = _categorical_draw(cs[k[s:s + chunk], rows], u)  # (n, B, I)
         # log prod_i c^k_{i a_i} for every component; the drawn one is > 0 (a parent of
         # probability zero is never drawn), so the mixture's log-density is finite
-        idx = np.broadcast_to(a[None, ..., None], (K,) + a.shape + (1,))  # (K, n, B, I, 1)
-        log_c = np.take_along_axis(np.broadcast_to(log_cs[:, None], idx.shape[:-1] + (J,)), idx,
-                                   axis=-1)[..., 0]  # (K, n, B, I)
+        log_c = np.take_along_axis(log_cs[:, None], a[None, ..., None], axis=-1)[..., 0]  # (K, n, B, I)
         per_component = np.sum(log_c, axis=-1)  # (K, n, B)
         top = np.max(per_component, axis=0)  # (n, B)
         log_q = top + np.log(np.mean(np.exp(per_component - top), axis=0))  # (n, B)

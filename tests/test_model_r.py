@@ -253,14 +253,12 @@ def test_mean_field_matches_single_image_loop(seed, damping):
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_mean_field_from_a_given_start_matches_single_image_loop(seed):
-    """``start`` replaces the routing at h = 0 as the first c; with large weights different
-    starts reach different fixed points, each a fixed point (one more update stays put)."""
+    """``start`` replaces the routing at h = 0 as the first c; where the damped iteration has
+    converged, one more update stays put; a start of the wrong shape is refused."""
     params = make_params(seed, I=5, J=3, d_h=4, d_v=3, scale=2.0)
     rng = np.random.default_rng(seed)
     v = (rng.random((12, 5, 3)) < 0.5).astype(float)
-    starts = rng.dirichlet(np.ones(3), size=(4, 12, 5))  # (K, B, I, J)
-    ends = []
-    for start in starts:
+    for start in rng.dirichlet(np.ones(3), size=(4, 12, 5)):  # (B, I, J) each
         c, mu, n_iter = mr.mean_field(params, v, tol=1e-10, max_iter=200, damping=0.5, start=start)
         for b in range(12):
             c_ref, mu_ref, n_ref = mean_field_one_image(params, v[b], 1e-10, 200, 0.5, start[b])
@@ -268,10 +266,21 @@ def test_mean_field_from_a_given_start_matches_single_image_loop(seed):
             np.testing.assert_allclose(c[b], c_ref, rtol=1e-10, atol=1e-12)
             np.testing.assert_allclose(mu[b], mu_ref, rtol=1e-10, atol=1e-12)
         again, _, _ = mr.mean_field(params, v, tol=1e-6, max_iter=1, start=c)
-        np.testing.assert_allclose(again, c, atol=1e-6)
-        ends.append(c)
-    spread = max(np.abs(x - y).max() for x in ends for y in ends)
-    assert spread > 0.5  # another fixed point for some image
+        done = n_iter < 200  # (B,) converged images
+        np.testing.assert_allclose(again[done], c[done], atol=1e-6)
+    with pytest.raises(ValueError, match="shape"):
+        mr.mean_field(params, v, start=start[:5])
+
+
+def test_mean_field_reaches_another_fixed_point_from_another_start():
+    """With large weights the mean field has several fixed points: on this model (seed 0) four
+    random starts end more than 0.5 apart on some patch of some image."""
+    params = make_params(0, I=5, J=3, d_h=4, d_v=3, scale=2.0)
+    rng = np.random.default_rng(0)
+    v = (rng.random((12, 5, 3)) < 0.5).astype(float)
+    ends = [mr.mean_field(params, v, tol=1e-10, max_iter=500, damping=0.5, start=start)[0]
+            for start in rng.dirichlet(np.ones(3), size=(4, 12, 5))]
+    assert max(np.abs(x - y).max() for x in ends for y in ends) > 0.5
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -419,6 +428,14 @@ def test_importance_sampling_under_a_mixture_of_routings(seed):
     k = np.random.default_rng(11).integers(0, 2, size=(40, 10))  # (S, B) the components drawn
     log_w = np.stack([mr.log_joint_va(params, v, a_two[k[s], np.arange(10)]) for s in range(40)]) + np.log(2)
     np.testing.assert_allclose(est, logsumexp(log_w, axis=0) - np.log(40), rtol=1e-12)
+    # K = 1 is the single-product estimator, written out: uniforms, inverse-CDF draws, weights
+    est_1, _ = mr.log_marginal_is(params, v, 300, np.random.default_rng(9), c=c_mf)
+    u = np.random.default_rng(9).random((300, 10, 4))  # (S, B, I)
+    cdf = np.cumsum(c_mf, axis=-1)  # (B, I, J)
+    a = np.minimum((u[..., None] >= cdf[None, ..., :-1] / cdf[None, ..., -1:]).sum(-1), 2)  # (S, B, I)
+    log_q = np.log(np.take_along_axis(np.broadcast_to(c_mf, a.shape + (3,)), a[..., None], -1)[..., 0]).sum(-1)
+    log_w = np.stack([mr.log_joint_va(params, v, a[s]) for s in range(300)]) - log_q  # (S, B)
+    np.testing.assert_allclose(est_1, logsumexp(log_w, axis=0) - np.log(300), rtol=1e-12)
     # one component equal to the others: the mixture is that product, draw by draw the same q
     same = np.stack([c_mf, c_mf])
     est_2, se_2 = mr.log_marginal_is(params, v, 500, np.random.default_rng(3), c=same)
