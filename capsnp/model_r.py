@@ -946,9 +946,7 @@ def log_marginal_is(params, v, n_samples, rng, c=None, log_z=None):
         # log prod_i c^k_{i a_i} for every component; the drawn one is > 0 (a parent of
         # probability zero is never drawn), so the mixture's log-density is finite
         log_c = np.take_along_axis(log_cs[:, None], a[None, ..., None], axis=-1)[..., 0]  # (K, n, B, I)
-        per_component = np.sum(log_c, axis=-1)  # (K, n, B)
-        top = np.max(per_component, axis=0)  # (n, B)
-        log_q = top + np.log(np.mean(np.exp(per_component - top), axis=0))  # (n, B)
+        log_q = _logsumexp(np.sum(log_c, axis=-1), axis=0) - math.log(K)  # (n, B)
         log_w[s:s + chunk] = _log_joint_va(params, v, u_hat, a) - log_q
     m = np.max(log_w, axis=0)  # (B,)
     w = np.exp(log_w - m)  # (S, B), in (0, 1]
