@@ -1909,11 +1909,12 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
             every draw hit one assignment): on tiny fitted models with S = 1000, 1% to 4% of
             the images were more than 4 standard errors from the exact value.
         n_starts : int, default=1
-            With K > 1 the proposal is the equal-weight mixture of the mean-field routing and
-            the fixed points the mean field reaches from K - 1 routings drawn uniformly on each
-            patch's simplex (damping 0.5, tolerance 1e-8, up to 500 updates): it also covers
-            posterior modes the usual start misses. The starts are drawn first, per chunk, from
-            the same generator; then the component of each draw (:func:`model_r.log_marginal_is`).
+            With K > 1 the proposal is the mixture of the mean-field routing and the fixed
+            points the mean field reaches from K - 1 routings drawn uniformly on each patch's
+            simplex (damping 0.5, tolerance 1e-8, up to 500 updates): it also covers posterior
+            modes the usual start misses. The starts are drawn first, per chunk, from the same
+            generator; the draws then go to the K components in turn, each weighted against the
+            mixture with the shares used (:func:`model_r.log_marginal_is`, ``stratified=True``).
             On trained MNIST capsule models, a mixture of 8 fixed points (its first the converged
             mean field rather than the scored routing) with 1,000 to 10,000 draws scored 0.02 to
             0.3 nats per image above the default 100-draw estimate, of which more draws of the

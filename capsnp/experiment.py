@@ -328,19 +328,28 @@ def _n_weights(est):
     return int(est.W_[:, 0].size if getattr(est, "tie_weights", False) else est.W_.size)
 
 
-def test_log_likelihood(est, X_test, log_z, rng, n_is=100):
+def test_log_likelihood(est, X_test, log_z, rng, n_is=100, n_starts=1):
     """Per-image test log-likelihood in nats (6.5): the estimators' ``log_likelihood``.
+
+    Model R's ``log p~(v)`` is importance sampling over routings with ``n_is`` draws, its
+    proposal the mean-field routing (``n_starts = 1``) or a mixture of it and the fixed points
+    reached from ``n_starts - 1`` random starts.
 
     Returns (values (n,), importance-sampling standard errors (n,) for Model R, else None).
     """
     if isinstance(est, RoutedCapsuleRBM):
-        return est.log_likelihood(X_test, log_z, n_samples=n_is, random_state=rng, return_std=True)
+        return est.log_likelihood(X_test, log_z, n_samples=n_is, random_state=rng, return_std=True,
+                                  n_starts=n_starts)
     return est.log_likelihood(X_test, log_z), None
 
 
 def run(dataset, models, epochs, out_dir, n_ais_runs=100, fast_ais=False, n_train=None, n_test=None,
-        sample_steps=1000, seed=0, backend="numba", verbose=0, evaluate_only=False):
+        sample_steps=1000, seed=0, backend="numba", verbose=0, evaluate_only=False, is_starts=1):
     """Train, evaluate and record every model of ``models``; returns the list of result dicts.
+
+    ``is_starts`` (Model R): mean-field starts of the importance-sampling proposal (1, the
+    default, is the estimator of every recorded row; K > 1 mixes in the fixed points of K - 1
+    random starts, :meth:`RoutedCapsuleRBM.log_likelihood`), recorded as ``importance_starts``.
 
     ``backend`` ("numba" or "numpy") is passed to the estimators and to the AIS runs; ``verbose``
     to the estimators (1 prints one line per epoch). With ``evaluate_only`` each model is loaded
@@ -372,7 +381,8 @@ def run(dataset, models, epochs, out_dir, n_ais_runs=100, fast_ais=False, n_trai
         res = ais_log_partition(est, n_runs=n_ais_runs, betas=betas, random_state=seed, base_rate=base,
                                 backend=backend)
         ais_seconds = time.perf_counter() - t0
-        ll, is_se = test_log_likelihood(est, V_test, res.log_z, np.random.default_rng(seed))
+        ll, is_se = test_log_likelihood(est, V_test, res.log_z, np.random.default_rng(seed),
+                                        n_starts=is_starts)
         persistent = None if est.persistent_chains_ is None else est.persistent_chains_[:100]
         fresh = est.sample(100, n_steps=sample_steps, init="noise", random_state=seed)
         fresh_p = est.sample(100, n_steps=sample_steps, init="noise", random_state=seed, return_probabilities=True)
@@ -394,6 +404,7 @@ def run(dataset, models, epochs, out_dir, n_ais_runs=100, fast_ais=False, n_trai
             "test_log_likelihood": float(np.mean(ll)),
             "test_log_likelihood_sem": float(np.std(ll) / np.sqrt(len(ll))),
             "importance_sampling_mean_se": None if is_se is None else float(np.mean(is_se)),
+            "importance_starts": None if is_se is None else int(is_starts),
             "last_epoch": est.history_[-1] if est.history_ else None,
         }
         (out / f"{name}.json").write_text(json.dumps(r, indent=2, default=float) + "\n")
@@ -432,9 +443,14 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="output directory (default: docs/results/<dataset>)")
     ap.add_argument("--evaluate-only", action="store_true",
                     help="load <out>/<model>_model.npz instead of training, then evaluate as usual")
+    ap.add_argument("--is-starts", type=int, default=1,
+                    help="capsule models: mean-field starts of the importance-sampling proposal "
+                         "(default 1; K > 1 mixes in the fixed points of K - 1 random starts)")
     a = ap.parse_args(argv)
+    if a.is_starts < 1:
+        ap.error("--is-starts must be at least 1")
     run(a.dataset, a.models.split(","), a.epochs, a.out or f"docs/results/{a.dataset}", a.ais_runs, a.fast_ais,
-        a.n_train, a.n_test, a.sample_steps, a.seed, a.backend, a.verbose, a.evaluate_only)
+        a.n_train, a.n_test, a.sample_steps, a.seed, a.backend, a.verbose, a.evaluate_only, a.is_starts)
     return 0
 
 

@@ -879,7 +879,7 @@ def log_joint_va(params, v, a):
     return _log_joint_from_routed(params, v, a, assigned_input(params, v, a))  # (B,)
 
 
-def log_marginal_is(params, v, n_samples, rng, c=None, log_z=None):
+def log_marginal_is(params, v, n_samples, rng, c=None, log_z=None, stratified=True):
     """Importance-sampling estimate of ``log p(v)`` (4.10).
 
     With proposal ``q(a) = prod_i c_{i a_i}`` (the mean-field routing of each image unless c is
@@ -892,15 +892,28 @@ def log_marginal_is(params, v, n_samples, rng, c=None, log_z=None):
     biased LOW (by about ``se^2 / 2``). The standard error is the delta method on the
     log-mean: ``se = sd(w) / (sqrt(S) mean(w))``, computed from ``w / max w``.
 
-    Given K routings per image (c of shape (K, B, I, J)), the proposal is their equal-weight
-    mixture ``q(a) = (1/K) sum_k prod_i c^k_{i a_i}``, unbiased as well, and covering every
-    mode of the routing posterior that one of them sits on (e.g. mean-field fixed points reached
-    from several starts, ``mean_field(start=...)``).
+    Given K routings per image (c of shape (K, B, I, J)), the proposal is a mixture of them,
+    which covers every mode of the routing posterior that one of them sits on (e.g. mean-field
+    fixed points reached from several starts, ``mean_field(start=...)``). Two ways to draw
+    from it, both unbiased in ``p~(v)``:
 
-    Draw order: with K > 1, first ``rng.integers(0, K, (n_samples, B))`` (each draw's
-    component); then the numbers of one call ``rng.random((n_samples, B, I))`` (drawn in
-    chunks of draws, which gives the same numbers), turned into assignments by inverse CDF over
-    parents as in :func:`gibbs_sweep`.
+    - ``stratified=True`` (default): draw s comes from component ``s mod K``, so component k
+      gives exactly ``n_k`` of the S draws, and every draw is weighted against the mixture
+      with those shares, ``q(a) = sum_k (n_k / S) prod_i c^k_{i a_i}`` (the deterministic
+      mixture, or balance heuristic, of multiple importance sampling):
+      ``E[(1/S) sum_s p~(v, a^s) / q(a^s)] = sum_a p~(v, a) sum_k (n_k/S) c^k(a) / q(a)
+      = p~(v)``. It removes the randomness of how many draws each component gets; the
+      standard error is the stratified one, ``sqrt(sum_k n_k var_k(w)) / (S mean(w))``
+      (pooled over all draws if some n_k < 2).
+    - ``stratified=False``: each draw's component is drawn uniformly, and
+      ``q(a) = (1/K) sum_k prod_i c^k_{i a_i}``.
+
+    With K = 1 the two are the same estimator, number for number.
+
+    Draw order: with K > 1 and ``stratified=False``, first ``rng.integers(0, K, (n_samples,
+    B))`` (each draw's component); then the numbers of one call ``rng.random((n_samples, B,
+    I))`` (drawn in chunks of draws, which gives the same numbers), turned into assignments by
+    inverse CDF over parents as in :func:`gibbs_sweep`.
 
     Parameters
     ----------
@@ -915,6 +928,8 @@ def log_marginal_is(params, v, n_samples, rng, c=None, log_z=None):
     log_z : float, optional
         If given, the estimate is ``log p~(v) - log_z`` (a normalised log-likelihood); otherwise
         the unnormalised ``log p~(v) = log sum_a p~(v, a)``.
+    stratified : bool, default=True
+        With K > 1 routings: draws assigned to the components in turn (True) or at random.
 
     Returns
     -------
@@ -928,7 +943,13 @@ def log_marginal_is(params, v, n_samples, rng, c=None, log_z=None):
     c = np.asarray(c, dtype=dt)
     cs = c if c.ndim == 4 else c[None]  # (K, B, I, J)
     K, B, I, J = cs.shape
-    if K > 1:
+    stratified = bool(stratified) and K > 1
+    if stratified:
+        k = np.broadcast_to((np.arange(n_samples) % K)[:, None], (n_samples, B))  # (S, B)
+        n_k = np.bincount(np.arange(n_samples) % K, minlength=K)  # (K,) draws per component
+        with np.errstate(divide="ignore"):
+            log_share = np.log(n_k / n_samples).astype(dt)  # (K,) mixture weights; -inf if n_k = 0
+    elif K > 1:
         k = rng.integers(0, K, size=(n_samples, B))  # (S, B): each draw's component
     else:
         k = np.zeros((n_samples, B), dtype=np.int64)  # (S, B)
@@ -944,16 +965,25 @@ def log_marginal_is(params, v, n_samples, rng, c=None, log_z=None):
         u = rng.random((min(chunk, n_samples - s), B, I))  # (n, B, I)
         a = _categorical_draw(cs[k[s:s + chunk], rows], u)  # (n, B, I)
         # log prod_i c^k_{i a_i} for every component; the drawn one is > 0 (a parent of
-        # probability zero is never drawn), so the mixture's log-density is finite
+        # probability zero is never drawn) and has a share > 0, so log q is finite
         log_c = np.take_along_axis(log_cs[:, None], a[None, ..., None], axis=-1)[..., 0]  # (K, n, B, I)
-        log_q = _logsumexp(np.sum(log_c, axis=-1), axis=0) - math.log(K)  # (n, B)
+        if stratified:
+            log_q = _logsumexp(np.sum(log_c, axis=-1) + log_share[:, None, None], axis=0)  # (n, B)
+        elif K > 1:
+            log_q = _logsumexp(np.sum(log_c, axis=-1), axis=0) - math.log(K)  # (n, B)
+        else:
+            log_q = np.sum(log_c[0], axis=-1)  # (n, B)
         log_w[s:s + chunk] = _log_joint_va(params, v, u_hat, a) - log_q
     m = np.max(log_w, axis=0)  # (B,)
     w = np.exp(log_w - m)  # (S, B), in (0, 1]
     mean_w = np.mean(w, axis=0)  # (B,)
     # log mean_s exp(log w_s) = m + log mean_s exp(log w_s - m)
     estimate = m + np.log(mean_w)  # (B,)
-    if n_samples > 1:
+    if stratified and n_k.min() >= 2:
+        # variance of the stratified mean: (1/S^2) sum_k n_k var_k(w)
+        var_k = np.stack([np.var(w[j::K], axis=0, ddof=1) for j in range(K)])  # (K, B)
+        se = np.sqrt(n_k @ var_k) / (n_samples * mean_w)  # (B,)
+    elif n_samples > 1:
         se = np.std(w, axis=0, ddof=1) / (math.sqrt(n_samples) * mean_w)  # (B,)
     else:
         se = np.full_like(estimate, np.inf)

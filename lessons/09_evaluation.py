@@ -569,7 +569,7 @@ assert np.mean(err_a) < 0 < np.mean(err_b)
 #
 # $$ \mathbb{E}_{a\sim q}\Big[\frac{\tilde p(v,a)}{q(a)}\Big] = \sum_{a:\,q(a)>0}\tilde p(v,a), $$
 #
-# and so does the equal-weight mixture of the products of K fixed points,
+# and so does the equal-weight mixture of the products of K fixed points (drawn as below),
 #
 # $$ q(a) = \frac1K\sum_{k=1}^K\prod_i c^k_{i a_i} , $$
 #
@@ -608,6 +608,33 @@ print("mean error of log p~(v), S = 10      one fixed point   mixture of 8")
 print(f"  images with several fixed points    {err_one[:, several].mean():+15.3f}   {err_mix[:, several].mean():+12.3f}")
 print(f"  images with one                      {err_one[:, ~several].mean():+15.3f}   {err_mix[:, ~several].mean():+12.3f}")
 assert several.any() and abs(err_mix[:, several].mean()) < 0.5 * abs(err_one[:, several].mean())
+
+# %% [markdown]
+# How the S draws are shared among the K components changes the variance, not the mean. Drawing
+# each draw's component at random adds the noise of how many draws each fixed point happens to
+# get. Drawing them in turn (draw $s$ from component $s mod K$, so component $k$ gets exactly
+# $n_k$ draws) removes it, and stays unbiased if every draw is weighted against the mixture with
+# the shares actually used (the deterministic mixture of multiple importance sampling):
+#
+# $$ q(a) = \sum_k rac{n_k}{S}\prod_i c^k_{i a_i}, \qquad
+#    \mathbb{E}\Big[rac1S\sum_srac{	ilde p(v,a^s)}{q(a^s)}\Big]
+#    = \sum_krac{n_k}{S}\sum_a c^k(a)\,rac{	ilde p(v,a)}{q(a)} = \sum_{a:\,q(a)>0}	ilde p(v,a). $$
+#
+# `mr.log_marginal_is` draws in turn by default (`stratified=True`; the cell above used it);
+# `stratified=False` draws the components at random. With 16 draws, two per fixed point:
+
+# %%
+err_strat = np.stack([mr.log_marginal_is(r_modes, Vr, 16, np.random.default_rng(r), c=fixed)[0] - exact_modes
+                      for r in range(n_rep)])  # (n_rep, 256)
+err_rand = np.stack([mr.log_marginal_is(r_modes, Vr, 16, np.random.default_rng(r), c=fixed,
+                                        stratified=False)[0] - exact_modes
+                     for r in range(n_rep)])  # (n_rep, 256)
+spread_strat = err_strat[:, several].std(axis=0).mean()  # mean over images of the sd over reruns
+spread_rand = err_rand[:, several].std(axis=0).mean()
+print("images with several fixed points, S = 16   mean error   sd over reruns")
+print(f"  components drawn in turn              {err_strat[:, several].mean():+10.3f}   {spread_strat:14.3f}")
+print(f"  components drawn at random            {err_rand[:, several].mean():+10.3f}   {spread_rand:14.3f}")
+assert spread_strat < spread_rand
 
 # %% [markdown]
 # Where the mean field has several fixed points, the single-mode proposal misses mass and its

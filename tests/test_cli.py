@@ -165,6 +165,16 @@ def test_experiment_evaluate_only_reproduces_the_evaluation(tmp_path):
     (again,) = experiment.run("embedded", ["r"], 99, tmp_path, evaluate_only=True, **kw)
     # the saved epochs' seconds, rounded to 0.1 s: 0.0 when the compiled kernels make a tiny epoch fast
     assert again["epochs"] == 1 and 0 <= again["train_seconds"] <= trained["train_seconds"]
-    for key in ("log_z", "test_log_likelihood", "n_weights", "importance_sampling_mean_se"):
+    for key in ("log_z", "test_log_likelihood", "n_weights", "importance_sampling_mean_se",
+                "importance_starts"):
         assert again[key] == trained[key], key
-    assert (tmp_path / "r.json").exists()
+    assert (tmp_path / "r.json").exists() and trained["importance_starts"] == 1
+    # --is-starts 3 scores the same model with the mixture proposal, as the estimator does
+    (mixed,) = experiment.run("embedded", ["r"], 99, tmp_path, evaluate_only=True, is_starts=3, **kw)
+    est = load_estimator(tmp_path / "r_model.npz")
+    V = binarize(load_dataset("embedded", "test")[0][:30], "stochastic", random_state=1)
+    ll = est.log_likelihood(V, mixed["log_z"], random_state=np.random.default_rng(0), n_starts=3)
+    assert mixed["importance_starts"] == 3 and mixed["log_z"] == trained["log_z"]
+    assert mixed["test_log_likelihood"] == pytest.approx(float(np.mean(ll)), abs=1e-12)
+    with pytest.raises(SystemExit):
+        experiment.main(["--is-starts", "0"])

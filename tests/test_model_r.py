@@ -404,11 +404,12 @@ def test_importance_sampling_matches_exact_log_marginal(seed):
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_importance_sampling_under_a_mixture_of_routings(seed):
-    """c of shape (K, B, I, J): the proposal is the equal-weight mixture of K products. The
-    estimate is within its standard errors of the exact value, also when one component gives
-    parents probability zero (a one-hot routing) and another covers them. The mixture's density
-    by hand: two one-hot routings a^1, a^2 draw exactly those, each with q = 1/2, so the weights
-    are 2 p~(v, a^k); and a mixture of two equal products is that product, draw by draw."""
+    """c of shape (K, B, I, J): the proposal is a mixture of K products, its components drawn
+    in turn (stratified, the default) or at random. Either estimate is within its standard
+    errors of the exact value, also when one component gives parents probability zero (a
+    one-hot routing) and another covers them. The mixture's density by hand: two one-hot
+    routings a^1, a^2 draw exactly those, each with q = 1/2, so the weights are 2 p~(v, a^k);
+    and a mixture of two equal products is that product, draw by draw."""
     params = make_params(seed, I=4, J=3, d_h=2, d_v=2, scale=1.5)
     V = enumerate_binary(8).reshape(-1, 4, 2)
     rng = np.random.default_rng(seed)
@@ -419,12 +420,15 @@ def test_importance_sampling_under_a_mixture_of_routings(seed):
     mixtures = [np.stack([c_mf, rng.dirichlet(np.ones(3), size=(10, 4))]),
                 np.stack([one_hot, np.full((10, 4, 3), 1 / 3), c_mf])]
     for cs in mixtures:
-        est, se = mr.log_marginal_is(params, v, 3000, np.random.default_rng(seed + 7), c=cs)
-        assert np.all(np.isfinite(est)) and np.all(se > 0)
-        assert np.all(np.abs(est - exact) < 5 * se + 1e-9)
+        for stratified in (True, False):
+            est, se = mr.log_marginal_is(params, v, 3000, np.random.default_rng(seed + 7), c=cs,
+                                         stratified=stratified)
+            assert np.all(np.isfinite(est)) and np.all(se > 0)
+            assert np.all(np.abs(est - exact) < 5 * se + 1e-9)
     a_two = rng.integers(0, 3, size=(2, 10, 4))  # (K, B, I) two routings per image
     a_two[1, :, 0] = (a_two[0, :, 0] + 1) % 3  # distinct on patch 0
-    est, se = mr.log_marginal_is(params, v, 40, np.random.default_rng(11), c=np.eye(3)[a_two])
+    est, se = mr.log_marginal_is(params, v, 40, np.random.default_rng(11), c=np.eye(3)[a_two],
+                                 stratified=False)
     k = np.random.default_rng(11).integers(0, 2, size=(40, 10))  # (S, B) the components drawn
     log_w = np.stack([mr.log_joint_va(params, v, a_two[k[s], np.arange(10)]) for s in range(40)]) + np.log(2)
     np.testing.assert_allclose(est, logsumexp(log_w, axis=0) - np.log(40), rtol=1e-12)
@@ -438,12 +442,46 @@ def test_importance_sampling_under_a_mixture_of_routings(seed):
     np.testing.assert_allclose(est_1, logsumexp(log_w, axis=0) - np.log(300), rtol=1e-12)
     # one component equal to the others: the mixture is that product, draw by draw the same q
     same = np.stack([c_mf, c_mf])
-    est_2, se_2 = mr.log_marginal_is(params, v, 500, np.random.default_rng(3), c=same)
+    est_2, se_2 = mr.log_marginal_is(params, v, 500, np.random.default_rng(3), c=same, stratified=False)
     rng_1 = np.random.default_rng(3)
     rng_1.integers(0, 2, size=(500, 10))  # the component draws the mixture made first
     est_1, se_1 = mr.log_marginal_is(params, v, 500, rng_1, c=c_mf)
     np.testing.assert_allclose(est_2, est_1, rtol=1e-12)
     np.testing.assert_allclose(se_2, se_1, rtol=1e-9)
+    # stratified: no component draws, so the same uniforms; its standard error is the stratified
+    # one, written out (draws 0, 2, 4, ... from component 0, the others from component 1)
+    est_s, se_s = mr.log_marginal_is(params, v, 500, np.random.default_rng(3), c=same)
+    est_1, se_1 = mr.log_marginal_is(params, v, 500, np.random.default_rng(3), c=c_mf)
+    np.testing.assert_allclose(est_s, est_1, rtol=1e-12)
+    u = np.random.default_rng(3).random((500, 10, 4))  # (S, B, I)
+    a = np.minimum((u[..., None] >= cdf[None, ..., :-1] / cdf[None, ..., -1:]).sum(-1), 2)  # (S, B, I)
+    log_q = np.log(np.take_along_axis(np.broadcast_to(c_mf, a.shape + (3,)), a[..., None], -1)[..., 0]).sum(-1)
+    w = np.exp(np.stack([mr.log_joint_va(params, v, a[s]) for s in range(500)]) - log_q)  # (S, B)
+    var = (250 * np.var(w[0::2], axis=0, ddof=1) + 250 * np.var(w[1::2], axis=0, ddof=1)) / 500**2
+    np.testing.assert_allclose(se_s, np.sqrt(var) / w.mean(0), rtol=1e-9)
+
+
+@pytest.mark.parametrize("S", [3, 7, 40])
+def test_stratified_mixture_of_one_hot_routings_is_exact(S):
+    """Stratified draws from K one-hot routings hit each a^k exactly n_k times, with
+    q(a^k) = n_k / S, so the estimate is sum_k p~(v, a^k) with no error at all, for any S >= K
+    (S = 7 splits 3 : 2 : 2), and its standard error is zero once every component has two
+    draws (with one, S = 3, it falls back to the pooled one). Drawn at random, the same mixture
+    gives a noisy estimate: the randomness the stratified draws remove."""
+    params = make_params(5, I=4, J=3, d_h=2, d_v=2, scale=1.5)
+    rng = np.random.default_rng(5)
+    v = enumerate_binary(8).reshape(-1, 4, 2)[rng.integers(0, 256, size=6)]  # (B, I, d_v)
+    a_k = np.stack([np.zeros((6, 4), int), np.ones((6, 4), int), np.full((6, 4), 2)])  # (K, B, I)
+    exact = logsumexp(np.stack([mr.log_joint_va(params, v, a) for a in a_k]), axis=0)  # (B,)
+    est, se = mr.log_marginal_is(params, v, S, np.random.default_rng(0), c=np.eye(3)[a_k])
+    np.testing.assert_allclose(est, exact, rtol=1e-12)
+    if S >= 6:
+        np.testing.assert_allclose(se, 0.0, atol=1e-12)
+    else:
+        assert np.all(se > 0) and np.all(np.isfinite(se))
+    noisy = [mr.log_marginal_is(params, v, S, np.random.default_rng(r), c=np.eye(3)[a_k],
+                                stratified=False)[0] for r in range(20)]
+    assert np.max(np.abs(np.stack(noisy) - exact)) > 1e-3
 
 
 # ------------------------------------------------------------------------------ robustness

@@ -528,22 +528,22 @@ def test_is_proposal_check_fixed_points():
 
 
 def test_is_proposal_check_reports_every_proposal(saved_r, tmp_path, capsys):
-    """Five proposals and a fixed-point line; the reported estimator is the reference (difference
+    """Six proposals and a fixed-point line; the reported estimator is the reference (difference
     0); with one capsule there is one routing, so every proposal gives the same exact value."""
     check = _script("is_proposal_check")
     check.main("tiny", "embedded", 20, saved_r, 50, 3, 10)
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert [x.get("proposal") for x in lines[:5]] == ["training", "training_S", "converged",
-                                                      "multi_start", "widened"]
+    assert [x.get("proposal") for x in lines[:6]] == ["training", "training_S", "converged",
+                                                      "multi_start", "widened", "multi_start_stratified"]
     assert lines[0]["mean_difference_from_training"] == 0.0 and lines[0]["draws"] == 100
-    assert all(x["images"] == 20 and x["mean_is_se"] >= 0 for x in lines[:5])
-    assert 1.0 <= lines[5]["mean_distinct_fixed_points"] <= 3.0 and lines[5]["starts"] == 3
+    assert all(x["images"] == 20 and x["mean_is_se"] >= 0 for x in lines[:6])
+    assert 1.0 <= lines[6]["mean_distinct_fixed_points"] <= 3.0 and lines[6]["starts"] == 3
     X, _ = load_dataset("embedded", "train")
     V = binarize(X[:200], "stochastic", random_state=0)
     RoutedCapsuleRBM(1, 6, n_iter=1, n_chains=50, random_state=0).fit(V).save(tmp_path / "one_model.npz")
     (tmp_path / "one.json").write_text(json.dumps({"params": {"random_state": 0}}))
     check.main("one", "embedded", 20, tmp_path, 30, 2, 10)
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    for x in lines[:5]:
+    for x in lines[:6]:
         assert abs(x["mean_difference_from_training"]) < 1e-6 and x["mean_is_se"] < 1e-6, x["proposal"]
-    assert lines[5]["mean_distinct_fixed_points"] == 1.0
+    assert lines[6]["mean_distinct_fixed_points"] == 1.0
