@@ -547,3 +547,38 @@ def test_is_proposal_check_reports_every_proposal(saved_r, tmp_path, capsys):
     for x in lines[:6]:
         assert abs(x["mean_difference_from_training"]) < 1e-6 and x["mean_is_se"] < 1e-6, x["proposal"]
     assert lines[6]["mean_distinct_fixed_points"] == 1.0
+
+
+def test_train_test_gap(tmp_path, capsys):
+    """Both sets are scored with the estimator's own log_likelihood on the run's binarisations
+    (training split with the run's seed, test split with seed + 1), log Z from the last line of
+    the AIS check when there is one, else from the row; the difference does not depend on log Z."""
+    from capsnp.estimators import BernoulliRBM
+
+    check = _script("train_test_gap")
+    X, _ = load_dataset("embedded", "train")
+    Xt, _ = load_dataset("embedded", "test")
+    V = binarize(X, "stochastic", random_state=3)  # the seed-3 run's training images
+    rbm = BernoulliRBM(8, n_iter=1, batch_size=50, random_state=3).fit(V[:300])
+    caps = RoutedCapsuleRBM(2, 6, n_iter=1, n_chains=50, random_state=3).fit(V[:300])
+    for name, est in (("rbm", rbm), ("caps", caps)):
+        est.save(tmp_path / f"{name}_model.npz")
+        (tmp_path / f"{name}.json").write_text(json.dumps({"log_z": 50.0, "params": {"random_state": "3"}}))
+    (tmp_path / "caps_ais_check.jsonl").write_text('{"log_z": 1.0}\n{"log_z": 70.0}\n')
+    check.main("rbm,caps", "embedded", 40, tmp_path)
+    rows = {r["model"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    Vt = binarize(Xt, "stochastic", random_state=4)  # the run's test binarisation
+    assert rows["rbm"]["log_z"] == 50.0 and rows["rbm"]["log_z_from"] == "rbm.json"
+    assert rows["rbm"]["train_log_likelihood"] == pytest.approx(rbm.log_likelihood(V[:40], 50.0).mean(), abs=1e-4)
+    assert rows["rbm"]["test_log_likelihood"] == pytest.approx(rbm.log_likelihood(Vt[:40], 50.0).mean(), abs=1e-4)
+    assert rows["caps"]["log_z"] == 70.0 and rows["caps"]["log_z_from"] == "caps_ais_check.jsonl"
+    ll = caps.log_likelihood(V[:40], 70.0, n_samples=100, random_state=np.random.default_rng(0))
+    assert rows["caps"]["train_log_likelihood"] == pytest.approx(ll.mean(), abs=1e-4)
+    for r in rows.values():
+        assert r["train_minus_test"] == pytest.approx(r["train_log_likelihood"] - r["test_log_likelihood"], abs=2e-4)
+        assert r["train_sem"] > 0 and r["test_sem"] > 0
+    (tmp_path / "caps_ais_check.jsonl").write_text('{"log_z": 90.0}\n')
+    check.main("caps", "embedded", 40, tmp_path)
+    moved = json.loads(capsys.readouterr().out)
+    assert moved["train_log_likelihood"] == pytest.approx(rows["caps"]["train_log_likelihood"] - 20.0, abs=1e-3)
+    assert moved["train_minus_test"] == pytest.approx(rows["caps"]["train_minus_test"], abs=1e-3)
