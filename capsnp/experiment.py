@@ -98,6 +98,10 @@ PRESETS = {
                                                              **{**_RBM_PCD_LONG, **_STEP_M5_LR2})),
     "rbm-pcd-long-m5-lr2-c300-avg": (BernoulliRBM, dict(n_components=500, n_chains=300, average=1000,
                                                           **{**_RBM_PCD_LONG, **_STEP_M5_LR2})),
+    # ... with 250 hidden units (196,000 weights, one capsule of rb-2x250-m5-lr2-mf3-c300-avg):
+    # what the second capsule adds under the averaged recipe (run with --epochs 200)
+    "rbm-250-pcd-long-m5-lr2-c300-avg": (BernoulliRBM, dict(n_components=250, n_chains=300, average=1000,
+                                                              **{**_RBM_PCD_LONG, **_STEP_M5_LR2})),
     # ... and with centred steps too (run with --epochs 40)
     "rbm-pcd-long-centred-m5-lr2-40": (BernoulliRBM, dict(n_components=500, centring=True,
                                                           **{**_RBM_PCD_LONG, **_STEP_M5_LR2})),
