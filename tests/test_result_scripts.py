@@ -574,6 +574,9 @@ def test_train_test_gap(tmp_path, capsys):
     assert rows["caps"]["log_z"] == 70.0 and rows["caps"]["log_z_from"] == "caps_ais_check.jsonl"
     ll = caps.log_likelihood(V[:40], 70.0, n_samples=100, random_state=np.random.default_rng(0))
     assert rows["caps"]["train_log_likelihood"] == pytest.approx(ll.mean(), abs=1e-4)
+    y = load_dataset("embedded", "train")[1][:40]
+    assert rows["caps"]["train_by_class"] == [pytest.approx(ll[y == k].mean(), abs=1e-3) if np.any(y == k)
+                                              else None for k in range(10)]
     for r in rows.values():
         assert r["train_minus_test"] == pytest.approx(r["train_log_likelihood"] - r["test_log_likelihood"], abs=2e-4)
         assert r["train_sem"] > 0 and r["test_sem"] > 0

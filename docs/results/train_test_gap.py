@@ -10,8 +10,8 @@ the run that trained the model binarised them (the whole split with ``random_sta
 the first n), and the first ``n`` test images (``random_state = seed + 1``) with the estimator's
 ``log_likelihood`` (the capsule model: 100 importance samples over routings per image, seed 0,
 as the tables). It prints one JSON line per model: both means with their standard errors of the
-mean, and their difference. log Z is the same for both sets, so the difference does not depend
-on it.
+mean, their difference, and both means per class (0-9, by the data set's labels), to show where
+a model loses. log Z is the same for both sets, so the differences do not depend on it.
 
     CAPSNP_DATA_DIR=../shared/data python docs/results/train_test_gap.py rb-2x250-m5-lr2-mf3-c300-avg,rbm-pcd-long-m5-lr2-c300-avg mnist 2000 docs/results/mnist/epochs200
 """
@@ -37,20 +37,22 @@ def saved_log_z(folder, name):
     return float(json.loads((Path(folder) / f"{name}.json").read_text())["log_z"]), f"{name}.json"
 
 
-def mean_log_likelihood(est, V, log_z):
-    """Mean and standard error of the mean of the per-image log-likelihood of V (n, D)."""
+def mean_log_likelihood(est, V, y, log_z):
+    """Mean, standard error of the mean and per-class means (10,) of the per-image
+    log-likelihood of V (n, D) with labels y (n,)."""
     if isinstance(est, RoutedCapsuleRBM):
         ll = est.log_likelihood(V, log_z, n_samples=100, random_state=np.random.default_rng(0))  # (n,)
     else:
         ll = est.log_likelihood(V, log_z)  # (n,)
-    return float(np.mean(ll)), float(np.std(ll, ddof=1) / np.sqrt(len(ll)))
+    by_class = [round(float(ll[y == k].mean()), 3) if np.any(y == k) else None for k in range(10)]
+    return float(np.mean(ll)), float(np.std(ll, ddof=1) / np.sqrt(len(ll))), by_class
 
 
 def main(names, dataset="mnist", n=2000, folder=None):
     n = int(n)
     folder = Path(folder or Path("docs/results") / dataset)
-    X_train, _ = load_dataset(dataset, "train")
-    X_test, _ = load_dataset(dataset, "test")
+    X_train, y_train = load_dataset(dataset, "train")
+    X_test, y_test = load_dataset(dataset, "test")
     for name in names.split(","):
         t0 = time.perf_counter()
         est = load_estimator(folder / f"{name}_model.npz")
@@ -59,14 +61,15 @@ def main(names, dataset="mnist", n=2000, folder=None):
         V_train = binarize(X_train, "stochastic", random_state=seed)[:n]  # (n, D) as trained on
         V_test = binarize(X_test, "stochastic", random_state=seed + 1)[:n]  # (n, D) as scored
         log_z, source = saved_log_z(folder, name)
-        train, train_sem = mean_log_likelihood(est, V_train, log_z)
-        test, test_sem = mean_log_likelihood(est, V_test, log_z)
+        train, train_sem, train_by_class = mean_log_likelihood(est, V_train, y_train[:n], log_z)
+        test, test_sem, test_by_class = mean_log_likelihood(est, V_test, y_test[:n], log_z)
         print(json.dumps({
             "model": name, "dataset": dataset, "folder": str(folder), "images": n,
             "log_z": round(log_z, 4), "log_z_from": source,
             "train_log_likelihood": round(train, 4), "train_sem": round(train_sem, 4),
             "test_log_likelihood": round(test, 4), "test_sem": round(test_sem, 4),
             "train_minus_test": round(train - test, 4),
+            "train_by_class": train_by_class, "test_by_class": test_by_class,
             "seconds": round(time.perf_counter() - t0, 1),
         }), flush=True)
 
