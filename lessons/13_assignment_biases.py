@@ -442,7 +442,7 @@ plt.show()
 # 250 hidden units, and docs/results.md (section 10) measures what that costs: the two-capsule
 # model is no better than an RBM-250, one of its capsules alone; under the best recipe found
 # (section 27: 200 epochs, 300 persistent chains, averaged parameters) the two are still level,
-# -89.0 against -88.8 nats over two seeds, with the RBM-500 at -85.9. Tying the parents' weights,
+# -88.87 against -88.88 nats over three seeds, with the RBM-500 at -85.91. Tying the parents' weights,
 # $W_{ij} = \theta_i$ for every $j$ (`tie_weights=True`), keeps $I d_v d_h$ weights for any $J$: with
 # $J = 2$ and $d_h = 500$ the RBM-500's 392,000. The parents become two instances of one capsule
 # type, each with its own hidden state $h_j$; each patch is explained by one of them, and only
