@@ -24,6 +24,7 @@ import numpy as np
 
 from .ais import ais_log_partition, default_betas
 from .capsules import to_capsules
+from .cli import _positive_int
 from .datasets import binarize, load_dataset
 from .estimators import BernoulliRBM, CapsulePoE, RoutedCapsuleRBM, load_estimator
 from .plots import image_grids
@@ -447,12 +448,10 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="output directory (default: docs/results/<dataset>)")
     ap.add_argument("--evaluate-only", action="store_true",
                     help="load <out>/<model>_model.npz instead of training, then evaluate as usual")
-    ap.add_argument("--is-starts", type=int, default=1,
+    ap.add_argument("--is-starts", type=_positive_int, default=1,
                     help="capsule models: mean-field starts of the importance-sampling proposal "
                          "(default 1; K > 1 mixes in the fixed points of K - 1 random starts)")
     a = ap.parse_args(argv)
-    if a.is_starts < 1:
-        ap.error("--is-starts must be at least 1")
     run(a.dataset, a.models.split(","), a.epochs, a.out or f"docs/results/{a.dataset}", a.ais_runs, a.fast_ais,
         a.n_train, a.n_test, a.sample_steps, a.seed, a.backend, a.verbose, a.evaluate_only, a.is_starts)
     return 0

@@ -945,8 +945,9 @@ def log_marginal_is(params, v, n_samples, rng, c=None, log_z=None, stratified=Tr
     K, B, I, J = cs.shape
     stratified = bool(stratified) and K > 1
     if stratified:
-        k = np.broadcast_to((np.arange(n_samples) % K)[:, None], (n_samples, B))  # (S, B)
-        n_k = np.bincount(np.arange(n_samples) % K, minlength=K)  # (K,) draws per component
+        turn = np.arange(n_samples) % K  # (S,) draw s from component s mod K
+        k = np.broadcast_to(turn[:, None], (n_samples, B))  # (S, B)
+        n_k = np.bincount(turn, minlength=K)  # (K,) draws per component
         with np.errstate(divide="ignore"):
             log_share = np.log(n_k / n_samples).astype(dt)  # (K,) mixture weights; -inf if n_k = 0
     elif K > 1:

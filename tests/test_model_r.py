@@ -432,13 +432,17 @@ def test_importance_sampling_under_a_mixture_of_routings(seed):
     k = np.random.default_rng(11).integers(0, 2, size=(40, 10))  # (S, B) the components drawn
     log_w = np.stack([mr.log_joint_va(params, v, a_two[k[s], np.arange(10)]) for s in range(40)]) + np.log(2)
     np.testing.assert_allclose(est, logsumexp(log_w, axis=0) - np.log(40), rtol=1e-12)
-    # K = 1 is the single-product estimator, written out: uniforms, inverse-CDF draws, weights
+    def written_out_log_weights(seed, S):
+        """log w of S draws from the product c_mf, written out: uniforms, inverse CDF, weights."""
+        u = np.random.default_rng(seed).random((S, 10, 4))  # (S, B, I)
+        cdf = np.cumsum(c_mf, axis=-1)  # (B, I, J)
+        a = np.minimum((u[..., None] >= cdf[None, ..., :-1] / cdf[None, ..., -1:]).sum(-1), 2)  # (S, B, I)
+        log_q = np.log(np.take_along_axis(np.broadcast_to(c_mf, a.shape + (3,)), a[..., None], -1)[..., 0]).sum(-1)
+        return np.stack([mr.log_joint_va(params, v, a[s]) for s in range(S)]) - log_q  # (S, B)
+
+    # K = 1 is the single-product estimator, written out
     est_1, _ = mr.log_marginal_is(params, v, 300, np.random.default_rng(9), c=c_mf)
-    u = np.random.default_rng(9).random((300, 10, 4))  # (S, B, I)
-    cdf = np.cumsum(c_mf, axis=-1)  # (B, I, J)
-    a = np.minimum((u[..., None] >= cdf[None, ..., :-1] / cdf[None, ..., -1:]).sum(-1), 2)  # (S, B, I)
-    log_q = np.log(np.take_along_axis(np.broadcast_to(c_mf, a.shape + (3,)), a[..., None], -1)[..., 0]).sum(-1)
-    log_w = np.stack([mr.log_joint_va(params, v, a[s]) for s in range(300)]) - log_q  # (S, B)
+    log_w = written_out_log_weights(9, 300)  # (S, B)
     np.testing.assert_allclose(est_1, logsumexp(log_w, axis=0) - np.log(300), rtol=1e-12)
     # one component equal to the others: the mixture is that product, draw by draw the same q
     same = np.stack([c_mf, c_mf])
@@ -453,10 +457,7 @@ def test_importance_sampling_under_a_mixture_of_routings(seed):
     est_s, se_s = mr.log_marginal_is(params, v, 500, np.random.default_rng(3), c=same)
     est_1, se_1 = mr.log_marginal_is(params, v, 500, np.random.default_rng(3), c=c_mf)
     np.testing.assert_allclose(est_s, est_1, rtol=1e-12)
-    u = np.random.default_rng(3).random((500, 10, 4))  # (S, B, I)
-    a = np.minimum((u[..., None] >= cdf[None, ..., :-1] / cdf[None, ..., -1:]).sum(-1), 2)  # (S, B, I)
-    log_q = np.log(np.take_along_axis(np.broadcast_to(c_mf, a.shape + (3,)), a[..., None], -1)[..., 0]).sum(-1)
-    w = np.exp(np.stack([mr.log_joint_va(params, v, a[s]) for s in range(500)]) - log_q)  # (S, B)
+    w = np.exp(written_out_log_weights(3, 500))  # (S, B)
     var = (250 * np.var(w[0::2], axis=0, ddof=1) + 250 * np.var(w[1::2], axis=0, ddof=1)) / 500**2
     np.testing.assert_allclose(se_s, np.sqrt(var) / w.mean(0), rtol=1e-9)
 
