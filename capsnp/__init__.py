@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 from .ops import sigmoid, softmax, softplus, squash, squash_vjp  # noqa: E402
 from .capsules import from_capsules, predictions, to_capsules  # noqa: E402
-from .params import GParams, PParams, RBMParams, RBParams, RParams, SParams  # noqa: E402
+from .params import GParams, PParams, RBMParams, RBParams, RParams, RSParams, SParams  # noqa: E402
 from .routing import dynamic_routing, dynamic_routing_vjp  # noqa: E402
 from .estimators import BernoulliRBM, CapsulePoE, RoutedCapsuleRBM  # noqa: E402
 from .ais import ais_log_partition  # noqa: E402

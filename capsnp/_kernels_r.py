@@ -166,7 +166,7 @@ def mean_field(params, v, tol=1e-3, max_iter=30, damping=0.0, start=None):
     return c, mu, n_iter
 
 
-def gibbs_sweep(params, v, a, rng, return_probability=False):
+def gibbs_sweep(params, v, a, rng, return_probability=False, field=None):
     """One 3-block Gibbs sweep (4.7) on the chain state (v, a); twin of the reference.
 
     Random draws, in order: ``rng.random((B, J, d_h))`` for h, ``rng.random((B, I))`` for the
@@ -179,6 +179,10 @@ def gibbs_sweep(params, v, a, rng, return_probability=False):
     a : ndarray of int, shape (B, I), values in 0..J-1
     rng : np.random.Generator
     return_probability : bool, also return ``p(h | v, a)`` at the input (v, a)
+    field : ndarray of shape (B, I, d_v), optional, added to every visible logit (the shared
+        capsule's ``V_i^T g``, (4c.4)). It is added to the top-down field of every parent,
+        ``T[j] + field``: the visible logit gains it, and each child's routing logits all gain
+        ``v_i . field_i``, which the softmax over parents ignores.
 
     Returns
     -------
@@ -190,7 +194,7 @@ def gibbs_sweep(params, v, a, rng, return_probability=False):
     """
     dt = _jit.kernel_dtype(params.W, v)
     if dt is None:
-        return _ref.gibbs_sweep(params, v, a, rng, return_probability)
+        return _ref.gibbs_sweep(params, v, a, rng, return_probability, field)
     W, gamma, v = (_jit.as_c(x, dt) for x in (params.W, params.gamma, v))
     _, A = _ref.assignment_biases(params)
     alpha = params.alpha[:, None, :] if A is None else params.alpha[:, None, :] + A
@@ -208,6 +212,8 @@ def gibbs_sweep(params, v, a, rng, return_probability=False):
     _jit.run_chunks(_jit.r_hidden_draw, B, Wt, C_dt, gamma, v, a, u_h, h, p_h)
     # R (4.3) and D (4.5) from the top-down fields W_ij^T h_j: one matrix product per parent
     T = top_down(params, h)  # (J, B, I, d_v)
+    if field is not None:
+        T = _jit.as_c(T + np.asarray(field, dtype=dt)[None], dt)  # (J, B, I, d_v)
     Ch = np.matmul(np.moveaxis(h, 1, 0), np.moveaxis(C_dt, 1, 0).swapaxes(1, 2))  # (J, B, I): C_ij . h_j
     logits0 = _jit.as_c(_ref.prior_logits(params, v) + np.moveaxis(Ch, 0, 2), dt)  # (B, I, J)
     v_new = np.empty((B, I, d_v), dtype=dt)

@@ -30,8 +30,9 @@ from scipy.special import logsumexp
 from . import _kernels_jit, kernels
 from . import model_p as _model_p_ref
 from . import model_r as _model_r_ref
+from . import model_rs as _model_rs
 from .ops import sigmoid, softplus
-from .params import GParams, PParams, RBMParams, RBParams, RParams, SParams
+from .params import GParams, PParams, RBMParams, RBParams, RParams, RSParams, SParams
 
 __all__ = ["AISResult", "AnnealingPath", "default_betas", "ais", "ais_log_partition", "annealing_path",
            "base_log_odds", "blas_setting"]
@@ -273,16 +274,24 @@ def _path_p(params, alpha0, n_iter, model_p):
 
 
 def _path_r(params, alpha0, model_r):
-    # the base keeps gamma and beta; W and the assignment biases C, A of RBParams (4b.1) are 0
-    zero = tuple(k for k in ("W", "C", "A") if k in params._fields)
+    # the base keeps gamma and beta (and a shared capsule's delta, RSParams (4c.1)); W, the
+    # assignment biases C, A of RBParams (4b.1) and the shared weights V are 0
+    zero = tuple(k for k in ("W", "C", "A", "V") if k in params._fields)
     base = params._replace(alpha=alpha0, **{k: np.zeros_like(getattr(params, k)) for k in zero})
-    # W = C = A = 0: v, h and a are independent; the sum over a gives logsumexp_j beta_ij per child.
+    # W = C = A = V = 0: v, g, h and a are independent; the sum over a gives logsumexp_j beta_ij
+    # per child.
     log_z_base = float(softplus(alpha0).sum() + softplus(params.gamma).sum() + logsumexp(params.beta, axis=1).sum())
+    shared = isinstance(params, RSParams)
+    if shared:
+        log_z_base += float(softplus(params.delta).sum())
     I, J = params.beta.shape
 
     def log_f(beta, state):
         v, a = state
-        return model_r.log_joint_va(_interpolate(base, params, beta, zero), v, a)
+        theta = _interpolate(base, params, beta, zero)
+        if shared:
+            return _model_rs.log_joint_va(theta, v, a, model_r)  # (4c.5)
+        return model_r.log_joint_va(theta, v, a)
 
     def sample_base(n, g):
         v = (g.random((n,) + alpha0.shape) < sigmoid(alpha0)).astype(np.float64)
@@ -292,18 +301,29 @@ def _path_r(params, alpha0, model_r):
 
     def transition(beta, state, g):
         v, a = state
-        v2, _, a2, _ = model_r.gibbs_sweep(_interpolate(base, params, beta, zero), v, a, g)
+        theta = _interpolate(base, params, beta, zero)
+        if shared:  # (4c.7)
+            v2, _, _, a2, _ = _model_rs.gibbs_sweep(theta, v, a, g, model_r=model_r)
+        else:
+            v2, _, a2, _ = model_r.gibbs_sweep(theta, v, a, g)
         return v2, a2
 
     def log_f_pair(beta_lo, beta_hi, state):  # (4.9) on the path from one routed input
         v, a = state
         v = np.asarray(v, dtype=np.float64)  # (n, I, d_v)
         a = np.asarray(a)  # (n, I)
-        chosen = np.take_along_axis(model_r.prior_logits(params, v), a[..., None], axis=-1)[..., 0]  # (n, I)
+        routed = _model_rs.routed_part(params) if shared else params
+        chosen = np.take_along_axis(model_r.prior_logits(routed, v), a[..., None], axis=-1)[..., 0]  # (n, I)
         l0 = np.sum(alpha0 * v, axis=(1, 2)) + np.sum(params.beta[np.arange(I), a], axis=-1)  # (n,)
         l1 = np.sum(params.alpha * v, axis=(1, 2)) + np.sum(chosen, axis=-1)  # (n,): b(v) = beta + A.v
-        u = model_r.assigned_input(params, v, a)  # (n, J, d_h)
-        return tuple(_softplus_path(b, l0, l1, params.gamma, u) for b in (beta_lo, beta_hi))
+        u = model_r.assigned_input(routed, v, a)  # (n, J, d_h)
+        pair = tuple(_softplus_path(b, l0, l1, params.gamma, u) for b in (beta_lo, beta_hi))
+        if not shared:
+            return pair
+        u0 = _model_rs.shared_input(params._replace(delta=np.zeros_like(params.delta)), v)  # (n, H0): V v
+        zeros = np.zeros_like(l0)
+        return tuple(p + _softplus_path(b, zeros, zeros, params.delta, u0)  # (4c.5)
+                     for p, b in zip(pair, (beta_lo, beta_hi)))
 
     return AnnealingPath(log_f, sample_base, transition, log_z_base, log_f_pair,
                          blas_one_thread=model_r is not _model_r_ref)  # the compiled kernels
@@ -311,7 +331,7 @@ def _path_r(params, alpha0, model_r):
 
 def _as_params(model):
     """(params, kind, n_iter) from a params container or a fitted estimator."""
-    if isinstance(model, (PParams, GParams, SParams, RParams, RBParams, RBMParams)):
+    if isinstance(model, (PParams, GParams, SParams, RParams, RBParams, RSParams, RBMParams)):
         params = model
     elif hasattr(model, "components_"):
         params = RBMParams(np.asarray(model.components_, np.float64).T,
@@ -321,7 +341,8 @@ def _as_params(model):
         kind = _model_p_ref.PARAMS_TYPES[getattr(model, "expert", "squash")]
         params = kind(*(np.asarray(getattr(model, k + "_"), np.float64) for k in kind._fields))
     elif hasattr(model, "gamma_"):
-        kind = RBParams if getattr(model, "C_", None) is not None else RParams
+        kind = (RSParams if getattr(model, "V_", None) is not None
+                else RBParams if getattr(model, "C_", None) is not None else RParams)
         params = kind(*(np.asarray(getattr(model, k + "_"), np.float64) for k in kind._fields))
     else:
         raise TypeError(f"cannot evaluate an object of type {type(model).__name__}: expected a fitted "

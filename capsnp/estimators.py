@@ -65,8 +65,9 @@ from .io import load_model, remove_temporary_files, save_model
 from .ops import sigmoid, softplus
 from .model_p import PARAMS_TYPES as _P_PARAMS_TYPES
 from . import model_r as _model_r_ref
+from . import model_rs as _model_rs
 from . import rbm as _rbm_ref
-from .params import PParams, RBMParams, RBParams, RParams
+from .params import PParams, RBMParams, RBParams, RParams, RSParams
 from .ais import annealing_path
 from .tempering import default_temperatures, parallel_tempering
 from .training import Objective, TrainingState, initial_state, run_epochs, sparsity_gradient
@@ -994,8 +995,10 @@ class _CapsuleEstimator(_EnergyEstimator):
     def _attribute_shapes(self):
         """Shapes of the fitted parameter attributes for the current layout."""
         (I, d_v), J, d_h = self._layout_shape(), int(self.n_capsules), int(self.capsule_dim)
+        H0 = int(getattr(self, "shared_units", 0))
         shapes = {"W_": (I, J, d_h, d_v), "alpha_": (I, d_v), "beta_": (I, J), "rho_": (J,),
-                  "gamma_": (J, d_h), "m_": (J, d_h), "C_": (I, J, d_h), "A_": (I, J, d_v)}
+                  "gamma_": (J, d_h), "m_": (J, d_h), "C_": (I, J, d_h), "A_": (I, J, d_v),
+                  "V_": (H0, I, d_v), "delta_": (H0,)}
         return {name: shapes[name] for name in self._param_attributes}
 
     def _to_layout(self, X):
@@ -1517,6 +1520,15 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         step, ``-W_i^T l``, is then the same for every parent, so it does not touch the routing
         (it is a step of alpha). ``"visible"``: the interaction form with l = 0 (only v centred;
         A is then untouched). Needs ``assignment_biases``. Weight decay acts on W.
+    shared_units : int, default=0
+        H0 > 0 adds a shared capsule of H0 binary units that every child reaches besides its
+        routed parent (docs/MODEL_RB.md, (4c.1)): weights V (H0, I, d_v) and biases delta
+        (H0,). Given v it is independent of the routing, so mean-field routing is unchanged,
+        its units and the log-likelihood's share of it are exact (4c.2, 4c.5), and the chains
+        draw it before each sweep (4c.7). V starts at N(0, init_scale^2) (drawn after every
+        other parameter) and takes the weight decay; delta starts at 0. With J d_h + H0 hidden
+        units of 784 weights each, J = 2, d_h = 125, H0 = 250 has the RBM-500's 392,000.
+        Needs ``assignment_biases``; not with ``centring`` or a sparsity cost.
     sparsity_target : float in (0, 1), default=0.1
     sparsity_cost : float, default=0.0
         With a cost lambda > 0, the hidden biases gamma take the sparsity step (4b.11)
@@ -1562,6 +1574,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
     gamma_ : ndarray of shape (J, d_h)
     beta_ : ndarray of shape (I, J)
     C_, A_ : ndarrays of shape (I, J, d_h) and (I, J, d_v), only with ``assignment_biases``
+    V_, delta_ : ndarrays of shape (H0, I, d_v) and (H0,), only with ``shared_units``
     n_features_in_, image_shape_, patch_, n_visible_capsules_, visible_capsule_dim_
     persistent_chains_ : ndarray of shape (n_chains, n_features) or None
         Visible states of the chains (their routing states are kept internally).
@@ -1577,9 +1590,12 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
 
     @property
     def _param_attributes(self):
-        """Fitted parameter attributes: ``assignment_biases`` adds ``C_`` and ``A_`` (4b.1)."""
+        """Fitted parameter attributes: ``assignment_biases`` adds ``C_`` and ``A_`` (4b.1),
+        ``shared_units`` ``V_`` and ``delta_`` (4c.1)."""
         base = ("W_", "alpha_", "gamma_", "beta_")
-        return base + ("C_", "A_") if self.assignment_biases else base
+        if self.assignment_biases:
+            base = base + ("C_", "A_")
+        return base + ("V_", "delta_") if self.shared_units else base
 
     def __init__(self, n_capsules=16, capsule_dim=8, *, image_shape=None, patch=4,
                  routing_tol=1e-3, max_routing=30, routing_damping=0.0, cd_k=1, persistent=True,
@@ -1588,7 +1604,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
                  batch_size=100, n_iter=10, init_scale=0.01, learn_prior=False,
                  first_parent_logit=0.0, posterior_sweeps=0, rao_blackwell="routes",
                  assignment_biases=False, assignment_bias_rate=1.0,
-                 tie_weights=False, centring=False, sparsity_target=0.1, sparsity_cost=0.0,
+                 tie_weights=False, centring=False, shared_units=0, sparsity_target=0.1, sparsity_cost=0.0,
                  sparsity_on="biases", dtype=np.float64, random_state=None, verbose=0, monitor_fraction=0.05,
                  checkpoint_path=None, checkpoint_every=1, resume=False, backend="numba"):
         self.n_capsules = n_capsules
@@ -1619,6 +1635,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         self.assignment_bias_rate = assignment_bias_rate
         self.tie_weights = tie_weights
         self.centring = centring
+        self.shared_units = shared_units
         self.sparsity_target = sparsity_target
         self.sparsity_cost = sparsity_cost
         self.sparsity_on = sparsity_on
@@ -1648,6 +1665,10 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
             raise ValueError("centring=True needs assignment_biases=True: the centred energy "
                              "(4b.8) has prediction and assignment biases, which Model R lacks")
         _check_sparsity(self)
+        _check_number("shared_units", self.shared_units, 0, integer=True)
+        if self.shared_units and (not self.assignment_biases or self.centring or self.sparsity_cost):
+            raise ValueError("shared_units > 0 needs assignment_biases=True and works without "
+                             "centring and sparsity_cost (docs/MODEL_RB.md, (4c.1))")
 
     def _init_params(self, X, rng):
         """W ~ N(0, init_scale^2); alpha = data log-odds; gamma = 0; C = A = 0; beta = 0 but for
@@ -1666,6 +1687,10 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
             biases["C"] = (rng.normal(0.0, 1.0, (I, J, d_h)) * float(self.init_scale)).astype(dt)
         beta = np.zeros((I, J), dtype=dt)
         beta[:, 0] = self.first_parent_logit  # (I, J)
+        if self.shared_units:  # (4c.1): V ~ N(0, init_scale^2), drawn after W (and C)
+            H0 = int(self.shared_units)
+            biases["V"] = (rng.normal(0.0, 1.0, (H0, I, d_v)) * float(self.init_scale)).astype(dt)
+            biases["delta"] = np.zeros(H0, dtype=dt)
         return self._params_kind()(W=W, alpha=_data_logits(X, dt), gamma=np.zeros((J, d_h), dtype=dt),
                                    beta=beta, **biases)
 
@@ -1673,15 +1698,49 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         return self._params_kind()(*(getattr(self, name) for name in self._param_attributes))
 
     def _params_kind(self):
-        """RParams, or RBParams (4b.1) with ``assignment_biases``."""
+        """RParams, or RBParams (4b.1) with ``assignment_biases``, RSParams (4c.1) with ``shared_units``."""
+        if self.shared_units:
+            return RSParams
         return RBParams if self.assignment_biases else RParams
+
+    @staticmethod
+    def _routed(params):
+        """The routed capsules' parameters: RParams or RBParams as they are, an RSParams'
+        routed part (4c.3: routing, mean field and the capsules' statistics are the routed
+        part's alone)."""
+        return _model_rs.routed_part(params) if isinstance(params, RSParams) else params
+
+    def _gibbs_sweep(self, params, v, a, rng, return_probability=False):
+        """One sweep on (v, a), (4.7) or with a shared capsule (4c.7), whose g draw is dropped:
+        (v_new, h, a_new, resp[, p_h])."""
+        model_r = self._kernels("model_r")
+        if isinstance(params, RSParams):
+            out = _model_rs.gibbs_sweep(params, v, a, rng, return_probability, model_r=model_r)
+            return (out[0],) + tuple(out[2:])
+        return model_r.gibbs_sweep(params, v, a, rng, return_probability)
+
+    @staticmethod
+    def _with_shared(params, routed_stats, v, weights=None):
+        """Routed statistics, plus the shared capsule's (4c.6) at v when ``params`` has one."""
+        if not isinstance(params, RSParams):
+            return routed_stats
+        p_g = _model_rs.shared_probability(params, v)  # (B, H0)
+        return _model_rs.with_shared(routed_stats, *_model_rs.shared_statistics(v, p_g, weights))
+
+    @staticmethod
+    def _elbo(params, v, c):
+        """:func:`mean_field_elbo` of the routed part, plus the exact shared term (4c.5) if any."""
+        if isinstance(params, RSParams):
+            return (mean_field_elbo(_model_rs.routed_part(params), v, c)
+                    + _model_rs.shared_log_factor(params, v))
+        return mean_field_elbo(params, v, c)
 
     def _set_params(self, p):
         for name, value in zip(self._param_attributes, p):
             setattr(self, name, value)
 
     def _mean_field(self, params, v):
-        return self._kernels("model_r").mean_field(params, v, tol=float(self.routing_tol),
+        return self._kernels("model_r").mean_field(self._routed(params), v, tol=float(self.routing_tol),
                                                    max_iter=int(self.max_routing),
                                                    damping=float(self.routing_damping))
 
@@ -1716,15 +1775,20 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         return v, a
 
     def _sweep(self, params, chains, rng):
-        v_new, _, a_new, _ = self._kernels("model_r").gibbs_sweep(params, chains[0], chains[1], rng)
+        v_new, _, a_new, _ = self._gibbs_sweep(params, chains[0], chains[1], rng)
         return (v_new, a_new), {}
 
     def _visible_mean(self, params, chains, rng):
-        """``p(v | h, a)`` (4.5) with ``h ~ p(h | v, a)`` (4.4): (B, I, d_v)."""
+        """``p(v | h, a)`` (4.5) with ``h ~ p(h | v, a)`` (4.4): (B, I, d_v). With a shared
+        capsule, ``p(v | g, h, a)`` (4c.4) with g then drawn from ``p(g | v)`` (4c.2)."""
         v, a = chains
         model_r = self._kernels("model_r")
-        ph = model_r.hidden_probability(params, v, a)  # (B, J, d_h)
+        ph = model_r.hidden_probability(self._routed(params), v, a)  # (B, J, d_h)
         h = (rng.random(ph.shape) < ph).astype(ph.dtype)
+        if isinstance(params, RSParams):
+            pg = _model_rs.shared_probability(params, v)  # (B, H0)
+            g = (rng.random(pg.shape) < pg).astype(pg.dtype)
+            return _model_rs.visible_probability(params, g, h, a)  # (B, I, d_v)
         return model_r.visible_probability(params, h, a)  # (B, I, d_v)
 
     def _data_statistics(self, params, v, c, mu, rng):
@@ -1734,15 +1798,17 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         Sampled: routes ``a ~ c``, then k sweeps ``h ~ p(h | v, a)``, ``a ~ p(a | v, h)`` with v
         clamped (the h and a blocks of :func:`model_r.gibbs_sweep`, whose v draw is dropped);
         statistics of the last (h, resp) pair, Rao-Blackwellised over a like the chains'.
+        With a shared capsule its statistics (4c.6) are exact, ``p(g | v) v^T``, in either case.
         """
         model_r = self._kernels("model_r")
+        routed = self._routed(params)
         k = int(self.posterior_sweeps)
         if k == 0:
-            return model_r.data_statistics(params, v, c, mu)
+            return self._with_shared(params, model_r.data_statistics(routed, v, c, mu), v)
         a = model_r._categorical_draw(c, rng.random(c.shape[:2]))  # (B, I)
         for _ in range(k):
-            _, h, a, resp = model_r.gibbs_sweep(params, v, a, rng)  # (B, J, d_h), (B, I), (B, I, J)
-        return model_r.model_statistics(params, v, h, resp)
+            _, h, a, resp = model_r.gibbs_sweep(routed, v, a, rng)  # (B, J, d_h), (B, I), (B, I, J)
+        return self._with_shared(params, model_r.model_statistics(routed, v, h, resp), v)
 
     def _step(self, params, batch, chains, rng):
         """PCD gradient (4.8): data statistics (mean-field or sampled, see ``posterior_sweeps``)
@@ -1756,17 +1822,21 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         over_hidden = self.rao_blackwell == "hidden"
         for _ in range(int(self.cd_k)):
             v_in, a_in = v, a
-            v, h, a, resp, *p_h = model_r.gibbs_sweep(params, v_in, a_in, rng, over_hidden)
+            v, h, a, resp, *p_h = self._gibbs_sweep(params, v_in, a_in, rng, over_hidden)
         # resp belongs to the pair (v_in, h) of the last sweep, p_h to (v_in, a_in) (see
         # model_r.gibbs_sweep); (v_in, a) with the new routes a is a third pair of law p
+        routed = self._routed(params)
         if over_hidden:
-            negative = model_r.hidden_model_statistics(params, v_in, a_in, p_h[0], resp)  # (4b.10)
+            negative = model_r.hidden_model_statistics(routed, v_in, a_in, p_h[0], resp)  # (4b.10)
         elif self.rao_blackwell == "hidden-redrawn":
-            p_new = model_r.hidden_probability(params, v_in, a)  # (B, J, d_h) (4.4) at the new routes
-            negative = model_r.hidden_model_statistics(params, v_in, a, p_new, resp)  # (4b.10)
+            p_new = model_r.hidden_probability(routed, v_in, a)  # (B, J, d_h) (4.4) at the new routes
+            negative = model_r.hidden_model_statistics(routed, v_in, a, p_new, resp)  # (4b.10)
         else:
-            negative = model_r.model_statistics(params, v_in, h, resp)
+            negative = model_r.model_statistics(routed, v_in, h, resp)
+        negative = self._with_shared(params, negative, v_in)  # (4c.6), over g given v_in
         grad = type(params)(*(p - n for p, n in zip(positive, negative)))
+        if isinstance(params, RSParams) and self.weight_decay:  # the decay sgd_update gives W
+            grad = grad._replace(V=grad.V - float(self.weight_decay) * params.V)
         if self.centring:  # (4b.9): offsets are the batch's data means of v and h
             m, l = positive.alpha, positive.gamma  # (I, d_v), (J, d_h)
             if self.centring == "visible":
@@ -1808,20 +1878,23 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
             v = X[s:s + _CHUNK]
             c, mu, n_mf = self._mean_field(params, v)
             iters.append(n_mf)
-            elbo.append(mean_field_elbo(params, v, c))
-            error.append(_squared_error(v, self._reconstruction(params, c, mu)))
+            elbo.append(self._elbo(params, v, c))
+            error.append(_squared_error(v, self._reconstruction(params, c, mu, v)))
         return {"mean_field_iterations": float(np.mean(np.concatenate(iters))),
                 "elbo": float(np.mean(np.concatenate(elbo))),
                 "reconstruction_error": float(np.mean(np.concatenate(error)))}
 
     @staticmethod
-    def _reconstruction(params, c, mu):
-        """Mean-field reconstruction ``sigmoid(alpha_i + sum_j c_ij W_ij^T mu_j)``: (B, I, d_v)."""
+    def _reconstruction(params, c, mu, v=None):
+        """Mean-field reconstruction ``sigmoid(alpha_i + sum_j c_ij W_ij^T mu_j)``: (B, I, d_v)
+        (with a shared capsule, ``+ V_i^T p(g | v)``, which needs the images v)."""
         top_down = _model_r_ref.top_down(params, mu)  # (J, B, I, d_v): W_ij^T mu_j
         field = params.alpha + np.einsum("bij,jbil->bil", c, top_down)  # (B, I, d_v)
         _, A = _model_r_ref.assignment_biases(params)
         if A is not None:  # (4b.4): + sum_j c_ij A_ij
             field = field + np.einsum("bij,ijl->bil", c, A, optimize=True)
+        if isinstance(params, RSParams):  # (4c.4) at g's mean
+            field = field + _model_rs.shared_field(params, _model_rs.shared_probability(params, v))
         return sigmoid(field)  # (B, I, d_v)
 
     # ------------------------------------------------------------------ public inference
@@ -1864,7 +1937,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         """
         V = self._checked(X)
         params = self._params()
-        return _chunked(lambda v: mean_field_elbo(params, v, self._mean_field(params, v)[0]), V)
+        return _chunked(lambda v: self._elbo(params, v, self._mean_field(params, v)[0]), V)
 
     def free_energy(self, X):
         """Variational free energy ``-L(v)``, an UPPER bound on ``F(v) = -log p~(v)``.
@@ -1937,9 +2010,12 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
             c, _, _ = self._mean_field(params, v)  # (B, I, J)
             if n_starts > 1:
                 starts = rng.dirichlet(np.ones(c.shape[-1]), size=(int(n_starts) - 1,) + c.shape[:2])
-                fixed = [model_r.mean_field(params, v, tol=1e-8, max_iter=500, damping=0.5,
+                fixed = [model_r.mean_field(self._routed(params), v, tol=1e-8, max_iter=500, damping=0.5,
                                             start=c0)[0] for c0 in starts]  # K - 1 of (B, I, J)
                 c = np.stack([c] + fixed)  # (K, B, I, J)
+            if isinstance(params, RSParams):  # (4c.5): the routed part's estimate + the exact shared term
+                return _model_rs.log_marginal_is(params, v, int(n_samples), rng, c=c, log_z=log_z,
+                                                 model_r=model_r)
             return model_r.log_marginal_is(params, v, int(n_samples), rng, c=c, log_z=log_z)
 
         parts = [estimate(V[s:s + _CHUNK]) for s in range(0, V.shape[0], _CHUNK)]

@@ -20,11 +20,11 @@ With ``log Z`` in hand, the estimators' ``log_likelihood(X, log_z)`` give ``log 
 import numpy as np
 from scipy.special import logsumexp
 
-from . import model_p, model_r, rbm
+from . import model_p, model_r, model_rs, rbm
 from .ais import _as_params
 from .exact import MAX_ENUMERATED_BITS
 from .ops import softplus
-from .params import RBMParams, RBParams, RParams
+from .params import RBMParams, RBParams, RParams, RSParams
 from .rbm import _binary_block
 
 __all__ = ["MAX_EXACT_STATES", "exact_log_partition", "log_joint_h"]
@@ -176,6 +176,8 @@ def exact_log_partition(model, n_routing=None):
     params = type(params)(*(np.asarray(x, dtype=np.float64) for x in params))
     if isinstance(params, RBMParams):
         return _log_z_rbm(params)
+    if isinstance(params, RSParams):  # (4c.5): over the (v, a) states
+        return model_rs.exact_log_partition(params)
     if isinstance(params, (RParams, RBParams)):
         return _log_z_r(params)
     # PParams, or another container of model_p's routed experts (model_p picks the expert

@@ -455,7 +455,7 @@ def mean_field(params, v, tol=1e-3, max_iter=30, damping=0.0, start=None):
 # --------------------------------------------------------------------------------------------
 
 
-def gibbs_sweep(params, v, a, rng, return_probability=False):
+def gibbs_sweep(params, v, a, rng, return_probability=False, field=None):
     """One 3-block Gibbs sweep (4.7) on the chain state (v, a).
 
     1. ``h ~ U(v, a)`` (4.4), from ``rng.random((B, J, d_h))``, ``h = (u < p)``;
@@ -479,6 +479,10 @@ def gibbs_sweep(params, v, a, rng, return_probability=False):
     a : ndarray of int, shape (B, I)
     rng : np.random.Generator
     return_probability : bool, also return ``p_h``
+    field : ndarray of shape (B, I, d_v), optional
+        Added to every visible logit of step 3, ``p(v_il = 1 | h, a) = sigmoid((4.5) + field_il)``:
+        the top-down input of units outside the routing (the shared capsule of
+        docs/MODEL_RB.md, (4c.4)), drawn before the sweep. Steps 1 and 2 do not see it.
 
     Returns
     -------
@@ -495,8 +499,10 @@ def gibbs_sweep(params, v, a, rng, return_probability=False):
     h = _bernoulli_draw(p_h, rng.random(p_h.shape))  # (B, J, d_h)
     resp = softmax(_routing_logits(params, v, h, u_hat), axis=-1)  # (B, I, J)
     a_new = _categorical_draw(resp, rng.random(resp.shape[:2]))  # (B, I)
-    p_v = visible_probability(params, h, a_new)  # (B, I, d_v)
-    v_new = _bernoulli_draw(p_v, rng.random(p_v.shape))  # (B, I, d_v)
+    logits_v = _visible_logits(params, h, a_new)  # (B, I, d_v)
+    if field is not None:
+        logits_v = logits_v + field  # (B, I, d_v)
+    v_new = _bernoulli_draw(sigmoid(logits_v), rng.random(logits_v.shape))  # (B, I, d_v)
     return (v_new, h, a_new, resp, p_h) if return_probability else (v_new, h, a_new, resp)
 
 

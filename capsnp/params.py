@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["PParams", "GParams", "SParams", "RParams", "RBParams", "RBMParams"]
+__all__ = ["PParams", "GParams", "SParams", "RParams", "RBParams", "RSParams", "RBMParams"]
 
 
 class PParams(NamedTuple):
@@ -82,6 +82,23 @@ class RBParams(NamedTuple):
     beta: np.ndarray
     C: np.ndarray
     A: np.ndarray
+
+
+class RSParams(NamedTuple):
+    """Model R with assignment biases and a shared capsule (docs/MODEL_RB.md, (4c.1)): RBParams plus
+
+    V : (H0, I, d_v) the shared capsule's weights, which every child reaches;
+    delta : (H0,) its hidden biases.
+    """
+
+    W: np.ndarray
+    alpha: np.ndarray
+    gamma: np.ndarray
+    beta: np.ndarray
+    C: np.ndarray
+    A: np.ndarray
+    V: np.ndarray
+    delta: np.ndarray
 
 
 class RBMParams(NamedTuple):

@@ -6,7 +6,7 @@ from conftest import random_pparams
 
 from capsnp import _kernels_jit, kernels, model_p, model_r, rbm
 from capsnp.ais import _interpolate, ais, ais_log_partition, annealing_path, blas_setting, default_betas
-from capsnp.params import RBMParams, RBParams, RParams
+from capsnp.params import RBMParams, RBParams, RParams, RSParams
 
 BETAS = default_betas(fast=True)[::2]  # 726 temperatures: enough for models this small
 
@@ -24,6 +24,12 @@ def tiny_rb(rng, I=3, d_v=2, J=2, d_h=2, scale=1.0):
     """Model R with assignment biases C (I, J, d_h) and A (I, J, d_v) (4b.1)."""
     return RBParams(*tiny_r(rng, I, d_v, J, d_h, scale), C=rng.normal(0, scale, (I, J, d_h)),
                     A=rng.normal(0, scale, (I, J, d_v)))
+
+
+def tiny_rs(rng, I=3, d_v=2, J=2, d_h=2, scale=1.0, H0=3):
+    """Model R with assignment biases and a shared capsule V (H0, I, d_v), delta (H0,) (4c.1)."""
+    return RSParams(*tiny_rb(rng, I, d_v, J, d_h, scale), V=rng.normal(0, scale, (H0, I, d_v)),
+                    delta=rng.normal(0, 1, H0))
 
 
 CASES = {
@@ -74,7 +80,8 @@ def test_schedule_shape():
 
 # the paths whose log f at two temperatures shares one pass over the states (ais._softplus_path)
 SHARED = {"r": (tiny_r, lambda rng: rng.uniform(0.1, 0.9, (3, 2))),
-          "rb": (tiny_rb, lambda rng: rng.uniform(0.1, 0.9, (3, 2)))}
+          "rb": (tiny_rb, lambda rng: rng.uniform(0.1, 0.9, (3, 2))),
+          "rs": (tiny_rs, lambda rng: rng.uniform(0.1, 0.9, (3, 2)))}
 
 
 def _states(path, n, rng):
