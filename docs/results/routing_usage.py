@@ -53,7 +53,7 @@ def routed_ink(est, v):
     patch at the capsule of its largest c_ij), position (I, J): per position, the share of its
     ink patches routed to each capsule.
     """
-    params = est._params()  # RParams, or RBParams with assignment biases
+    params = est._routed(est._params())  # RParams, or RBParams (the routed part of an RSParams)
     c, _, iterations = kernels.model_r.mean_field(params, v, tol=est.routing_tol,
                                                   max_iter=est.max_routing)  # (n, I, J)
     return (c, iterations) + ink_routing(c, v)
