@@ -333,10 +333,12 @@ def make_estimator(name, n_iter, random_state=0, **overrides):
 
 
 def _n_weights(est):
-    """Distinct weights: tied parents (``tie_weights``) share one I x d_h x d_v tensor."""
+    """Distinct weights: tied parents (``tie_weights``) share one I x d_h x d_v tensor; a shared
+    capsule (``shared_units``) adds its H0 x I x d_v."""
     if hasattr(est, "components_"):
         return int(est.components_.size)
-    return int(est.W_[:, 0].size if getattr(est, "tie_weights", False) else est.W_.size)
+    routed = int(est.W_[:, 0].size if getattr(est, "tie_weights", False) else est.W_.size)
+    return routed + (int(est.V_.size) if getattr(est, "V_", None) is not None else 0)
 
 
 def test_log_likelihood(est, X_test, log_z, rng, n_is=100, n_starts=1):

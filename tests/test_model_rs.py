@@ -239,6 +239,8 @@ def test_estimator_fits_saves_and_scores_against_exact(backend, tmp_path):
     # only if the shared capsule were absent
     bound = est.score_samples(X[:10])
     assert np.all(bound <= exact + log_z + 1e-9)
+    from capsnp.experiment import _n_weights
+    assert _n_weights(est) == est.W_.size + est.V_.size == 4 * 4 * (2 * 2 + 3)  # 16 pixels, 7 units
     samples = est.sample(n_samples=5, n_steps=3, random_state=2)
     assert samples.shape == (5, 16) and set(np.unique(samples)) <= {0.0, 1.0}
 
