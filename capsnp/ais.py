@@ -273,7 +273,7 @@ def _path_p(params, alpha0, n_iter, model_p):
     return AnnealingPath(log_f, sample_base, transition, log_z_base)
 
 
-def _path_r(params, alpha0, model_r):
+def _path_r(params, alpha0, model_r, rbm):
     # the base keeps gamma and beta (and a shared capsule's delta, RSParams (4c.1)); W, the
     # assignment biases C, A of RBParams (4b.1) and the shared weights V are 0
     zero = tuple(k for k in ("W", "C", "A", "V") if k in params._fields)
@@ -303,7 +303,7 @@ def _path_r(params, alpha0, model_r):
         v, a = state
         theta = _interpolate(base, params, beta, zero)
         if shared:  # (4c.7)
-            v2, _, _, a2, _ = _model_rs.gibbs_sweep(theta, v, a, g, model_r=model_r)
+            v2, _, _, a2, _ = _model_rs.gibbs_sweep(theta, v, a, g, model_r=model_r, rbm=rbm)
         else:
             v2, _, a2, _ = model_r.gibbs_sweep(theta, v, a, g)
         return v2, a2
@@ -404,4 +404,4 @@ def annealing_path(model, base_rate=None, backend="numba"):
         return _path_rbm(params, alpha0, modules.rbm)
     if isinstance(params, (PParams, GParams, SParams)):
         return _path_p(params, alpha0, n_iter, modules.model_p)
-    return _path_r(params, alpha0, modules.model_r)
+    return _path_r(params, alpha0, modules.model_r, modules.rbm)

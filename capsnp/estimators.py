@@ -1715,17 +1715,10 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         (v_new, h, a_new, resp[, p_h])."""
         model_r = self._kernels("model_r")
         if isinstance(params, RSParams):
-            out = _model_rs.gibbs_sweep(params, v, a, rng, return_probability, model_r=model_r)
+            out = _model_rs.gibbs_sweep(params, v, a, rng, return_probability, model_r=model_r,
+                                        rbm=self._kernels("rbm"))
             return (out[0],) + tuple(out[2:])
         return model_r.gibbs_sweep(params, v, a, rng, return_probability)
-
-    @staticmethod
-    def _with_shared(params, routed_stats, v, weights=None):
-        """Routed statistics, plus the shared capsule's (4c.6) at v when ``params`` has one."""
-        if not isinstance(params, RSParams):
-            return routed_stats
-        p_g = _model_rs.shared_probability(params, v)  # (B, H0)
-        return _model_rs.with_shared(routed_stats, *_model_rs.shared_statistics(v, p_g, weights))
 
     @staticmethod
     def _elbo(params, v, c):
@@ -1786,7 +1779,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         ph = model_r.hidden_probability(self._routed(params), v, a)  # (B, J, d_h)
         h = (rng.random(ph.shape) < ph).astype(ph.dtype)
         if isinstance(params, RSParams):
-            pg = _model_rs.shared_probability(params, v)  # (B, H0)
+            pg = _model_rs.shared_probability(params, v, rbm=self._kernels("rbm"))  # (B, H0)
             g = (rng.random(pg.shape) < pg).astype(pg.dtype)
             return _model_rs.visible_probability(params, g, h, a)  # (B, I, d_v)
         return model_r.visible_probability(params, h, a)  # (B, I, d_v)
@@ -1798,21 +1791,22 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         Sampled: routes ``a ~ c``, then k sweeps ``h ~ p(h | v, a)``, ``a ~ p(a | v, h)`` with v
         clamped (the h and a blocks of :func:`model_r.gibbs_sweep`, whose v draw is dropped);
         statistics of the last (h, resp) pair, Rao-Blackwellised over a like the chains'.
-        With a shared capsule its statistics (4c.6) are exact, ``p(g | v) v^T``, in either case.
+        With a shared capsule these are the routed part's (4c.3); :meth:`_step` adds its own.
         """
         model_r = self._kernels("model_r")
         routed = self._routed(params)
         k = int(self.posterior_sweeps)
         if k == 0:
-            return self._with_shared(params, model_r.data_statistics(routed, v, c, mu), v)
+            return model_r.data_statistics(routed, v, c, mu)
         a = model_r._categorical_draw(c, rng.random(c.shape[:2]))  # (B, I)
         for _ in range(k):
             _, h, a, resp = model_r.gibbs_sweep(routed, v, a, rng)  # (B, J, d_h), (B, I), (B, I, J)
-        return self._with_shared(params, model_r.model_statistics(routed, v, h, resp), v)
+        return model_r.model_statistics(routed, v, h, resp)
 
     def _step(self, params, batch, chains, rng):
         """PCD gradient (4.8): data statistics (mean-field or sampled, see ``posterior_sweeps``)
-        minus Rao-Blackwellised chain ones (over a, or over h where h enters: ``rao_blackwell``)."""
+        minus Rao-Blackwellised chain ones (over a, or over h where h enters: ``rao_blackwell``);
+        a shared capsule's part (4c.6) is exact over g at the batch and at the chains."""
         model_r = self._kernels("model_r")
         c, mu, n_mf = self._mean_field(params, batch)  # (B, I, J), (B, J, d_h), (B,)
         positive = self._data_statistics(params, batch, c, mu, rng)
@@ -1833,10 +1827,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
             negative = model_r.hidden_model_statistics(routed, v_in, a, p_new, resp)  # (4b.10)
         else:
             negative = model_r.model_statistics(routed, v_in, h, resp)
-        negative = self._with_shared(params, negative, v_in)  # (4c.6), over g given v_in
-        grad = type(params)(*(p - n for p, n in zip(positive, negative)))
-        if isinstance(params, RSParams) and self.weight_decay:  # the decay sgd_update gives W
-            grad = grad._replace(V=grad.V - float(self.weight_decay) * params.V)
+        grad = type(positive)(*(p - n for p, n in zip(positive, negative)))
         if self.centring:  # (4b.9): offsets are the batch's data means of v and h
             m, l = positive.alpha, positive.gamma  # (I, d_v), (J, d_h)
             if self.centring == "visible":
@@ -1856,6 +1847,11 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
             grad = _model_r_ref.from_centred(grad, m, l, centre_biases)
         if self.sparsity_cost:  # (4b.11)
             grad = self._sparse(params, grad, batch, c, mu, positive)
+        if isinstance(params, RSParams):  # (4c.6) at the batch minus at the chains' v_in
+            d_V, d_delta = _model_rs.shared_gradient(params, batch, v_in, rbm=self._kernels("rbm"))
+            if self.weight_decay:  # the decay sgd_update gives W
+                d_V = d_V - float(self.weight_decay) * params.V
+            grad = _model_rs.with_shared(grad, d_V, d_delta)
         return grad, ((v, a) if self.persistent else None), {
             "train_mean_field_iterations": float(np.mean(n_mf))}
 

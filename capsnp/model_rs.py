@@ -18,23 +18,27 @@ delta (H0,). Parameters ``RSParams(W, alpha, gamma, beta, C, A, V, delta)``: an 
   and at the chains (Rao-Blackwellised over g); the routed part's are (4.8) unchanged
 * (4c.7) Gibbs sweep on (v, a): ``g ~ p(g | v)``, then (4.7) with (4c.4) as its visible step
 
-Functions that sample or run mean field take the routed part's backend as ``model_r`` (the
-reference :mod:`capsnp.model_r` by default, or ``capsnp.kernels.model_r``): this module adds
-matrix products to it and no kernels of its own. Every function keeps the floating dtype of
+The shared capsule alone is a Bernoulli RBM on the flattened image (:func:`shared_rbm`,
+MODEL.md sec. 5), whose hidden conditional is (4c.2) and whose CD gradient (5.6) holds the
+statistics (4c.6). Functions that sample or take statistics use the backends passed as
+``model_r`` and ``rbm`` (the references :mod:`capsnp.model_r` and :mod:`capsnp.rbm` by default,
+or ``capsnp.kernels.model_r`` and ``capsnp.kernels.rbm``): this module has no kernels of its own. Every function keeps the floating dtype of
 its inputs; samplers take an explicit ``np.random.Generator`` and say in which order they draw.
 """
 
 import numpy as np
 
 from . import model_r as _model_r
+from . import rbm as _rbm
 from .exact import enumerate_binary
 from .ops import sigmoid, softplus
-from .params import RBParams, RSParams
-from .rbm import _bernoulli_draw, _bernoulli_pmf, _float_dtype, _logsumexp
+from .params import RBMParams, RBParams, RSParams
+from .rbm import _bernoulli_pmf, _float_dtype, _logsumexp
 
 __all__ = [
     "routed_part",
     "with_shared",
+    "shared_rbm",
     "shared_input",
     "shared_probability",
     "shared_field",
@@ -44,6 +48,7 @@ __all__ = [
     "visible_probability",
     "gibbs_sweep",
     "shared_statistics",
+    "shared_gradient",
     "log_marginal_is",
     "exact_log_unnormalised_marginal",
     "exact_log_partition",
@@ -62,6 +67,20 @@ def with_shared(routed, V, delta):
     return RSParams(*routed, V=V, delta=delta)
 
 
+def shared_rbm(params):
+    """The shared capsule as a Bernoulli RBM on the flattened image (5.1):
+    ``RBMParams(W = V as (I d_v, H0), a = 0, b = delta)``, pixel ``i d_v + l`` as in
+    :func:`capsnp.model_r.as_rbm`. Its hidden conditional (5.2) is (4c.2); W is a view of V."""
+    H0 = params.V.shape[0]
+    return RBMParams(W=params.V.reshape(H0, -1).T, a=np.zeros(params.V[0].size, dtype=params.V.dtype),
+                     b=params.delta)
+
+
+def _flat(v):
+    """(B, I, d_v) -> (B, I d_v)."""
+    return np.reshape(v, (np.shape(v)[0], -1))
+
+
 def shared_input(params, v):
     """Input of the shared units (4c.2), ``delta_k + sum_i V_ki . v_i``: (B, I, d_v) -> (B, H0).
 
@@ -73,12 +92,13 @@ def shared_input(params, v):
     return params.delta + v.reshape(v.shape[0], -1) @ params.V.reshape(H0, -1).T  # (B, H0)
 
 
-def shared_probability(params, v):
+def shared_probability(params, v, rbm=_rbm):
     """Shared conditional (4c.2): ``p(g_k = 1 | v) = sigmoid(delta_k + sum_i V_ki . v_i)``, (B, H0).
 
     It does not depend on h or a: given v the shared capsule is independent of the routing.
+    ``rbm``: the backend of :func:`shared_rbm`'s hidden conditional.
     """
-    return sigmoid(shared_input(params, v))  # (B, H0)
+    return rbm.hidden_probability(shared_rbm(params), _flat(v))  # (B, H0)
 
 
 def shared_field(params, g):
@@ -155,10 +175,11 @@ def visible_probability(params, g, h, a):
     return sigmoid(logits)
 
 
-def gibbs_sweep(params, v, a, rng, return_probability=False, model_r=_model_r):
+def gibbs_sweep(params, v, a, rng, return_probability=False, model_r=_model_r, rbm=_rbm):
     """One Gibbs sweep (4c.7) on the chain state (v, a).
 
-    1. ``g ~ p(g | v)`` (4c.2), from ``rng.random((B, H0))``;
+    1. ``g ~ p(g | v)`` (4c.2), from ``rng.random((B, H0))`` (``rbm.sample_hidden`` of
+       :func:`shared_rbm`);
     2. the sweep (4.7) of the routed part, ``h ~ U(v, a)``, ``a_new ~ R(v, h)``, with the
        visible step ``v_new ~ (4c.4)`` (``model_r.gibbs_sweep(..., field=V^T g)``), drawing in
        its order.
@@ -174,7 +195,7 @@ def gibbs_sweep(params, v, a, rng, return_probability=False, model_r=_model_r):
     a : ndarray of int, shape (B, I)
     rng : np.random.Generator
     return_probability : bool, also return ``p(h | v, a)`` at the input (see model_r.gibbs_sweep)
-    model_r : the routed part's backend module
+    model_r, rbm : the backend modules of the routed part and of the shared capsule
 
     Returns
     -------
@@ -185,8 +206,7 @@ def gibbs_sweep(params, v, a, rng, return_probability=False, model_r=_model_r):
     resp : ndarray of shape (B, I, J), ``p(a_i = j | v, h)`` at the input v
     p_h : ndarray of shape (B, J, d_h), only with ``return_probability``
     """
-    p_g = shared_probability(params, v)  # (B, H0)
-    g = _bernoulli_draw(p_g, rng.random(p_g.shape))  # (B, H0)
+    g = rbm.sample_hidden(shared_rbm(params), _flat(v), rng)  # (B, H0)
     out = model_r.gibbs_sweep(routed_part(params), v, a, rng, return_probability,
                               field=shared_field(params, g))
     return (out[0], g) + tuple(out[1:])
@@ -214,6 +234,26 @@ def shared_statistics(v, p_g, weights=None):
     w = _model_r._weights_or_uniform(weights, B, p_g.dtype)  # (B,)
     wp = p_g * w[:, None]  # (B, H0)
     return (wp.T @ v.reshape(B, I * d_v)).reshape(-1, I, d_v), np.sum(wp, axis=0)  # (H0, I, d_v), (H0,)
+
+
+def shared_gradient(params, v_data, v_model, rbm=_rbm):
+    """(4c.6) at the data minus at the chains, batch means: the shared capsule's part of the
+    PCD gradient, from the CD gradient (5.6) of :func:`shared_rbm` (``rbm.cd_gradient``).
+
+    Parameters
+    ----------
+    params : RSParams
+    v_data : ndarray of shape (B, I, d_v)
+    v_model : ndarray of shape (B', I, d_v), chain states
+    rbm : backend module
+
+    Returns
+    -------
+    V : ndarray of shape (H0, I, d_v)
+    delta : ndarray of shape (H0,)
+    """
+    grad = rbm.cd_gradient(shared_rbm(params), _flat(v_data), _flat(v_model))  # W (I d_v, H0)
+    return grad.W.T.reshape(params.V.shape), grad.b  # (H0, I, d_v), (H0,)
 
 
 def log_marginal_is(params, v, n_samples, rng, c=None, log_z=None, stratified=True, model_r=_model_r):
