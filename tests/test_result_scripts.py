@@ -56,6 +56,31 @@ def test_routing_usage_with_assignment_biases(saved_r, capsys):
     _script("routing_usage").main("tiny-rb", "embedded", 60, saved_r)
     report = json.loads(capsys.readouterr().out)
     assert report["blank_patch_routing_spread"] > 0.0  # C_ij . h_j routes blank patches (4b.3)
+    assert 0.5 <= report["positional_routing"] <= 1.0  # max of 2 shares
+
+
+def test_positional_routing_counts_ink_patches_at_their_positions_majority():
+    routing_usage = _script("routing_usage")
+    v = np.zeros((4, 2, 1))
+    v[:, 0] = 1.0  # position 0 has ink in all 4 images, position 1 in the first only
+    v[0, 1] = 1.0
+    c = np.zeros((4, 2, 2))
+    c[:, 0, 0] = [0.9, 0.8, 0.2, 0.7]  # position 0: three of four to capsule 0
+    c[:, 0, 1] = 1.0 - c[:, 0, 0]
+    c[:, 1] = [0.3, 0.7]  # position 1: its one ink patch to capsule 1
+    ink, _, position = routing_usage.ink_routing(c, v)
+    np.testing.assert_allclose(position, [[0.75, 0.25], [0.0, 1.0]])
+    assert routing_usage.positional_routing(ink, position) == pytest.approx((0.75 * 4 + 1.0 * 1) / 5)
+
+
+def test_routing_usage_with_a_shared_capsule(saved_r, capsys):
+    X, _ = load_dataset("embedded", "train")
+    V = binarize(X[:400], "stochastic", random_state=0)
+    RoutedCapsuleRBM(2, 6, n_iter=2, n_chains=50, momentum=0.5, assignment_biases=True, shared_units=5,
+                     random_state=0).fit(V).save(saved_r / "tiny-rs_model.npz")
+    _script("routing_usage").main("tiny-rs", "embedded", 60, saved_r)
+    report = json.loads(capsys.readouterr().out)
+    assert report["capsules"] == 2 and 0.5 <= report["positional_routing"] <= 1.0
 
 
 def test_tempered_samples(saved_r, capsys):

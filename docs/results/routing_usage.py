@@ -13,6 +13,8 @@ one JSON line:
   near 1/J: the patches of an image split between capsules);
 * ``images_with_all_ink_in_one_capsule``: the share of images with purity 1;
 * ``class_share``: per digit or garment class, the share of its patches routed to each capsule;
+* ``positional_routing``: the share of ink patches routed to the capsule that takes most of the
+  ink at their position (1: routing by position alone; 1/J at worst);
 * ``no_data_weight_share``: among the positions where some image has ink, the share of the
   weights W_ij whose pair (child position i, capsule j) receives fewer than 1% of the ink
   patches at position i (``positions_without_ink`` counts the others). The data statistic of
@@ -67,6 +69,14 @@ def ink_routing(c, v):
     return ink, onehot, position
 
 
+def positional_routing(ink, position):
+    """Share of the ink patches that go to their position's majority capsule: the mean over
+    positions of ``max_j position[i, j]``, weighted by each position's ink patches (ink (n, I),
+    position (I, J) from :func:`ink_routing`)."""
+    counts = ink.sum(axis=0)  # (I,)
+    return np.sum(position.max(axis=1) * counts) / max(counts.sum(), 1)
+
+
 def main(name, dataset="mnist", n=2000, folder=None):
     n = int(n)
     folder = Path(folder or Path("docs/results") / dataset)
@@ -88,6 +98,7 @@ def main(name, dataset="mnist", n=2000, folder=None):
         "image_purity": round(float(per_image.max(axis=1).mean()), 4),
         "images_with_all_ink_in_one_capsule": round(float((per_image.max(axis=1) == 1.0).mean()), 4),
         "class_share": classes,
+        "positional_routing": round(float(positional_routing(ink, position)), 4),
         "positions_without_ink": int((ink.sum(axis=0) == 0).sum()),
         # every W_ij has d_h * d_v entries, so a share of pairs is a share of weights
         "no_data_weight_share": round(float((position[ink.any(axis=0)] < 0.01).mean()), 4),
