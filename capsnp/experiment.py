@@ -46,6 +46,10 @@ _BIASED_2X250 = dict(n_capsules=2, capsule_dim=250, assignment_biases=True, **_R
 _PLAIN_2X250 = dict(n_capsules=2, capsule_dim=250, **_RBM_RECIPE)
 # The step that suits the capsule model (docs/results.md section 13): a larger rate, momentum 0.5
 _STEP_M5_LR2 = dict(momentum=0.5, learning_rate=0.02)
+# The averaged recipe (sections 21 to 29) for Model R with a shared capsule (4c): two routed
+# capsules with assignment biases, routing stopped after 3 updates, 1 sweep of 300 chains,
+# parameters averaged over 1,000 updates; a preset adds the capsule size and shared units
+_SHARED_AVG = dict(_BIASED_2X250, **_STEP_M5_LR2, max_routing=3, n_chains=300, average=1000)
 
 # Named configurations. Weight counts: RBM-500 has 784 * 500 = 392,000 weights; a capsule model
 # with 4x4 patches has 784 * J * d_h weights.
@@ -237,15 +241,12 @@ PRESETS = {
                                                             n_chains=300, average=1000)),
     # A shared capsule of 250 units that every patch reaches, beside two routed capsules of 125
     # (docs/MODEL_RB.md, (4c.1)): 784 * (250 + 2 * 125) = 392,000 weights, the RBM-500's; under
-    # the averaged recipe above (run with --epochs 100 and --epochs 200)
-    "rs-250-2x125-m5-lr2-mf3-c300-avg": (RoutedCapsuleRBM, dict(_BIASED_2X250, **_STEP_M5_LR2, capsule_dim=125,
-                                                                shared_units=250, max_routing=3, n_chains=300,
-                                                                average=1000)),
+    # the averaged recipe above (run with --epochs 100, 200 or 300)
+    "rs-250-2x125-m5-lr2-mf3-c300-avg": (RoutedCapsuleRBM, dict(_SHARED_AVG, capsule_dim=125, shared_units=250)),
     # ... the same budget split 400 shared + two routed capsules of 50: 784 * (400 + 2 * 50) =
-    # 392,000 weights; cheaper routing, closer to the RBM-500 (run with --epochs 100)
-    "rs-400-2x50-m5-lr2-mf3-c300-avg": (RoutedCapsuleRBM, dict(_BIASED_2X250, **_STEP_M5_LR2, capsule_dim=50,
-                                                               shared_units=400, max_routing=3, n_chains=300,
-                                                               average=1000)),
+    # 392,000 weights; does a smaller routed part cost less? (run with --epochs 100;
+    # docs/results.md section 29: about the same cost and likelihood)
+    "rs-400-2x50-m5-lr2-mf3-c300-avg": (RoutedCapsuleRBM, dict(_SHARED_AVG, capsule_dim=50, shared_units=400)),
     # ... at rate 0.03: with less noise per step (300 chains), does a larger step now pay?
     # (with 100 chains 0.03 scored -97.61 against 0.02's -96.85, within seed noise)
     "rb-2x250-m5-lr3-mf3-c300-equal-time": (RoutedCapsuleRBM, dict(_BIASED_2X250, momentum=0.5, learning_rate=0.03,
