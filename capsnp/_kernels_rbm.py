@@ -236,7 +236,7 @@ def gibbs_sweep(params, v, rng):
     return v_new, h
 
 
-def cd_gradient(params, v_data, v_model, data_weights=None, model_weights=None):
+def cd_gradient(params, v_data, v_model, data_weights=None, model_weights=None, model_probability=None):
     """Contrastive-divergence estimate of the mean log-likelihood gradient (5.6), ascent direction.
 
     ``W: <v p(h=1|v)^T>_data - <v p(h=1|v)^T>_model``, ``a: <v>_data - <v>_model``,
@@ -249,6 +249,8 @@ def cd_gradient(params, v_data, v_model, data_weights=None, model_weights=None):
     v_data : ndarray of shape (B, D)
     v_model : ndarray of shape (B', D), chain states
     data_weights, model_weights : ndarray of shape (B,) and (B',), optional
+    model_probability : ndarray of shape (B', H), optional, ``p(h = 1 | v_model)`` when the
+        caller already has it (one hidden-layer pass fewer)
 
     Returns
     -------
@@ -256,15 +258,19 @@ def cd_gradient(params, v_data, v_model, data_weights=None, model_weights=None):
     """
     dt = _jit.kernel_dtype(params.W, v_data, v_model)
     if dt is None or data_weights is not None or model_weights is not None:
-        return _ref.cd_gradient(params, v_data, v_model, data_weights, model_weights)
-    return _cd_gradient(params, v_data, v_model, dt)[0]
+        return _ref.cd_gradient(params, v_data, v_model, data_weights, model_weights, model_probability)
+    return _cd_gradient(params, v_data, v_model, dt, model_probability)[0]
 
 
-def _cd_gradient(params, v_data, v_model, dt):
-    """(5.6) the unweighted CD gradient in dtype dt, and ``p(h = 1 | v_model)`` (B', H)."""
+def _cd_gradient(params, v_data, v_model, dt, model_probability=None):
+    """(5.6) the unweighted CD gradient in dtype dt, and ``p(h = 1 | v_model)`` (B', H)
+    (``model_probability`` if given, else computed)."""
     W, b, v_d, v_m = (_jit.as_c(x, dt) for x in (params.W, params.b, v_data, v_model))
     ph_d = _hidden_layer(W, b, v_d, _jit.PROBABILITIES)  # (B, H)
-    ph_m = _hidden_layer(W, b, v_m, _jit.PROBABILITIES)  # (B', H)
+    if model_probability is None:
+        ph_m = _hidden_layer(W, b, v_m, _jit.PROBABILITIES)  # (B', H)
+    else:
+        ph_m = _jit.as_c(model_probability, dt)  # (B', H)
     idx_d, cnt_d = _nonzero_columns(v_d)
     idx_m, cnt_m = _nonzero_columns(v_m)
     d_W = np.empty_like(W)  # (D, H)

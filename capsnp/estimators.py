@@ -1710,13 +1710,13 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         part's alone)."""
         return _model_rs.routed_part(params) if isinstance(params, RSParams) else params
 
-    def _gibbs_sweep(self, params, v, a, rng, return_probability=False):
+    def _gibbs_sweep(self, params, v, a, rng, return_probability=False, p_g=None):
         """One sweep on (v, a), (4.7) or with a shared capsule (4c.7), whose g draw is dropped:
-        (v_new, h, a_new, resp[, p_h])."""
+        (v_new, h, a_new, resp[, p_h]). ``p_g``: a shared capsule's ``p(g = 1 | v)``, if known."""
         model_r = self._kernels("model_r")
         if isinstance(params, RSParams):
             out = _model_rs.gibbs_sweep(params, v, a, rng, return_probability, model_r=model_r,
-                                        rbm=self._kernels("rbm"))
+                                        rbm=self._kernels("rbm"), p_g=p_g)
             return (out[0],) + tuple(out[2:])
         return model_r.gibbs_sweep(params, v, a, rng, return_probability)
 
@@ -1814,9 +1814,12 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
             chains = (batch, model_r._categorical_draw(c, rng.random(c.shape[:2])))
         v, a = chains
         over_hidden = self.rao_blackwell == "hidden"
+        shared = isinstance(params, RSParams)
         for _ in range(int(self.cd_k)):
             v_in, a_in = v, a
-            v, h, a, resp, *p_h = self._gibbs_sweep(params, v_in, a_in, rng, over_hidden)
+            # a shared capsule's p(g | v_in): the sweep draws g from it, (4c.6) averages over it
+            p_g = _model_rs.shared_probability(params, v_in, rbm=self._kernels("rbm")) if shared else None
+            v, h, a, resp, *p_h = self._gibbs_sweep(params, v_in, a_in, rng, over_hidden, p_g)
         # resp belongs to the pair (v_in, h) of the last sweep, p_h to (v_in, a_in) (see
         # model_r.gibbs_sweep); (v_in, a) with the new routes a is a third pair of law p
         routed = self._routed(params)
@@ -1847,8 +1850,9 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
             grad = _model_r_ref.from_centred(grad, m, l, centre_biases)
         if self.sparsity_cost:  # (4b.11)
             grad = self._sparse(params, grad, batch, c, mu, positive)
-        if isinstance(params, RSParams):  # (4c.6) at the batch minus at the chains' v_in
-            d_V, d_delta = _model_rs.shared_gradient(params, batch, v_in, rbm=self._kernels("rbm"))
+        if shared:  # (4c.6) at the batch minus at the chains' v_in
+            d_V, d_delta = _model_rs.shared_gradient(params, batch, v_in, rbm=self._kernels("rbm"),
+                                                     p_model=p_g)
             if self.weight_decay:  # the decay sgd_update gives W
                 d_V = d_V - float(self.weight_decay) * params.V
             grad = _model_rs.with_shared(grad, d_V, d_delta)

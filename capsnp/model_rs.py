@@ -175,11 +175,11 @@ def visible_probability(params, g, h, a):
     return sigmoid(logits)
 
 
-def gibbs_sweep(params, v, a, rng, return_probability=False, model_r=_model_r, rbm=_rbm):
+def gibbs_sweep(params, v, a, rng, return_probability=False, model_r=_model_r, rbm=_rbm, p_g=None):
     """One Gibbs sweep (4c.7) on the chain state (v, a).
 
-    1. ``g ~ p(g | v)`` (4c.2), from ``rng.random((B, H0))`` (``rbm.sample_hidden`` of
-       :func:`shared_rbm`);
+    1. ``g ~ p(g | v)`` (4c.2), ``g = (u < p(g = 1 | v))`` with ``u = rng.random((B, H0))``
+       (``rbm.sample_hidden`` of :func:`shared_rbm`, or ``p_g`` when given);
     2. the sweep (4.7) of the routed part, ``h ~ U(v, a)``, ``a_new ~ R(v, h)``, with the
        visible step ``v_new ~ (4c.4)`` (``model_r.gibbs_sweep(..., field=V^T g)``), drawing in
        its order.
@@ -196,6 +196,9 @@ def gibbs_sweep(params, v, a, rng, return_probability=False, model_r=_model_r, r
     rng : np.random.Generator
     return_probability : bool, also return ``p(h | v, a)`` at the input (see model_r.gibbs_sweep)
     model_r, rbm : the backend modules of the routed part and of the shared capsule
+    p_g : ndarray of shape (B, H0), optional, ``p(g = 1 | v)`` at the input v
+        (:func:`shared_probability`) when the caller already has it, e.g. for the chains'
+        statistics (4c.6); the draws are the same as without it
 
     Returns
     -------
@@ -206,7 +209,11 @@ def gibbs_sweep(params, v, a, rng, return_probability=False, model_r=_model_r, r
     resp : ndarray of shape (B, I, J), ``p(a_i = j | v, h)`` at the input v
     p_h : ndarray of shape (B, J, d_h), only with ``return_probability``
     """
-    g = rbm.sample_hidden(shared_rbm(params), _flat(v), rng)  # (B, H0)
+    if p_g is None:
+        g = rbm.sample_hidden(shared_rbm(params), _flat(v), rng)  # (B, H0)
+    else:
+        p_g = np.asarray(p_g, dtype=_float_dtype(params.V, v))
+        g = (rng.random(p_g.shape) < p_g).astype(p_g.dtype)  # (B, H0), sample_hidden's draw
     out = model_r.gibbs_sweep(routed_part(params), v, a, rng, return_probability,
                               field=shared_field(params, g))
     return (out[0], g) + tuple(out[1:])
@@ -236,7 +243,7 @@ def shared_statistics(v, p_g, weights=None):
     return (wp.T @ v.reshape(B, I * d_v)).reshape(-1, I, d_v), np.sum(wp, axis=0)  # (H0, I, d_v), (H0,)
 
 
-def shared_gradient(params, v_data, v_model, rbm=_rbm):
+def shared_gradient(params, v_data, v_model, rbm=_rbm, p_model=None):
     """(4c.6) at the data minus at the chains, batch means: the shared capsule's part of the
     PCD gradient, from the CD gradient (5.6) of :func:`shared_rbm` (``rbm.cd_gradient``).
 
@@ -246,13 +253,16 @@ def shared_gradient(params, v_data, v_model, rbm=_rbm):
     v_data : ndarray of shape (B, I, d_v)
     v_model : ndarray of shape (B', I, d_v), chain states
     rbm : backend module
+    p_model : ndarray of shape (B', H0), optional, ``p(g = 1 | v_model)`` when the caller
+        already has it (the one :func:`gibbs_sweep` drew g from); computed if omitted
 
     Returns
     -------
     V : ndarray of shape (H0, I, d_v)
     delta : ndarray of shape (H0,)
     """
-    grad = rbm.cd_gradient(shared_rbm(params), _flat(v_data), _flat(v_model))  # W (I d_v, H0)
+    grad = rbm.cd_gradient(shared_rbm(params), _flat(v_data), _flat(v_model),
+                           model_probability=p_model)  # W (I d_v, H0)
     return grad.W.T.reshape(params.V.shape), grad.b  # (H0, I, d_v), (H0,)
 
 

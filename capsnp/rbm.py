@@ -273,7 +273,7 @@ def _weighted_mean(x, weights):
     return np.tensordot(w, x, axes=(0, 0))
 
 
-def sufficient_statistics(params, v, weights=None):
+def sufficient_statistics(params, v, weights=None, probability=None):
     """Rao-Blackwellised sufficient statistics averaged over a batch (5.6).
 
     ``-dE/dtheta`` averaged over ``h ~ p(h | v)``: for W it is ``v p(h=1|v)^T``, for a it is
@@ -286,20 +286,22 @@ def sufficient_statistics(params, v, weights=None):
     v : ndarray of shape (B, D)
     weights : ndarray of shape (B,), optional
         Probabilities summing to one (e.g. exact ``p(v)`` over all states); uniform if omitted.
+    probability : ndarray of shape (B, H), optional
+        ``p(h = 1 | v)`` under ``params`` when the caller already has it (computed if omitted).
 
     Returns
     -------
     RBMParams with W (D, H), a (D,), b (H,)
     """
     v = np.asarray(v, dtype=_float_dtype(params.W, v))
-    ph = hidden_probability(params, v)  # (B, H)
+    ph = hidden_probability(params, v) if probability is None else np.asarray(probability, v.dtype)  # (B, H)
     w = np.full(v.shape[0], 1.0 / v.shape[0], dtype=v.dtype) if weights is None else np.asarray(weights, v.dtype)
     # sum_b w_b v_b ph_b^T as one matrix product, never forming the (B, D, H) tensor
     return RBMParams(W=(v * w[:, None]).T @ ph, a=_weighted_mean(v, weights),
                      b=_weighted_mean(ph, weights))
 
 
-def cd_gradient(params, v_data, v_model, data_weights=None, model_weights=None):
+def cd_gradient(params, v_data, v_model, data_weights=None, model_weights=None, model_probability=None):
     """Contrastive-divergence estimate of the mean log-likelihood gradient (5.6).
 
     .. math::
@@ -320,13 +322,16 @@ def cd_gradient(params, v_data, v_model, data_weights=None, model_weights=None):
     v_model : ndarray of shape (B', D), chain states (CD-k: k sweeps from the data; PCD:
         persistent chains)
     data_weights, model_weights : ndarray of shape (B,) and (B',), optional
+    model_probability : ndarray of shape (B', H), optional
+        ``p(h = 1 | v_model)`` under ``params`` when the caller already has it (a sampler that
+        drew h from it); computed if omitted.
 
     Returns
     -------
     RBMParams, same shapes as ``params``.
     """
     pos = sufficient_statistics(params, v_data, data_weights)
-    neg = sufficient_statistics(params, v_model, model_weights)
+    neg = sufficient_statistics(params, v_model, model_weights, model_probability)
     return RBMParams(*(p - n for p, n in zip(pos, neg)))
 
 

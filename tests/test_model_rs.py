@@ -12,6 +12,7 @@ from scipy.special import logsumexp
 from capsnp import kernels, likelihood
 from capsnp import model_r as mr
 from capsnp import model_rs as ms
+from capsnp import rbm as rbm_ref
 from capsnp.ais import ais_log_partition, default_betas
 from capsnp.exact import enumerate_assignments, enumerate_binary, stationary_distance
 from capsnp.estimators import RoutedCapsuleRBM, load_estimator
@@ -217,6 +218,38 @@ def test_kernels_match_reference(seed):
     v_model = (rng.random((7, 5, 3)) < 0.6).astype(np.float64)
     for x, y in zip(ms.shared_gradient(p, v, v_model, rbm=kernels.rbm), ms.shared_gradient(p, v, v_model)):
         np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_given_shared_probability_changes_no_draw_and_no_statistic(backend):
+    """p(g | v) handed to gibbs_sweep and shared_gradient (the training step computes it once
+    for both) gives the same draws and the same gradient as computing it inside, and
+    rbm.cd_gradient with ``model_probability`` the same as without it."""
+    if backend == "numba" and not kernels.available():
+        pytest.skip("numba not installed")
+    model_r, rbm = (kernels.model_r, kernels.rbm) if backend == "numba" else (mr, rbm_ref)
+    p = make_params(5, I=5, J=3, d_h=4, d_v=3, H0=6, scale=0.7)
+    rng = np.random.default_rng(5)
+    v = (rng.random((9, 5, 3)) < 0.4).astype(np.float64)
+    a = rng.integers(0, 3, size=(9, 5))
+    p_g = ms.shared_probability(p, v, rbm=rbm)  # (9, 6)
+    inside = ms.gibbs_sweep(p, v, a, np.random.default_rng(8), True, model_r=model_r, rbm=rbm)
+    given = ms.gibbs_sweep(p, v, a, np.random.default_rng(8), True, model_r=model_r, rbm=rbm, p_g=p_g)
+    assert 0 < given[1].sum() < given[1].size  # g is a real draw
+    for x, y in zip(inside, given):
+        np.testing.assert_array_equal(x, y)
+    v_data = (rng.random((4, 5, 3)) < 0.4).astype(np.float64)
+    for x, y in zip(ms.shared_gradient(p, v_data, v, rbm=rbm),
+                    ms.shared_gradient(p, v_data, v, rbm=rbm, p_model=p_g)):
+        np.testing.assert_array_equal(x, y)
+    # a wrong probability reaches the gradient: the argument is used, not ignored
+    wrong = ms.shared_gradient(p, v_data, v, rbm=rbm, p_model=np.full_like(p_g, 0.5))
+    assert not np.allclose(wrong[1], ms.shared_gradient(p, v_data, v, rbm=rbm)[1])
+    rp = ms.shared_rbm(p)
+    flat_d, flat_m = v_data.reshape(4, -1), v.reshape(9, -1)
+    for x, y in zip(rbm.cd_gradient(rp, flat_d, flat_m),
+                    rbm.cd_gradient(rp, flat_d, flat_m, model_probability=p_g)):
+        np.testing.assert_array_equal(x, y)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
