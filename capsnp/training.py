@@ -215,8 +215,16 @@ def moving_average(average, params, horizon):
     if average is None:
         return type(params)(*(np.array(p, copy=True) for p in params))
     horizon = float(horizon)
-    return type(params)(*((a + (p - a) / horizon).astype(p.dtype, copy=False)
-                          for a, p in zip(average, params)))
+    return type(params)(*(_moved_towards(a, p, horizon) for a, p in zip(average, params)))
+
+
+def _moved_towards(a, p, horizon):
+    """``a + (p - a) / horizon`` in p's dtype, built in one new array where a and p share a
+    dtype (the expression written out allocates three; the same operations, the same bits)."""
+    out = np.subtract(p, a)  # p - a, in the promoted dtype
+    out /= horizon
+    out += a
+    return out.astype(p.dtype, copy=False)
 
 
 def sparsity_penalty(x, target, cost):

@@ -65,6 +65,9 @@ def test_moving_average_follows_its_recurrence():
     np.testing.assert_allclose(step.b, 0.9 * first.b + 0.1 * second.b, rtol=1e-6, atol=1e-7)
     assert step.W.dtype == np.float64 and step.b.dtype == np.float32
     assert all(np.array_equal(p, q) for p, q in zip(first + second, before))  # inputs untouched
+    assert all(np.array_equal(s, p) for s, p in zip(start, first))  # the old average too
+    for new, a, p in zip(step, start, second):  # the recurrence's own operations, bit for bit
+        np.testing.assert_array_equal(new, (a + (p - a) / 10.0).astype(p.dtype))
 
     # a long run of one value converges to it; horizon 1 follows the parameters at once
     avg = start
