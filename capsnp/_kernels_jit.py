@@ -1014,25 +1014,30 @@ def r_assigned_input(start, stop, Wt, C, v, a, out):
 r_assigned_input = _jit(r_assigned_input)
 
 
-def r_route_visible_draw(start, stop, T, alpha, logits0, v, u_a, u_v, a_out, v_out, resp_out):
+def r_route_visible_draw(start, stop, T, field, alpha, beta, A, Ch, v, u_a, u_v, a_out, v_out, resp_out):
     """(4.3) ``a_new ~ R(v, h)`` and (4.5) ``v_new ~ D(h, a_new)`` of chains b in [start, stop).
 
     From the top-down fields ``T[j, b, i] = W_ij^T h_j`` (``model_r.top_down``, one matrix
-    product per parent), the routing logit is ``logits0_bij + v_i . T[j, b, i]`` with
-    ``logits0 = b(v) + C_ij . h_j`` (4b.3), i.e. ``b_ij + u_hat_{j|i} . h_j``; the visible logit
-    of the drawn parent n is ``alpha[i, n] + T[n, b, i]`` (4b.4). ``a_i`` is drawn by inverse
-    CDF from u_a (the number of ``j < J-1`` with normalised cumulative probability ``<= u_i``),
-    v from u_v.
+    product per parent), the routing logit is ``b_ij(v) + Ch[j, b, i] + v_i . T[j, b, i]`` with
+    ``b_ij(v) = beta_ij + A_ij . v_i`` (4b.3) and ``Ch[j, b, i] = C_ij . h_j``, i.e.
+    ``b_ij + u_hat_{j|i} . h_j``; the visible
+    logit of the drawn parent n is ``alpha[i, n] + T[n, b, i] + field[b, i]`` (4b.4, 4c.4).
+    The field adds ``v_i . field_i`` to every parent's routing logit, which the softmax over
+    parents ignores, so it enters the visible logit only. ``a_i`` is drawn by inverse CDF from
+    u_a (the number of ``j < J-1`` with normalised cumulative probability ``<= u_i``), v from u_v.
 
     Parameters
     ----------
     start, stop : int, range of chains
-    T : (J, B, I, d_v) top-down fields; alpha : (I, J, d_v) ``alpha_i + A_ij`` (4b.4)
-    logits0 : (B, I, J) ``b(v) + C . h``; v : (B, I, d_v) current visible states
+    T : (J, B, I, d_v) top-down fields; field : (B, I, d_v) added to the visible logits, or
+        (0, 0, 0) for none; alpha : (I, J, d_v) ``alpha_i + A_ij`` (4b.4)
+    beta : (I, J); A : (I, J, d_v) (zeros without assignment biases); Ch : (J, B, I)
+    v : (B, I, d_v) current visible states
     u_a : (B, I), u_v : (B, I, d_v) uniforms
     a_out (B, I) int64, v_out (B, I, d_v), resp_out (B, I, J) : out
     """
     J, _, I, d_v = T.shape
+    has_field = field.shape[0] > 0
     dt = T.dtype
     logits = np.empty((I, J), dtype=dt)
     cum = np.empty(J, dtype=dt)
@@ -1040,9 +1045,9 @@ def r_route_visible_draw(start, stop, T, alpha, logits0, v, u_a, u_v, a_out, v_o
         resp = resp_out[b]  # (I, J)
         for i in range(I):
             for j in range(J):
-                x = logits0[b, i, j]
+                x = beta[i, j] + Ch[j, b, i]
                 for l in range(d_v):
-                    x += v[b, i, l] * T[j, b, i, l]
+                    x += v[b, i, l] * (A[i, j, l] + T[j, b, i, l])
                 logits[i, j] = x
         _softmax_rows(logits, resp)
         for i in range(I):
@@ -1057,6 +1062,8 @@ def r_route_visible_draw(start, stop, T, alpha, logits0, v, u_a, u_v, a_out, v_o
             a_out[b, i] = n
             for l in range(d_v):
                 t = alpha[i, n, l] + T[n, b, i, l]
+                if has_field:
+                    t += field[b, i, l]
                 v_out[b, i, l] = 1.0 if u_v[b, i, l] < _sigmoid(t) else 0.0
 
 

@@ -180,9 +180,7 @@ def gibbs_sweep(params, v, a, rng, return_probability=False, field=None):
     rng : np.random.Generator
     return_probability : bool, also return ``p(h | v, a)`` at the input (v, a)
     field : ndarray of shape (B, I, d_v), optional, added to every visible logit (the shared
-        capsule's ``V_i^T g``, (4c.4)). It is added to the top-down field of every parent,
-        ``T[j] + field``: the visible logit gains it, and each child's routing logits all gain
-        ``v_i . field_i``, which the softmax over parents ignores.
+        capsule's ``V_i^T g``, (4c.4)), as in the reference: the routing step does not see it.
 
     Returns
     -------
@@ -212,14 +210,17 @@ def gibbs_sweep(params, v, a, rng, return_probability=False, field=None):
     _jit.run_chunks(_jit.r_hidden_draw, B, Wt, C_dt, gamma, v, a, u_h, h, p_h)
     # R (4.3) and D (4.5) from the top-down fields W_ij^T h_j: one matrix product per parent
     T = top_down(params, h)  # (J, B, I, d_v)
-    if field is not None:
-        T = _jit.as_c(T + np.asarray(field, dtype=dt)[None], dt)  # (J, B, I, d_v)
+    # the routing logits b(v) + C . h (4b.3) are summed inside the kernel, and the field enters
+    # the visible logits there: no (J, B, I, d_v) sum and no (B, I, J) logits are formed here
     Ch = np.matmul(np.moveaxis(h, 1, 0), np.moveaxis(C_dt, 1, 0).swapaxes(1, 2))  # (J, B, I): C_ij . h_j
-    logits0 = _jit.as_c(_ref.prior_logits(params, v) + np.moveaxis(Ch, 0, 2), dt)  # (B, I, J)
+    field = np.empty((0, 0, 0), dtype=dt) if field is None else _jit.as_c(field, dt)  # (B, I, d_v)
+    beta = _jit.as_c(np.broadcast_to(params.beta, (I, J)), dt)  # (I, J)
+    A = np.zeros((I, J, d_v), dtype=dt) if A is None else _jit.as_c(A, dt)  # (I, J, d_v)
     v_new = np.empty((B, I, d_v), dtype=dt)
     a_new = np.empty((B, I), dtype=np.int64)
     resp = np.empty((B, I, J), dtype=dt)
-    _jit.run_chunks(_jit.r_route_visible_draw, B, T, alpha, logits0, v, u_a, u_v, a_new, v_new, resp)
+    _jit.run_chunks(_jit.r_route_visible_draw, B, T, field, alpha, beta, A, Ch, v, u_a, u_v,
+                    a_new, v_new, resp)
     return (v_new, h, a_new, resp, p_h) if return_probability else (v_new, h, a_new, resp)
 
 
