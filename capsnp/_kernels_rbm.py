@@ -11,14 +11,15 @@
   nonzero pixels, and the W statistic ``<v p(h|v)^T>_data - <v p(h|v)^T>_model`` summed over the
   nonzero pixels of each visible unit.
 
-No BLAS call: every product is a compiled loop (over the nonzero entries of the binary data or
-chain state where there is one), split over batch rows (or rows of the gradient) on
-``numba.get_num_threads()`` threads, each entry computed by one thread in a fixed order, so
-results do not depend on the number of threads. Mixing BLAS calls in would cost more than they
-save: OpenBLAS's threads keep spinning for a while after each call and take the cores from the
-kernels' threads (measured: a PCD step 1.6x slower with two threads than with one). Without Numba (or for dtypes other
-than float32/float64, or weighted statistics) the functions call :mod:`capsnp.rbm`; any other
-name of that module (``energy``, the exact tools, ...) resolves to the reference.
+No BLAS call but one (:func:`visible_logits`, below): every product is a compiled loop (over
+the nonzero entries of the binary data or chain state where there is one), split over batch
+rows (or rows of the gradient) on ``numba.get_num_threads()`` threads, each entry computed by
+one thread in a fixed order, so results do not depend on the number of threads. Mixing BLAS
+calls in would cost more than they save: OpenBLAS's threads keep spinning for a while after
+each call and take the cores from the kernels' threads (measured: a PCD step 1.6x slower with
+two threads than with one). Without Numba (or for dtypes other than float32/float64, or
+weighted statistics) the functions call :mod:`capsnp.rbm`; any other name of that module
+(``energy``, the exact tools, ...) resolves to the reference.
 """
 
 import numpy as np
@@ -28,8 +29,8 @@ from . import rbm as _ref
 from .ops import log_sigmoid, softplus
 from .params import RBMParams
 
-__all__ = ["pcd_step", "hidden_probability", "visible_probability", "sample_hidden", "sample_visible",
-           "free_energy", "gibbs_sweep", "cd_gradient", "pseudo_log_likelihood"]
+__all__ = ["pcd_step", "hidden_probability", "visible_probability", "visible_logits", "sample_hidden",
+           "sample_visible", "free_energy", "gibbs_sweep", "cd_gradient", "pseudo_log_likelihood"]
 
 
 _MIN_UNITS = 16  # visible units (gradient rows) per range, at least
@@ -127,6 +128,50 @@ def visible_probability(params, h):
         return _ref.visible_probability(params, h)
     W, a, _, h = prep
     return _visible_layer(W, a, h, _jit.PROBABILITIES)  # (B, D)
+
+
+_ROWS_PER_PRODUCT = 64  # rows of h per BLAS product in visible_logits, whatever the thread count
+
+
+def _row_block_products(start, stop, h, Wt, out):
+    """``out[r] = h[r] @ Wt`` for the blocks of ``_ROWS_PER_PRODUCT`` rows numbered [start, stop)."""
+    for k in range(start, stop):
+        rows = slice(k * _ROWS_PER_PRODUCT, (k + 1) * _ROWS_PER_PRODUCT)
+        np.matmul(h[rows], Wt, out=out[rows])
+
+
+def visible_logits(params, h):
+    """Input of the visible units (5.3), ``a + h W^T``: (B, H) -> (B, D); twin of the reference.
+
+    The one BLAS product of this module, used for the dense hidden states of a shared capsule
+    (``capsnp.model_rs.shared_field``), where BLAS is about three times faster than the
+    compiled dense layer. It is computed in fixed blocks of 64 rows, one BLAS product each, so
+    the result does not depend on the number of threads; inside
+    :func:`capsnp._kernels_jit.single_threaded_blas` (Model R's training) the blocks are shared
+    out over the kernel threads, each on one BLAS thread.
+
+    Parameters
+    ----------
+    params : RBMParams
+    h : ndarray of shape (B, H)
+
+    Returns
+    -------
+    ndarray of shape (B, D)
+    """
+    dt = _jit.kernel_dtype(params.W, h)
+    if dt is None or np.ndim(h) != 2:
+        return _ref.visible_logits(params, h)
+    h = _jit.as_c(h, dt)  # (B, H)
+    Wt = np.asarray(params.W, dtype=dt).T  # (H, D); a view for a shared capsule's V
+    out = np.empty((h.shape[0], Wt.shape[1]), dtype=dt)  # (B, D)
+    blocks = -(-h.shape[0] // _ROWS_PER_PRODUCT)
+    if _jit.blas_is_single_threaded():
+        _jit.run_chunks(_row_block_products, blocks, h, Wt, out, min_items=1)
+    else:
+        _row_block_products(0, blocks, h, Wt, out)
+    out += np.asarray(params.a, dtype=dt)
+    return out
 
 
 def sample_hidden(params, v, rng):

@@ -101,11 +101,15 @@ def shared_probability(params, v, rbm=_rbm):
     return rbm.hidden_probability(shared_rbm(params), _flat(v))  # (B, H0)
 
 
-def shared_field(params, g):
-    """Top-down input of the shared capsule (4c.4), ``V_i^T g``: (B, H0) -> (B, I, d_v)."""
+def shared_field(params, g, rbm=_rbm):
+    """Top-down input of the shared capsule (4c.4), ``V_i^T g``: (B, H0) -> (B, I, d_v).
+
+    The visible input (5.3) of :func:`shared_rbm`, whose visible biases are 0; ``rbm``: the
+    backend of ``visible_logits``.
+    """
     H0, I, d_v = params.V.shape
     g = np.asarray(g, dtype=_float_dtype(params.V, g))
-    return (g @ params.V.reshape(H0, I * d_v)).reshape(-1, I, d_v)  # (B, I, d_v)
+    return rbm.visible_logits(shared_rbm(params), g).reshape(-1, I, d_v)  # (B, I, d_v)
 
 
 def shared_log_factor(params, v):
@@ -215,7 +219,7 @@ def gibbs_sweep(params, v, a, rng, return_probability=False, model_r=_model_r, r
         p_g = np.asarray(p_g, dtype=_float_dtype(params.V, v))
         g = (rng.random(p_g.shape) < p_g).astype(p_g.dtype)  # (B, H0), sample_hidden's draw
     out = model_r.gibbs_sweep(routed_part(params), v, a, rng, return_probability,
-                              field=shared_field(params, g))
+                              field=shared_field(params, g, rbm))
     return (out[0], g) + tuple(out[1:])
 
 

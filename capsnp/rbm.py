@@ -35,6 +35,7 @@ __all__ = [
     "energy",
     "hidden_probability",
     "visible_probability",
+    "visible_logits",
     "free_energy",
     "sample_hidden",
     "sample_visible",
@@ -139,8 +140,8 @@ def _hidden_logits(params, v):
     return params.b + v @ params.W  # (B, H)
 
 
-def _visible_logits(params, h):
-    """``a + h W^T``: (B, H) -> (B, D)."""
+def visible_logits(params, h):
+    """Input of the visible units (5.3), ``a + h W^T``: (B, H) -> (B, D)."""
     h = np.asarray(h, dtype=_float_dtype(params.W, h))
     return params.a + h @ params.W.T  # (B, D)
 
@@ -172,7 +173,7 @@ def visible_probability(params, h):
     -------
     ndarray of shape (B, D)
     """
-    return sigmoid(_visible_logits(params, h))  # (B, D)
+    return sigmoid(visible_logits(params, h))  # (B, D)
 
 
 def free_energy(params, v):
@@ -547,7 +548,7 @@ def _conditional_tables(params):
     V = enumerate_binary(D, dtype=dt)  # (2^D, D)
     Hs = enumerate_binary(H, dtype=dt)  # (2^H, H)
     P_hv = _bernoulli_pmf(Hs, _hidden_logits(params, V))  # (2^D, 2^H)
-    P_vh = _bernoulli_pmf(V, _visible_logits(params, Hs))  # (2^H, 2^D)
+    P_vh = _bernoulli_pmf(V, visible_logits(params, Hs))  # (2^H, 2^D)
     return P_hv, P_vh
 
 

@@ -373,6 +373,29 @@ def test_r_statistics_match_reference(seed, dtype, weighted, biases):
 
 @needs_numba
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shared", [False, True])
+def test_rbm_visible_logits_match_reference_for_any_thread_count(seed, dtype, shared, threads):
+    """a + h W^T in blocks of rows: the reference's values, and the same bits on one thread and
+    on two (inside single_threaded_blas the blocks go to the kernel threads); 150 rows make
+    three blocks, the last one short."""
+    numba = pytest.importorskip("numba")
+    rng = np.random.default_rng(seed)
+    params = RBMParams(rng.normal(size=(11, 6)).astype(dtype), rng.normal(size=11).astype(dtype),
+                       rng.normal(size=6).astype(dtype))
+    h = binary(rng, (150, 6), dtype)
+    runs = []
+    for n in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+        threads(n)
+        with jit.single_threaded_blas() if shared else contextlib.nullcontext():
+            runs.append(kernels.rbm.visible_logits(params, h))
+    assert runs[0].shape == (150, 11) and runs[0].dtype == dtype
+    assert_close(runs[0], ref_rbm.visible_logits(params, h), tol(dtype))
+    for x in runs[1:]:
+        np.testing.assert_array_equal(x, runs[0])
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_rbm_gibbs_sweep_reproduces_reference(seed, dtype):
     rng = np.random.default_rng(seed)
     params = RBMParams(rng.normal(size=(7, 5)).astype(dtype), rng.normal(size=7).astype(dtype),
