@@ -1020,11 +1020,11 @@ def r_route_visible_draw(start, stop, T, field, alpha, beta, A, Ch, v, u_a, u_v,
     From the top-down fields ``T[j, b, i] = W_ij^T h_j`` (``model_r.top_down``, one matrix
     product per parent), the routing logit is ``b_ij(v) + Ch[j, b, i] + v_i . T[j, b, i]`` with
     ``b_ij(v) = beta_ij + A_ij . v_i`` (4b.3) and ``Ch[j, b, i] = C_ij . h_j``, i.e.
-    ``b_ij + u_hat_{j|i} . h_j``; the visible
-    logit of the drawn parent n is ``alpha[i, n] + T[n, b, i] + field[b, i]`` (4b.4, 4c.4).
-    The field adds ``v_i . field_i`` to every parent's routing logit, which the softmax over
-    parents ignores, so it enters the visible logit only. ``a_i`` is drawn by inverse CDF from
-    u_a (the number of ``j < J-1`` with normalised cumulative probability ``<= u_i``), v from u_v.
+    ``b_ij + u_hat_{j|i} . h_j``; the visible logit of the drawn parent n is
+    ``alpha[i, n] + T[n, b, i] + field[b, i]`` (4b.4, 4c.4). The field's energy term
+    ``v_i . field_i`` is the same for every parent, so the routing does not see it. ``a_i`` is
+    drawn by inverse CDF from u_a (the number of ``j < J-1`` with normalised cumulative
+    probability ``<= u_i``), v from u_v.
 
     Parameters
     ----------
