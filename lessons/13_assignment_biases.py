@@ -827,7 +827,8 @@ np.testing.assert_allclose(stats_V, numeric_V, rtol=1e-6, atol=1e-9)
 # `RoutedCapsuleRBM(assignment_biases=True, shared_units=H0)` trains it; the Gibbs sweep draws
 # $g\sim p(g\mid v)$ first and hands $V^\top g$ to the routed sweep as an extra visible field (4c.7).
 # With $H_0 = 250$ beside two routed capsules of 125 units it has the RBM-500's 392,000 weights.
-# What it scores on MNIST and Fashion-MNIST is in docs/results.md sections 28 and 29.
+# What it scores on MNIST and Fashion-MNIST, at equal epochs and at equal training time, is in
+# docs/results.md sections 28 to 30.
 #
 # ## Summary
 #
