@@ -214,7 +214,7 @@ def gibbs_sweep(params, v, a, rng, return_probability=False, field=None):
     # the visible logits there: no (J, B, I, d_v) sum and no (B, I, J) logits are formed here
     Ch = np.matmul(np.moveaxis(h, 1, 0), np.moveaxis(C_dt, 1, 0).swapaxes(1, 2))  # (J, B, I): C_ij . h_j
     field = np.empty((0, 0, 0), dtype=dt) if field is None else _jit.as_c(field, dt)  # (B, I, d_v)
-    beta = _jit.as_c(np.broadcast_to(params.beta, (I, J)), dt)  # (I, J)
+    beta = _jit.as_c(params.beta, dt)  # (I, J)
     A = np.zeros((I, J, d_v), dtype=dt) if A is None else _jit.as_c(A, dt)  # (I, J, d_v)
     v_new = np.empty((B, I, d_v), dtype=dt)
     a_new = np.empty((B, I), dtype=np.int64)

@@ -33,7 +33,7 @@ from . import rbm as _rbm
 from .exact import enumerate_binary
 from .ops import sigmoid, softplus
 from .params import RBMParams, RBParams, RSParams
-from .rbm import _bernoulli_pmf, _float_dtype, _logsumexp
+from .rbm import _bernoulli_draw, _bernoulli_pmf, _float_dtype, _logsumexp
 
 __all__ = [
     "routed_part",
@@ -183,7 +183,7 @@ def gibbs_sweep(params, v, a, rng, return_probability=False, model_r=_model_r, r
     """One Gibbs sweep (4c.7) on the chain state (v, a).
 
     1. ``g ~ p(g | v)`` (4c.2), ``g = (u < p(g = 1 | v))`` with ``u = rng.random((B, H0))``
-       (``rbm.sample_hidden`` of :func:`shared_rbm`, or ``p_g`` when given);
+       (the draw of ``rbm.sample_hidden`` of :func:`shared_rbm`; ``p_g`` when given);
     2. the sweep (4.7) of the routed part, ``h ~ U(v, a)``, ``a_new ~ R(v, h)``, with the
        visible step ``v_new ~ (4c.4)`` (``model_r.gibbs_sweep(..., field=V^T g)``), drawing in
        its order.
@@ -213,11 +213,8 @@ def gibbs_sweep(params, v, a, rng, return_probability=False, model_r=_model_r, r
     resp : ndarray of shape (B, I, J), ``p(a_i = j | v, h)`` at the input v
     p_h : ndarray of shape (B, J, d_h), only with ``return_probability``
     """
-    if p_g is None:
-        g = rbm.sample_hidden(shared_rbm(params), _flat(v), rng)  # (B, H0)
-    else:
-        p_g = np.asarray(p_g, dtype=_float_dtype(params.V, v))
-        g = (rng.random(p_g.shape) < p_g).astype(p_g.dtype)  # (B, H0), sample_hidden's draw
+    p_g = shared_probability(params, v, rbm) if p_g is None else np.asarray(p_g, dtype=_float_dtype(params.V, v))
+    g = _bernoulli_draw(p_g, rng.random(p_g.shape))  # (B, H0)
     out = model_r.gibbs_sweep(routed_part(params), v, a, rng, return_probability,
                               field=shared_field(params, g, rbm))
     return (out[0], g) + tuple(out[1:])
