@@ -107,6 +107,11 @@ PRESETS = {
     "rbm-pcd-long-m5-lr2-c300-avg-wd1e3": (BernoulliRBM, dict(n_components=500, n_chains=300, average=1000,
                                                                 **{**_RBM_PCD_LONG, **_STEP_M5_LR2,
                                                                    "weight_decay": 1e-3})),
+    # ... trained in float32 (half the bytes per step), the control of
+    # rs-250-2x125-m5-lr2-mf3-c300-avg-f32 (run with --epochs 100)
+    "rbm-pcd-long-m5-lr2-c300-avg-f32": (BernoulliRBM, dict(n_components=500, n_chains=300, average=1000,
+                                                              **{**_RBM_PCD_LONG, **_STEP_M5_LR2,
+                                                                 "dtype": np.float32})),
     # ... with 250 hidden units (196,000 weights, one capsule of rb-2x250-m5-lr2-mf3-c300-avg):
     # what the second capsule adds under the averaged recipe (run with --epochs 200)
     "rbm-250-pcd-long-m5-lr2-c300-avg": (BernoulliRBM, dict(n_components=250, n_chains=300, average=1000,
@@ -257,6 +262,10 @@ PRESETS = {
     # (run with --epochs 200)
     "rs-250-2x125-m5-lr2-mf3-c300-avg-wd1e3": (RoutedCapsuleRBM, dict(_SHARED_AVG, capsule_dim=125, shared_units=250,
                                                                       weight_decay=1e-3)),
+    # ... (250 + 2 x 125) trained in float32: what single precision saves per step, beside the
+    # RBM-500 given the same, and whether the likelihood holds (run with --epochs 100)
+    "rs-250-2x125-m5-lr2-mf3-c300-avg-f32": (RoutedCapsuleRBM, dict(_SHARED_AVG, capsule_dim=125, shared_units=250,
+                                                                    dtype=np.float32)),
     # ... at rate 0.03: with less noise per step (300 chains), does a larger step now pay?
     # (with 100 chains 0.03 scored -97.61 against 0.02's -96.85, within seed noise)
     "rb-2x250-m5-lr3-mf3-c300-equal-time": (RoutedCapsuleRBM, dict(_BIASED_2X250, momentum=0.5, learning_rate=0.03,
