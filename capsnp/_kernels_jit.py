@@ -1070,18 +1070,24 @@ def r_route_visible_draw(start, stop, T, field, alpha, beta, A, Ch, v, u_a, u_v,
 r_route_visible_draw = _jit(r_route_visible_draw)
 
 
-def r_statistics(start, stop, w, v, c, mu, dW, dalpha, dbeta):
+def r_statistics(start, stop, w, v, c, mu, dW, dalpha, dbeta, tiny):
     """(4.8) weighted batch sums of ``c_ij mu_j v_i^T``, v and c for children i in [start, stop).
 
     Every entry is summed over the batch in order b = 0..B-1 whatever the split into ranges.
     As in :func:`outer_sum`, each (i, j) block of dW is accumulated transposed in an L1-sized
-    buffer over the nonzero ``v_bil`` only.
+    buffer over the nonzero ``v_bil`` only. Terms whose weight ``w_b c_bij`` is below ``tiny``
+    (the dtype's smallest normal number) are left out of dW: with ``0 <= v, mu <= 1`` each of
+    their products is below ``tiny`` too, so together they are under B times ``tiny``, far
+    below the rounding of any entry of normal size, while subnormal arithmetic costs tens of
+    normal operations on x86. In float32 (``tiny`` 1e-38) a trained model's routing gives
+    about half a percent of (b, i, j) such weights; in float64 (2e-308) practically none.
 
     Parameters
     ----------
     start, stop : int, range of children i
     w (B,), v (B, I, d_v), c (B, I, J), mu (B, J, d_h)
     dW (I, J, d_h, d_v), dalpha (I, d_v), dbeta (I, J) : out
+    tiny : float, ``np.finfo(dtype).tiny``
     """
     B, I, d_v = v.shape
     J, d_h = mu.shape[1], mu.shape[2]
@@ -1103,6 +1109,8 @@ def r_statistics(start, stop, w, v, c, mu, dW, dalpha, dbeta):
             for b in range(B):
                 wc = w[b] * c[b, i, j]
                 dbeta[i, j] += wc
+                if abs(wc) < tiny:
+                    continue
                 for m in range(cnt[b]):
                     l = idx[b, m]
                     y = wc * v[b, i, l]

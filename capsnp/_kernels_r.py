@@ -252,7 +252,7 @@ def data_statistics(params, v, c, mu, weights=None):
     dW = np.empty((I, J, d_h, d_v), dtype=dt)
     d_alpha = np.empty((I, d_v), dtype=dt)
     d_beta = np.empty((I, J), dtype=dt)
-    _jit.run_chunks(_jit.r_statistics, I, w, v, c, mu, dW, d_alpha, d_beta)
+    _jit.run_chunks(_jit.r_statistics, I, w, v, c, mu, dW, d_alpha, d_beta, np.finfo(dt).tiny)
     d_gamma = np.einsum("b,bjk->jk", w, mu)  # (J, d_h), small
     return type(params)(W=dW, alpha=d_alpha, gamma=d_gamma, beta=d_beta,
                         **_ref.bias_statistics(params, v, c, mu, w))  # C, A (4b.5): small products

@@ -368,6 +368,29 @@ def test_r_statistics_match_reference(seed, dtype, weighted, biases):
     assert_all_close(stats, ref_r.model_statistics(params, v, h, c, w), tol(dtype))
 
 
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_r_statistics_leave_out_subnormal_weights_only(dtype):
+    """Routing weights below the dtype's smallest normal number (a trained float32 model has
+    some) are left out of the W statistic and nothing else: the result is the reference's, and
+    the W statistic equals the kernel's with those weights set to 0, bit for bit."""
+    params, v = r_params(0, dtype), visible(0, dtype)
+    rng = np.random.default_rng(0)
+    c = softmax(rng.normal(size=(B, I, J))).astype(dtype)
+    tiny = np.finfo(dtype).tiny
+    small = rng.random((B, I, J)) < 0.3
+    small[:, 0, 0] = True  # child 0 routes nothing of normal size to parent 0
+    c[small] = dtype(tiny / 4)  # subnormal: below tiny, above 0
+    assert np.all(c[small] > 0) and np.all(c[small] < tiny)
+    mu = rng.random((B, J, D_H)).astype(dtype)
+    got = kernels.model_r.data_statistics(params, v, c, mu)
+    assert_all_close(got, ref_r.data_statistics(params, v, c, mu), tol(dtype))
+    zeroed = kernels.model_r.data_statistics(params, v, np.where(small, dtype(0), c), mu)
+    np.testing.assert_array_equal(got.W, zeroed.W)
+    assert np.all(got.W[0, 0] == 0)
+    assert 0 < got.beta[0, 0] < tiny  # the weights themselves still count in beta
+
+
 # ----------------------------------------------------------------------------- RBM (5.x)
 
 
