@@ -44,6 +44,11 @@ def make(kind, **overrides):
         kw = dict(n_capsules=4, capsule_dim=4, patch=4, batch_size=20, learning_rate=0.2,
                   lr_schedule="constant", momentum=0.5, random_state=0)
         return RoutedCapsuleRBM(**{**kw, **overrides})
+    if kind == "rs":  # Model R with a shared capsule under the averaged recipe (4c)
+        kw = dict(n_capsules=2, capsule_dim=4, patch=4, batch_size=20, learning_rate=0.2, momentum=0.5,
+                  assignment_biases=True, shared_units=8, n_chains=30, max_routing=3, average=5,
+                  random_state=0)
+        return RoutedCapsuleRBM(**{**kw, **overrides})
     kw = dict(n_components=16, batch_size=20, learning_rate=0.1, random_state=0)
     return BernoulliRBM(**{**kw, **overrides})
 
@@ -244,7 +249,7 @@ def test_get_set_params_and_clone(kind):
         bad.fit(np.zeros((4, 64)))
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KINDS + ["rs"])
 def test_float32_keeps_float32_and_is_close_to_float64(kind, digits):
     X = digits[:60]
     a = make(kind, n_iter=1, dtype=np.float64).fit(X)

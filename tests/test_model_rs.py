@@ -299,27 +299,6 @@ def test_estimator_fits_saves_and_scores_against_exact(backend, tmp_path):
     assert samples.shape == (5, 16) and set(np.unique(samples)) <= {0.0, 1.0}
 
 
-@pytest.mark.parametrize("backend", ["numpy", "numba"])
-def test_float32_training_keeps_float32_and_follows_float64(backend):
-    """The shared-capsule recipe (persistent chains, capped routing, moving average) trained in
-    float32: every fitted array stays float32 and ends within single-precision rounding of the
-    float64 run from the same seed (one epoch, so the two runs draw the same chains)."""
-    rng = np.random.default_rng(3)
-    X = (rng.random((60, 16)) < np.linspace(0.1, 0.7, 16)).astype(np.float64)
-    kw = dict(n_capsules=2, capsule_dim=2, patch=2, n_iter=1, batch_size=20, learning_rate=0.1, momentum=0.5,
-              assignment_biases=True, shared_units=3, n_chains=30, max_routing=3, average=5, random_state=0,
-              backend=backend)
-    a = RoutedCapsuleRBM(dtype=np.float64, **kw).fit(X)
-    b = RoutedCapsuleRBM(dtype=np.float32, **kw).fit(X)
-    for name in b._param_attributes:
-        value = getattr(b, name)
-        assert value.dtype == np.float32, name
-        np.testing.assert_allclose(value, getattr(a, name), rtol=1e-4, atol=1e-5, err_msg=name)
-    assert np.abs(b.V_).max() > 0
-    assert b.score_samples(X).dtype == np.float32
-    np.testing.assert_allclose(b.score_samples(X), a.score_samples(X), rtol=1e-4, atol=1e-4)
-
-
 def test_estimator_step_adds_the_shared_statistics_and_decay():
     """One training step's shared-capsule gradient is (4c.6) at the data minus at the chains'
     entering state, minus the weight decay."""
