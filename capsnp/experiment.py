@@ -107,6 +107,11 @@ PRESETS = {
     "rbm-pcd-long-m5-lr2-c300-avg-wd1e3": (BernoulliRBM, dict(n_components=500, n_chains=300, average=1000,
                                                                 **{**_RBM_PCD_LONG, **_STEP_M5_LR2,
                                                                    "weight_decay": 1e-3})),
+    # ... with a quarter of the weight decay (5e-5), the control of
+    # rs-250-2x125-m5-lr2-mf3-c300-avg-wd5e5 (run with --epochs 300)
+    "rbm-pcd-long-m5-lr2-c300-avg-wd5e5": (BernoulliRBM, dict(n_components=500, n_chains=300, average=1000,
+                                                                **{**_RBM_PCD_LONG, **_STEP_M5_LR2,
+                                                                   "weight_decay": 5e-5})),
     # ... trained in float32 (half the bytes per step), the control of
     # rs-250-2x125-m5-lr2-mf3-c300-avg-f32 (run with --epochs 100)
     "rbm-pcd-long-m5-lr2-c300-avg-f32": (BernoulliRBM, dict(n_components=500, n_chains=300, average=1000,
@@ -262,6 +267,12 @@ PRESETS = {
     # (run with --epochs 200)
     "rs-250-2x125-m5-lr2-mf3-c300-avg-wd1e3": (RoutedCapsuleRBM, dict(_SHARED_AVG, capsule_dim=125, shared_units=250,
                                                                       weight_decay=1e-3)),
+    # ... (250 + 2 x 125) with a quarter of the weight decay (5e-5): five times 2e-4 cost the
+    # shared-capsule model more than the RBM-500 (it fits its training images worse and
+    # generalises better); does less decay gain it more? (run with --epochs 256, the epochs
+    # that cost what the RBM-500's 300 cost)
+    "rs-250-2x125-m5-lr2-mf3-c300-avg-wd5e5": (RoutedCapsuleRBM, dict(_SHARED_AVG, capsule_dim=125, shared_units=250,
+                                                                      weight_decay=5e-5)),
     # ... (250 + 2 x 125) trained in float32: what single precision saves per step, beside the
     # RBM-500 given the same, and whether the likelihood holds (run with --epochs 100)
     "rs-250-2x125-m5-lr2-mf3-c300-avg-f32": (RoutedCapsuleRBM, dict(_SHARED_AVG, capsule_dim=125, shared_units=250,
