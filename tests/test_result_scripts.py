@@ -610,3 +610,17 @@ def test_train_test_gap(tmp_path, capsys):
     moved = json.loads(capsys.readouterr().out)
     assert moved["train_log_likelihood"] == pytest.approx(rows["caps"]["train_log_likelihood"] - 20.0, abs=1e-3)
     assert moved["train_minus_test"] == pytest.approx(rows["caps"]["train_minus_test"], abs=1e-3)
+
+
+def test_train_test_gap_pools_checks_of_the_last_schedule(tmp_path):
+    """Several AIS checks of one schedule (other seeds) give the log of the mean of their Z
+    estimates; a check of another schedule is left out, and a lone line is read as it is."""
+    saved_log_z = _script("train_test_gap").saved_log_z
+    lines = [dict(temperatures=4835, runs=50, log_z=0.0), dict(temperatures=43501, runs=50, log_z=10.0),
+             dict(temperatures=43501, runs=50, seed=2, log_z=10.0 + np.log(3.0))]
+    (tmp_path / "m_ais_check.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    log_z, source = saved_log_z(tmp_path, "m")
+    assert source == "m_ais_check.jsonl"
+    assert log_z == pytest.approx(10.0 + np.log(2.0))  # log((e^10 + 3 e^10) / 2)
+    (tmp_path / "m_ais_check.jsonl").write_text(json.dumps(lines[0]) + "\n")
+    assert saved_log_z(tmp_path, "m")[0] == 0.0

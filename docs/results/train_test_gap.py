@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.special import logsumexp
 
 from capsnp.datasets import binarize, load_dataset
 from capsnp.estimators import RoutedCapsuleRBM, load_estimator
@@ -29,11 +30,21 @@ from capsnp.estimators import RoutedCapsuleRBM, load_estimator
 
 def saved_log_z(folder, name):
     """log Z of a saved row: the longer schedule's (``<name>_ais_check.jsonl``, last line) if
-    it was run, else the row's own. Returns (log_z, source)."""
+    it was run, else the row's own. Returns (log_z, source).
+
+    Checks of the last line's schedule (the same ``temperatures`` and ``runs``, run with other
+    AIS seeds) are pooled: each estimates Z by the mean of its runs' weights, so K of them give
+    ``log Z = logsumexp_k(log_z_k) - log K``, the estimate from all their runs together."""
     check = Path(folder) / f"{name}_ais_check.jsonl"
     if check.exists():
-        lines = [ln for ln in check.read_text().splitlines() if ln.strip()]
-        return float(json.loads(lines[-1])["log_z"]), check.name
+        rows = [json.loads(ln) for ln in check.read_text().splitlines() if ln.strip()]
+        last = rows[-1]
+        if "temperatures" in last:
+            rows = [r for r in rows if (r.get("temperatures"), r.get("runs")) == (last["temperatures"], last["runs"])]
+        else:
+            rows = [last]
+        log_z = np.array([float(r["log_z"]) for r in rows])  # (K,)
+        return float(logsumexp(log_z) - np.log(len(log_z))), check.name
     return float(json.loads((Path(folder) / f"{name}.json").read_text())["log_z"]), f"{name}.json"
 
 
