@@ -1226,77 +1226,20 @@ def rbm_sparse_layer(start, stop, X, idx, cnt, M, bias, u, mode, out):
 rbm_sparse_layer = _jit(rbm_sparse_layer)
 
 
-def rbm_dense_layer_t(start, stop, X, M, bias, u, mode, out):
-    """(5.3) a layer through the transposed weights, rows n in [start, stop):
-    ``t_nd = bias_d + sum_k X_nk M_dk`` (dense), then (``mode``) ``out = t``, ``sigmoid(t)`` or
-    ``u < sigmoid(t)``.
-
-    For the visible layer ``X = h`` (N, H) and ``M = W`` (D, H): hidden samples are about half
-    ones, too dense for skipping zeros to pay, so every term is added. Row d of W is contiguous,
-    so each dot product runs over contiguous memory; tiles of 2 output columns x 4 rows reuse
-    each load of W four times and each load of X twice, and the rows [start, stop) of X stay in
-    cache while W streams past. The sum over k is the only reordered one (``reassoc``, as
-    :func:`_dot`). No BLAS call: BLAS's own threads, still spinning after a call, would compete
-    with the kernels' threads.
+def logistic_rows(start, stop, t, u, mode):
+    """(5.3) the epilogue of a layer whose product is a BLAS call, rows n in [start, stop), in
+    place on the logits t (N, C): nothing, ``sigmoid(t)`` or the draw ``u < sigmoid(t)``
+    (``mode``, as :func:`_logistic_epilogue`).
 
     Parameters
     ----------
     start, stop : int, range of rows n
-    X (N, K); M (C, K); bias (C,); u (N, C) float64 uniforms (for ``DRAWS``); mode; out (N, C) out
+    t : (N, C) logits, overwritten; u : (N, C) float64 uniforms (for ``DRAWS``); mode : int
     """
-    K = X.shape[1]
-    C = M.shape[0]
-    n4 = start + (stop - start) // 4 * 4
-    zero = out.dtype.type(0)
-    for d in range(0, C, 2):
-        d1 = d + 1 if d + 1 < C else d  # a lone last column is computed twice
-        M0 = M[d]
-        M1 = M[d1]
-        for n in range(start, n4, 4):
-            x0, x1, x2, x3 = X[n], X[n + 1], X[n + 2], X[n + 3]
-            a0 = zero
-            a1 = zero
-            a2 = zero
-            a3 = zero
-            b0 = zero
-            b1 = zero
-            b2 = zero
-            b3 = zero
-            for k in range(K):
-                w0 = M0[k]
-                w1 = M1[k]
-                a0 += w0 * x0[k]
-                a1 += w0 * x1[k]
-                a2 += w0 * x2[k]
-                a3 += w0 * x3[k]
-                b0 += w1 * x0[k]
-                b1 += w1 * x1[k]
-                b2 += w1 * x2[k]
-                b3 += w1 * x3[k]
-            out[n, d] = a0
-            out[n + 1, d] = a1
-            out[n + 2, d] = a2
-            out[n + 3, d] = a3
-            out[n, d1] = b0
-            out[n + 1, d1] = b1
-            out[n + 2, d1] = b2
-            out[n + 3, d1] = b3
-        for n in range(n4, stop):
-            a = zero
-            b = zero
-            for k in range(K):
-                a += M0[k] * X[n, k]
-                b += M1[k] * X[n, k]
-            out[n, d] = a
-            out[n, d1] = b
-    for n in range(start, stop):
-        t = out[n:n + 1]  # (1, C)
-        for c in range(C):
-            t[0, c] += bias[c]
-        _logistic_epilogue(t, u[n:n + 1], mode)
+    _logistic_epilogue(t[start:stop], u[start:stop], mode)
 
 
-rbm_dense_layer_t = _jit(rbm_dense_layer_t, fastmath={"reassoc"})
+logistic_rows = _jit(logistic_rows)
 
 
 def _accumulate_rows(X, rows, n_rows, k, P, acc):

@@ -4,22 +4,23 @@
   :func:`sample_visible`; (5.4) :func:`free_energy`; (5.7) :func:`pseudo_log_likelihood`
 
 * (5.5) :func:`gibbs_sweep`, the CD/PCD sampler: ``h ~ p(h | v)`` from the sparse binary v
-  (only the nonzero pixels are visited), then ``v_new ~ p(v | h)`` through the rows of W, with
-  bias, sigmoid and the Bernoulli draw fused into each layer's pass; the uniforms are drawn
-  beforehand in the reference's order.
+  (only the nonzero pixels are visited), then ``v_new ~ p(v | h)``, with bias, sigmoid and the
+  Bernoulli draw fused into each layer's pass; the uniforms are drawn beforehand in the
+  reference's order.
 * (5.6) :func:`cd_gradient`, the CD/PCD gradient: both batches' hidden probabilities from their
   nonzero pixels, and the W statistic ``<v p(h|v)^T>_data - <v p(h|v)^T>_model`` summed over the
   nonzero pixels of each visible unit.
 
-No BLAS call but one (:func:`visible_logits`, below): every product is a compiled loop (over
-the nonzero entries of the binary data or chain state where there is one), split over batch
-rows (or rows of the gradient) on ``numba.get_num_threads()`` threads, each entry computed by
-one thread in a fixed order, so results do not depend on the number of threads. Mixing BLAS
-calls in would cost more than they save: OpenBLAS's threads keep spinning for a while after
-each call and take the cores from the kernels' threads (measured: a PCD step 1.6x slower with
-two threads than with one). Without Numba (or for dtypes other than float32/float64, or
-weighted statistics) the functions call :mod:`capsnp.rbm`; any other name of that module
-(``energy``, the exact tools, ...) resolves to the reference.
+Every product from binary states is a compiled loop over their nonzero entries, split over
+batch rows (or rows of the gradient) on ``numba.get_num_threads()`` threads, each entry computed
+by one thread in a fixed order. The one dense product, ``h W^T`` from hidden samples (about half
+ones), is BLAS on fixed blocks of 64 rows (:func:`visible_logits`), about twice as fast as a
+compiled loop; the blocks are shared out over the kernel threads inside
+:func:`capsnp._kernels_jit.single_threaded_blas` (the estimator's training and sampling, and AIS),
+where OpenBLAS's own threads, spinning after each call, would take the cores from the kernels.
+So results do not depend on the number of threads. Without Numba (or for dtypes other than
+float32/float64, or weighted statistics) the functions call :mod:`capsnp.rbm`; any other name of
+that module (``energy``, the exact tools, ...) resolves to the reference.
 """
 
 import numpy as np
@@ -77,11 +78,11 @@ def _hidden_layer(W, b, v, mode, u=_NO_UNIFORMS):
 
 
 def _visible_layer(W, a, h, mode, u=_NO_UNIFORMS):
-    """``sigmoid(a + h W^T)`` (5.3) or the draw ``u < sigmoid(a + h W^T)``: (N, H) -> (N, D)."""
-    N = h.shape[0]
-    out = np.empty((N, W.shape[0]), dtype=W.dtype)
-    _jit.run_chunks(_jit.rbm_dense_layer_t, N, h, W, a, u, mode, out, min_items=_min_rows(N))
-    return out
+    """``sigmoid(a + h W^T)`` (5.3) or the draw ``u < sigmoid(a + h W^T)``: (N, H) -> (N, D).
+    W (D, H), a (D,) and h C-contiguous in the kernel dtype."""
+    t = _visible_logits(W, a, h)  # (N, D)
+    _jit.run_chunks(_jit.logistic_rows, t.shape[0], t, u, mode, min_items=_min_rows(t.shape[0]))
+    return t
 
 
 def _prepared(params, x):
@@ -140,15 +141,31 @@ def _row_block_products(start, stop, h, Wt, out):
         np.matmul(h[rows], Wt, out=out[rows])
 
 
+def _visible_logits(W, a, h):
+    """``a + h W^T`` (5.3) by BLAS products on fixed blocks of 64 rows: (N, H) -> (N, D).
+
+    Inside :func:`capsnp._kernels_jit.single_threaded_blas` the blocks are shared out over the
+    kernel threads, each on one BLAS thread; either way every block is one product, so the
+    result does not depend on the number of threads.
+    """
+    Wt = W.T  # (H, D)
+    out = np.empty((h.shape[0], Wt.shape[1]), dtype=h.dtype)  # (N, D)
+    blocks = -(-h.shape[0] // _ROWS_PER_PRODUCT)
+    if _jit.blas_is_single_threaded():
+        _jit.run_chunks(_row_block_products, blocks, h, Wt, out, min_items=1)
+    else:
+        _row_block_products(0, blocks, h, Wt, out)
+    out += a
+    return out
+
+
 def visible_logits(params, h):
     """Input of the visible units (5.3), ``a + h W^T``: (B, H) -> (B, D); twin of the reference.
 
-    The one BLAS product of this module, used for the dense hidden states of a shared capsule
-    (``capsnp.model_rs.shared_field``), where BLAS is about three times faster than the
-    compiled dense layer. It is computed in fixed blocks of 64 rows, one BLAS product each, so
-    the result does not depend on the number of threads; inside
-    :func:`capsnp._kernels_jit.single_threaded_blas` (Model R's training) the blocks are shared
-    out over the kernel threads, each on one BLAS thread.
+    Also the visible pass of :func:`gibbs_sweep` and :func:`pcd_step`, and the field of a
+    shared capsule's dense hidden states (``capsnp.model_rs.shared_field``). BLAS is about twice
+    as fast here as a compiled loop over all the terms (results sec. 35); see
+    :func:`_visible_logits` for the blocks.
 
     Parameters
     ----------
@@ -162,16 +179,8 @@ def visible_logits(params, h):
     dt = _jit.kernel_dtype(params.W, h)
     if dt is None or np.ndim(h) != 2:
         return _ref.visible_logits(params, h)
-    h = _jit.as_c(h, dt)  # (B, H)
-    Wt = np.asarray(params.W, dtype=dt).T  # (H, D); a view for a shared capsule's V
-    out = np.empty((h.shape[0], Wt.shape[1]), dtype=dt)  # (B, D)
-    blocks = -(-h.shape[0] // _ROWS_PER_PRODUCT)
-    if _jit.blas_is_single_threaded():
-        _jit.run_chunks(_row_block_products, blocks, h, Wt, out, min_items=1)
-    else:
-        _row_block_products(0, blocks, h, Wt, out)
-    out += np.asarray(params.a, dtype=dt)
-    return out
+    W = np.asarray(params.W, dtype=dt)  # (D, H); for a shared capsule the view V^T
+    return _visible_logits(W, np.asarray(params.a, dtype=dt), _jit.as_c(h, dt))  # (B, D)
 
 
 def sample_hidden(params, v, rng):

@@ -30,6 +30,7 @@ from scipy.special import logsumexp
 from . import _kernels_jit, kernels
 from . import model_p as _model_p_ref
 from . import model_r as _model_r_ref
+from . import rbm as _rbm_ref
 from . import model_rs as _model_rs
 from .ops import sigmoid, softplus
 from .params import GParams, PParams, RBMParams, RBParams, RParams, RSParams, SParams
@@ -184,8 +185,8 @@ class AnnealingPath(NamedTuple):
         Model R); None where two calls of ``log_f`` cost as much (the RBM, whose compiled free
         energy is one sparse pass) or no work is shared (Models P, G and S).
     blas_one_thread : bool
-        Run the transitions with BLAS held to one thread (:func:`blas_setting`): Model R on
-        the compiled kernels, whose top-down products then share the kernel threads.
+        Run the transitions with BLAS held to one thread (:func:`blas_setting`): Model R and the
+        RBM on the compiled kernels, whose BLAS products then share the kernel threads.
     """
 
     log_f: Callable
@@ -250,7 +251,8 @@ def _path_rbm(params, alpha0, rbm):
 
     # (5.4) splits as _softplus_path does, but the compiled free energy sums the softplus terms
     # inside its sparse kernel: a shared pass, tried, cost what two of its calls do (results sec. 20)
-    return AnnealingPath(log_f, sample_base, transition, log_z_base)
+    return AnnealingPath(log_f, sample_base, transition, log_z_base,
+                         blas_one_thread=rbm is not _rbm_ref)  # the compiled visible pass is BLAS
 
 
 def _path_p(params, alpha0, n_iter, model_p):

@@ -353,8 +353,8 @@ class _EnergyEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
 
     # Names of the fitted parameter attributes, in the order of the parameter container.
     _param_attributes = ()
-    # Model R's sweeps alternate Numba kernels and BLAS products, and train faster on 2 cores
-    # with BLAS on one thread; the RBM's do not (docs/results.md section 19)
+    # Sweeps that alternate Numba kernels and BLAS products (Model R's, the RBM's) train faster
+    # on 2 cores with BLAS on one thread (docs/results.md sections 19 and 35)
     _single_threaded_blas = False
 
     def __sklearn_tags__(self):
@@ -2123,6 +2123,7 @@ class BernoulliRBM(_EnergyEstimator):
 
     _param_attributes = ("components_", "intercept_visible_", "intercept_hidden_")
     _params_type = RBMParams
+    _single_threaded_blas = True  # the visible pass is BLAS (capsnp._kernels_rbm.visible_logits)
 
     def __init__(self, n_components=256, *, learning_rate=0.1, batch_size=10, n_iter=10,
                  verbose=0, random_state=None, cd_k=1, persistent=True, n_chains=None,

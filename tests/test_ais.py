@@ -136,14 +136,14 @@ def test_interpolation_follows_the_path_and_passes_kept_fields_on():
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
-def test_model_r_paths_hold_blas_to_one_thread_on_the_kernels(backend):
-    """Model R's compiled transitions share their top-down products over the kernel threads,
-    so its AIS and tempering run with BLAS on one thread (as its training does)."""
+def test_model_r_and_rbm_paths_hold_blas_to_one_thread_on_the_kernels(backend):
+    """Model R's and the RBM's compiled transitions share their BLAS products over the kernel
+    threads, so their AIS and tempering run with BLAS on one thread (as their training does)."""
     rng = np.random.default_rng(0)
     r_path = annealing_path(tiny_r(rng), backend=backend)
     uses_kernels = backend == "numba" and kernels.available()
     assert r_path.blas_one_thread == uses_kernels
-    assert not annealing_path(tiny_rbm(rng), backend=backend).blas_one_thread
+    assert annealing_path(tiny_rbm(rng), backend=backend).blas_one_thread == uses_kernels
     with _kernels_jit.single_threaded_blas():
         inside = _kernels_jit.blas_is_single_threaded()
     with blas_setting(r_path):

@@ -438,6 +438,32 @@ def test_rbm_gibbs_sweep_reproduces_reference(seed, dtype):
     assert same_generator_state(rng_k, rng_r)
 
 
+@needs_numba
+@pytest.mark.parametrize("shared", [False, True])
+def test_rbm_pcd_step_does_not_depend_on_thread_count(shared, threads):
+    """The PCD step's visible pass is BLAS in blocks of 64 chains (shared out over the kernel
+    threads inside single_threaded_blas, as in training): the same draws, statistics and
+    gradient, bit for bit, on one thread and on two; 150 chains make three blocks."""
+    numba = pytest.importorskip("numba")
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs at least 2 threads")
+    rng = np.random.default_rng(3)
+    params = RBMParams(rng.normal(size=(11, 6)), rng.normal(size=11), rng.normal(size=6))
+    v_data, v_chain = binary(rng, (40, 11), np.float64), binary(rng, (150, 11), np.float64)
+    p_chain = rng.random((150, 6))
+    runs = []
+    for n in (1, 2):
+        threads(n)
+        with jit.single_threaded_blas() if shared else contextlib.nullcontext():
+            grad, v, p = kernels.rbm.pcd_step(params, v_data, v_chain, p_chain, np.random.default_rng(5), k=2)
+        runs.append([*grad, v, p])
+    _, v_ref, p_ref = ref_rbm.pcd_step(params, v_data, v_chain, p_chain, np.random.default_rng(5), k=2)
+    np.testing.assert_array_equal(runs[0][-2], v_ref)  # the reference's draws
+    assert_close(runs[0][-1], p_ref, tol(np.float64))
+    for x1, x2 in zip(*runs, strict=True):
+        np.testing.assert_array_equal(x1, x2)  # bit for bit
+
+
 # ----------------------------------------------------------------------------- threads
 
 
@@ -526,8 +552,8 @@ def test_single_threaded_blas_only_while_kernels_use_threads(threads, two_blas_t
 
 @needs_numba
 @pytest.mark.parametrize("model, backend, expected", [("r", "numba", {1}), ("r", "numpy", {2}),
-                                                      ("rbm", "numba", {2})])
-def test_model_r_trains_with_blas_on_one_thread_beside_the_kernel_threads(
+                                                      ("rbm", "numba", {1}), ("rbm", "numpy", {2})])
+def test_model_r_and_rbm_train_with_blas_on_one_thread_beside_the_kernel_threads(
         threads, two_blas_threads, monkeypatch, model, backend, expected):
     import capsnp.estimators as estimators
 
