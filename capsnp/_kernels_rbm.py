@@ -4,9 +4,9 @@
   :func:`sample_visible`; (5.4) :func:`free_energy`; (5.7) :func:`pseudo_log_likelihood`
 
 * (5.5) :func:`gibbs_sweep`, the CD/PCD sampler: ``h ~ p(h | v)`` from the sparse binary v
-  (only the nonzero pixels are visited), then ``v_new ~ p(v | h)``, with bias, sigmoid and the
-  Bernoulli draw fused into each layer's pass; the uniforms are drawn beforehand in the
-  reference's order.
+  (only the nonzero pixels are visited, bias, sigmoid and draw fused into the pass), then
+  ``v_new ~ p(v | h)`` (a BLAS product, then one compiled sigmoid-and-draw pass); the uniforms
+  are drawn beforehand in the reference's order.
 * (5.6) :func:`cd_gradient`, the CD/PCD gradient: both batches' hidden probabilities from their
   nonzero pixels, and the W statistic ``<v p(h|v)^T>_data - <v p(h|v)^T>_model`` summed over the
   nonzero pixels of each visible unit.

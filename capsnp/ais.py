@@ -30,8 +30,8 @@ from scipy.special import logsumexp
 from . import _kernels_jit, kernels
 from . import model_p as _model_p_ref
 from . import model_r as _model_r_ref
-from . import rbm as _rbm_ref
 from . import model_rs as _model_rs
+from . import rbm as _rbm_ref
 from .ops import sigmoid, softplus
 from .params import GParams, PParams, RBMParams, RBParams, RParams, RSParams, SParams
 
