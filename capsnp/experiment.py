@@ -117,6 +117,10 @@ PRESETS = {
     "rbm-pcd-long-m5-lr2-c300-avg-f32": (BernoulliRBM, dict(n_components=500, n_chains=300, average=1000,
                                                               **{**_RBM_PCD_LONG, **_STEP_M5_LR2,
                                                                  "dtype": np.float32})),
+    # ... at rate 0.03, the control of rs-400-2x50-m5-lr3-mf3-c300-avg (run with --epochs 300)
+    "rbm-pcd-long-m5-lr3-c300-avg": (BernoulliRBM, dict(n_components=500, n_chains=300, average=1000,
+                                                          **{**_RBM_PCD_LONG, **_STEP_M5_LR2,
+                                                             "learning_rate": 0.03})),
     # ... with 250 hidden units (196,000 weights, one capsule of rb-2x250-m5-lr2-mf3-c300-avg):
     # what the second capsule adds under the averaged recipe (run with --epochs 200)
     "rbm-250-pcd-long-m5-lr2-c300-avg": (BernoulliRBM, dict(n_components=250, n_chains=300, average=1000,
@@ -261,6 +265,11 @@ PRESETS = {
     # 392,000 weights; does a smaller routed part cost less? (run with --epochs 100;
     # docs/results.md section 29: about the same cost and likelihood)
     "rs-400-2x50-m5-lr2-mf3-c300-avg": (RoutedCapsuleRBM, dict(_SHARED_AVG, capsule_dim=50, shared_units=400)),
+    # ... (400 + 2 x 50) at rate 0.03: it fits its training images worse than the RBM-500 and
+    # generalises better, so does a larger step, smoothed by the averaged parameters, buy it
+    # more fit in the epochs that equal time allows? (run with --epochs 212, the RBM-500's 300)
+    "rs-400-2x50-m5-lr3-mf3-c300-avg": (RoutedCapsuleRBM, dict(_SHARED_AVG, capsule_dim=50, shared_units=400,
+                                                               learning_rate=0.03)),
     # ... (250 + 2 x 125) with five times the weight decay (1e-3 instead of 2e-4), beside the
     # RBM-500 given the same: at 300 epochs both models score about 2.4 to 3 nats higher on
     # training images than on test images; does a stronger pull towards 0 close that gap?

@@ -351,7 +351,8 @@ def test_evaluate_likelihood_options_need_their_flag(trained, capsys):
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_is_a_valid_estimator_within_the_weight_budget(name):
     """Each likelihood-table preset validates, lays out MNIST, and has at most the RBM-500's
-    784 x 500 = 392,000 weights (the budget every row is compared at)."""
+    784 x 500 = 392,000 weights (the budget every row is compared at), a shared capsule's
+    weights V counted with the routed ones."""
     est = make_estimator(name, 1)
     est._check_training_hyperparameters()
     if hasattr(est, "n_components"):
@@ -359,6 +360,7 @@ def test_every_preset_is_a_valid_estimator_within_the_weight_budget(name):
     else:
         est._setup(784)
         n_parents = 1 if getattr(est, "tie_weights", False) else est.n_capsules  # tied: one tensor
-        n_weights = est.n_visible_capsules_ * est.visible_capsule_dim_ * n_parents * est.capsule_dim
+        n_hidden = n_parents * est.capsule_dim + (getattr(est, "shared_units", 0) or 0)  # (4c.1): + V
+        n_weights = est.n_visible_capsules_ * est.visible_capsule_dim_ * n_hidden
         assert est.n_visible_capsules_ * est.visible_capsule_dim_ == 784
     assert 0 < n_weights <= 392_000
