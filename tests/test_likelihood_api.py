@@ -360,7 +360,7 @@ def test_every_preset_is_a_valid_estimator_within_the_weight_budget(name):
     else:
         est._setup(784)
         n_parents = 1 if getattr(est, "tie_weights", False) else est.n_capsules  # tied: one tensor
-        n_hidden = n_parents * est.capsule_dim + (getattr(est, "shared_units", 0) or 0)  # (4c.1): + V
+        n_hidden = n_parents * est.capsule_dim + getattr(est, "shared_units", 0)  # (4c.1): + V
         n_weights = est.n_visible_capsules_ * est.visible_capsule_dim_ * n_hidden
         assert est.n_visible_capsules_ * est.visible_capsule_dim_ == 784
     assert 0 < n_weights <= 392_000
