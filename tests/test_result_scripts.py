@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from capsnp._kernels_jit import NUMBA_AVAILABLE
 from capsnp.capsules import to_capsules
 from capsnp.datasets import binarize, load_dataset
 from capsnp.estimators import RoutedCapsuleRBM
@@ -624,3 +625,26 @@ def test_train_test_gap_pools_checks_of_the_last_schedule(tmp_path):
     assert log_z == pytest.approx(10.0 + np.log(2.0))  # log((e^10 + 3 e^10) / 2)
     (tmp_path / "m_ais_check.jsonl").write_text(json.dumps(lines[0]) + "\n")
     assert saved_log_z(tmp_path, "m")[0] == 0.0
+
+
+def test_step_profile_reports_own_times_and_who_asks_for_contiguous_arrays(tmp_path, monkeypatch, capsys):
+    """One profiled epoch of a saved shared-capsule model: the top functions by own time, in
+    order and within the total, and the contiguous-layout requests by the function that made
+    them, the compiled RBM passes of the shared capsule among them (results sec. 38)."""
+    X, _ = load_dataset("embedded", "train")
+    V = binarize(X[:400], "stochastic", random_state=0)
+    folder = tmp_path / "docs" / "results" / "embedded"
+    folder.mkdir(parents=True)
+    RoutedCapsuleRBM(2, 6, n_iter=1, n_chains=50, momentum=0.5, assignment_biases=True, shared_units=5,
+                     random_state=0).fit(V).save(folder / "tiny-rs_model.npz")
+    monkeypatch.chdir(tmp_path)
+    _script("step_profile").main("tiny-rs", 400, "embedded", 6)
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"] == "tiny-rs" and report["images"] == 400
+    own = [s for s, _, _ in report["top_own_seconds"]]
+    assert len(own) == 6 and own == sorted(own, reverse=True)
+    assert 0 < sum(own) <= report["profiled_seconds"] + 1e-3  # rounded to 4 and 3 digits
+    copies = report["contiguous_copies_by_caller"]
+    assert all(s > 0 for s in copies.values())
+    if NUMBA_AVAILABLE:  # the compiled RBM passes ask for V's transposed view in layout
+        assert any(k.startswith("_kernels_rbm.py") for k in copies)
