@@ -7,8 +7,7 @@ line per model: the profiled seconds, the ``top`` functions by their own time (t
 kernels appear under their Python names) and the seconds spent copying arrays into C-contiguous
 layouts (``numpy.ascontiguousarray``, directly or through ``_kernels_jit.as_c``, which is a
 no-op for arrays already in layout, a fraction of a microsecond) by the function that asked
-for it. Run it with the
-machine otherwise idle, one thread:
+for it. Run it with the machine otherwise idle, one thread:
 
     CAPSNP_DATA_DIR=../shared/data NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \
         python docs/results/step_profile.py lr3/equal-time/seed1/rs-400-2x50-m5-lr3-mf3-c300-avg 6000
@@ -24,7 +23,7 @@ from trained_epoch_cost import timing_images, trained  # the same loading, in do
 
 
 def _label(func):
-    """``file:line(name)`` of a pstats key, the file relative to the package or library."""
+    """``file:line(name)`` of a pstats key with the file's base name (``name`` alone for built-ins)."""
     filename, line, name = func
     return f"{Path(filename).name}:{line}({name})" if line else name
 
