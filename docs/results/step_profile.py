@@ -39,15 +39,15 @@ def profile_epoch(dataset, spec, V, top):
     stats = pstats.Stats(profiler).stats  # {func: (calls, primitive, own s, cumulative s, callers)}
     total = sum(own for _, _, own, _, _ in stats.values())
     own = sorted(((v[2], v[0], _label(f)) for f, v in stats.items()), reverse=True)[:top]
-    copies = {}  # the copy's seconds by asking function; through as_c, by as_c's callers
+    copies = {}  # the copy's seconds by asking function, direct calls and calls through as_c summed
     for func, (_, _, _, _, callers) in stats.items():
         if func[2] == "<built-in method numpy.ascontiguousarray>":
             for caller, (_, _, own_s, _) in callers.items():
                 if caller[2] != "as_c":
-                    copies[_label(caller)] = own_s
+                    copies[_label(caller)] = copies.get(_label(caller), 0.0) + own_s
         elif func[2] == "as_c":
             for caller, (_, _, _, cum_s) in callers.items():
-                copies[_label(caller)] = cum_s
+                copies[_label(caller)] = copies.get(_label(caller), 0.0) + cum_s
     return {"model": spec, "dataset": dataset, "images": V.shape[0], "profiled_seconds": round(total, 3),
             "top_own_seconds": [[round(s, 4), int(n), label] for s, n, label in own],
             "contiguous_copies_by_caller": {k: round(v, 6) for k, v in sorted(copies.items(), key=lambda kv: -kv[1]) if v > 0}}
