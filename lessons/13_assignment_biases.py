@@ -828,7 +828,7 @@ np.testing.assert_allclose(stats_V, numeric_V, rtol=1e-6, atol=1e-9)
 # $g\sim p(g\mid v)$ first and hands $V^\top g$ to the routed sweep as an extra visible field (4c.7).
 # With $H_0 = 250$ beside two routed capsules of 125 units it has the RBM-500's 392,000 weights.
 # What it scores on MNIST and Fashion-MNIST, at equal epochs and at equal training time, is in
-# docs/results.md sections 28 to 43.
+# docs/results.md sections 28 to 44.
 #
 # ## Summary
 #
