@@ -275,8 +275,9 @@ PRESETS = {
     "rs-400-2x50-m5-lr3-mf3-c300-avg": (RoutedCapsuleRBM, dict(_SHARED_AVG, capsule_dim=50, shared_units=400,
                                                                learning_rate=0.03)),
     # ... (400 + 2 x 50) at rate 0.04: on MNIST rate 0.03 gained it 0.10 nats over 0.02 at
-    # equal time (three seeds) and bought fit, the step it lacks against the RBM-500; does the
-    # next step up gain again? (run with --epochs 214 beside rbm-pcd-long-m5-lr4-c300-avg)
+    # equal time (three seeds) and bought it fit, what it lacks against the RBM-500; does the
+    # next step up gain again? (run with --epochs 212 beside rbm-pcd-long-m5-lr4-c300-avg;
+    # docs/results.md section 44: no)
     "rs-400-2x50-m5-lr4-mf3-c300-avg": (RoutedCapsuleRBM, dict(_SHARED_AVG, capsule_dim=50, shared_units=400,
                                                                learning_rate=0.04)),
     # ... (250 + 2 x 125) with five times the weight decay (1e-3 instead of 2e-4), beside the
