@@ -1529,6 +1529,13 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         other parameter) and takes the weight decay; delta starts at 0. With J d_h + H0 hidden
         units of 784 weights each, J = 2, d_h = 125, H0 = 250 has the RBM-500's 392,000.
         Needs ``assignment_biases``; not with ``centring`` or a sparsity cost.
+    shared_centring : bool, default=False
+        Take the shared capsule's steps in centred coordinates (docs/MODEL_RB.md, (4c.8),
+        (4c.9)): its interaction written ``(g - l0)^T V_i (v_i - m_i)``, the offsets the
+        minibatch's data means of v and of p(g | v), so that the V step is a covariance; alpha
+        and delta absorb the offsets. Neither enters a routing logit, so unlike ``centring``
+        the offsets never steer the routing. The routed capsules' steps are plain. Needs
+        ``shared_units``. Weight decay acts on V.
     sparsity_target : float in (0, 1), default=0.1
     sparsity_cost : float, default=0.0
         With a cost lambda > 0, the hidden biases gamma take the sparsity step (4b.11)
@@ -1604,8 +1611,8 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
                  batch_size=100, n_iter=10, init_scale=0.01, learn_prior=False,
                  first_parent_logit=0.0, posterior_sweeps=0, rao_blackwell="routes",
                  assignment_biases=False, assignment_bias_rate=1.0,
-                 tie_weights=False, centring=False, shared_units=0, sparsity_target=0.1, sparsity_cost=0.0,
-                 sparsity_on="biases", dtype=np.float64, random_state=None, verbose=0, monitor_fraction=0.05,
+                 tie_weights=False, centring=False, shared_units=0, shared_centring=False, sparsity_target=0.1,
+                 sparsity_cost=0.0, sparsity_on="biases", dtype=np.float64, random_state=None, verbose=0, monitor_fraction=0.05,
                  checkpoint_path=None, checkpoint_every=1, resume=False, backend="numba"):
         self.n_capsules = n_capsules
         self.capsule_dim = capsule_dim
@@ -1636,6 +1643,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         self.tie_weights = tie_weights
         self.centring = centring
         self.shared_units = shared_units
+        self.shared_centring = shared_centring
         self.sparsity_target = sparsity_target
         self.sparsity_cost = sparsity_cost
         self.sparsity_on = sparsity_on
@@ -1669,6 +1677,10 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         if self.shared_units and (not self.assignment_biases or self.centring or self.sparsity_cost):
             raise ValueError("shared_units > 0 needs assignment_biases=True and works without "
                              "centring and sparsity_cost (docs/MODEL_RB.md, (4c.1))")
+        _check_choice("shared_centring", self.shared_centring, (False, True))
+        if self.shared_centring and not self.shared_units:
+            raise ValueError("shared_centring=True needs shared_units > 0: it centres the shared "
+                             "capsule (docs/MODEL_RB.md, (4c.8))")
 
     def _init_params(self, X, rng):
         """W ~ N(0, init_scale^2); alpha = data log-odds; gamma = 0; C = A = 0; beta = 0 but for
@@ -1853,9 +1865,13 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         if shared:  # (4c.6) at the batch minus at the chains' v_in
             d_V, d_delta = _model_rs.shared_gradient(params, batch, v_in, rbm=self._kernels("rbm"),
                                                      p_model=p_g)
-            if self.weight_decay:  # the decay sgd_update gives W
-                d_V = d_V - float(self.weight_decay) * params.V
             grad = _model_rs.with_shared(grad, d_V, d_delta)
+            if self.shared_centring:  # (4c.9), then the plain step (4c.8 is linear)
+                m = positive.alpha  # (I, d_v): the batch's mean of v
+                l0 = d_delta + p_g.mean(axis=0)  # (H0,): d_delta is <p(g|v)>_batch - <p(g|v)>_chains
+                grad = _model_rs.from_centred(_model_rs.centred_gradient(grad, m, l0), m, l0)
+            if self.weight_decay:  # the decay sgd_update gives W
+                grad = grad._replace(V=grad.V - float(self.weight_decay) * params.V)
         return grad, ((v, a) if self.persistent else None), {
             "train_mean_field_iterations": float(np.mean(n_mf))}
 
@@ -2254,12 +2270,13 @@ class BernoulliRBM(_EnergyEstimator):
         if p is None:
             p = rbm.hidden_probability(params, v)  # (n_chains, H)
         grad, v, p = rbm.pcd_step(params, batch, v, p, rng, int(self.cd_k))
-        if not self.sparsity_cost:
-            return self._centred(params, batch, grad), (v, p), {}
         # grad.b = <p(h|v)>_batch - <p(h|v)>_chains, and p is the second at the new chain states
         # (with these parameters), so the batch's mean comes without another hidden pass
         data_mean = grad.b + p.mean(axis=0)  # (H,)
-        return self._sparse(params, self._centred(params, batch, grad), batch, data_mean), (v, p), {}
+        grad = self._centred(params, batch, grad, data_mean)
+        if not self.sparsity_cost:
+            return grad, (v, p), {}
+        return self._sparse(params, grad, batch, data_mean), (v, p), {}
 
     def _sparse(self, params, grad, batch, data_mean):
         """``grad`` plus the sparsity step (4b.11): on the hidden biases alone, q = ``data_mean``
@@ -2274,14 +2291,17 @@ class BernoulliRBM(_EnergyEstimator):
             data_mean = rbm.hidden_probability(params, batch).mean(axis=0)  # (H,)
         return grad._replace(b=grad.b + sparsity_gradient(data_mean, target, cost))
 
-    def _centred(self, params, batch, grad):
+    def _centred(self, params, batch, grad, data_mean=None):
         """With ``centring``, the plain step of the centred gradient (5.9), offsets the batch's
-        data means; otherwise ``grad`` itself."""
+        data means (``data_mean`` (H,): the hidden one when the caller has it, else computed
+        here); otherwise ``grad`` itself."""
         if not self.centring:
             return grad
         m = batch.mean(axis=0)  # (D,)
         if self.centring == "visible":
             l = np.zeros(params.b.shape, dtype=params.b.dtype)  # (H,)
+        elif data_mean is not None:
+            l = data_mean  # (H,)
         else:
             l = self._kernels("rbm").hidden_probability(params, batch).mean(axis=0)  # (H,)
         return _rbm_ref.from_centred(_rbm_ref.centred_gradient(grad, m, l), m, l)

@@ -125,6 +125,11 @@ PRESETS = {
     "rbm-pcd-long-m5-lr4-c300-avg": (BernoulliRBM, dict(n_components=500, n_chains=300, average=1000,
                                                           **{**_RBM_PCD_LONG, **_STEP_M5_LR2,
                                                              "learning_rate": 0.04})),
+    # ... at rate 0.03 with centred steps (5.9), the control of rs-400-2x50-m5-lr3-mf3-c300-avg-sc
+    # (run with --epochs 300)
+    "rbm-pcd-long-centred-m5-lr3-c300-avg": (BernoulliRBM, dict(n_components=500, n_chains=300, average=1000,
+                                                                  centring=True, **{**_RBM_PCD_LONG, **_STEP_M5_LR2,
+                                                                                    "learning_rate": 0.03})),
     # ... with 250 hidden units (196,000 weights, one capsule of rb-2x250-m5-lr2-mf3-c300-avg):
     # what the second capsule adds under the averaged recipe (run with --epochs 200)
     "rbm-250-pcd-long-m5-lr2-c300-avg": (BernoulliRBM, dict(n_components=250, n_chains=300, average=1000,
@@ -280,6 +285,12 @@ PRESETS = {
     # docs/results.md section 44: no)
     "rs-400-2x50-m5-lr4-mf3-c300-avg": (RoutedCapsuleRBM, dict(_SHARED_AVG, capsule_dim=50, shared_units=400,
                                                                learning_rate=0.04)),
+    # ... (400 + 2 x 50) at rate 0.03 with the shared capsule's steps centred (docs/MODEL_RB.md,
+    # (4c.8)): the centred step is the lever the literature credits for RBMs near -85 nats, and
+    # unlike centring the routed capsules its offsets never reach a routing logit (run with
+    # --epochs 212 beside rbm-pcd-long-centred-m5-lr3-c300-avg)
+    "rs-400-2x50-m5-lr3-mf3-c300-avg-sc": (RoutedCapsuleRBM, dict(_SHARED_AVG, capsule_dim=50, shared_units=400,
+                                                                  learning_rate=0.03, shared_centring=True)),
     # ... (250 + 2 x 125) with five times the weight decay (1e-3 instead of 2e-4), beside the
     # RBM-500 given the same: at 300 epochs both models score about 2.4 to 3 nats higher on
     # training images than on test images; does a stronger pull towards 0 close that gap?

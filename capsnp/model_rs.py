@@ -17,6 +17,9 @@ delta (H0,). Parameters ``RSParams(W, alpha, gamma, beta, C, A, V, delta)``: an 
 * (4c.6) PCD statistics of the shared capsule: ``p(g | v) v^T`` and ``p(g | v)``, at the data
   and at the chains (Rao-Blackwellised over g); the routed part's are (4.8) unchanged
 * (4c.7) Gibbs sweep on (v, a): ``g ~ p(g | v)``, then (4.7) with (4c.4) as its visible step
+* (4c.8) the shared capsule centred, ``... - delta'.g - sum_i (g - l0)^T V_i (v_i - m_i)``: the
+  same model with ``delta = delta' - sum_i V_i m_i`` and ``alpha = alpha' - V^T l0``
+* (4c.9) its gradient in centred coordinates, ``g_V'_ki = g_V_ki - g_delta_k m_i - l0_k g_alpha_i``
 
 The shared capsule alone is a Bernoulli RBM on the flattened image (:func:`shared_rbm`,
 MODEL.md sec. 5), whose hidden conditional is (4c.2) and whose CD gradient (5.6) holds the
@@ -49,6 +52,10 @@ __all__ = [
     "gibbs_sweep",
     "shared_statistics",
     "shared_gradient",
+    "centred_energy",
+    "to_centred",
+    "from_centred",
+    "centred_gradient",
     "log_marginal_is",
     "exact_log_unnormalised_marginal",
     "exact_log_partition",
@@ -265,6 +272,104 @@ def shared_gradient(params, v_data, v_model, rbm=_rbm, p_model=None):
     grad = rbm.cd_gradient(shared_rbm(params), _flat(v_data), _flat(v_model),
                            model_probability=p_model)  # W (I d_v, H0)
     return grad.W.T.reshape(params.V.shape), grad.b  # (H0, I, d_v), (H0,)
+
+
+# --------------------------------------------------------------------------------------------
+# (4c.8), (4c.9): the shared capsule centred
+# --------------------------------------------------------------------------------------------
+
+
+def _shared_triplet(params):
+    """The shared capsule with the model's visible biases as an RBM (5.1):
+    ``RBMParams(W = V as (I d_v, H0), a = alpha flattened, b = delta)``, the parameters (4c.8) touches."""
+    H0 = params.V.shape[0]
+    return RBMParams(W=params.V.reshape(H0, -1).T, a=params.alpha.reshape(-1), b=params.delta)
+
+
+def _with_triplet(params, triplet):
+    """``params`` with V, alpha and delta taken from an RBMParams laid out as :func:`_shared_triplet`."""
+    return params._replace(V=triplet.W.T.reshape(params.V.shape), alpha=triplet.a.reshape(params.alpha.shape),
+                           delta=triplet.b)
+
+
+def centred_energy(centred, v, g, h, a, m, l0):
+    """Energy (4c.8): (4c.1) with the shared capsule's interaction measured from offsets.
+
+    .. math::
+        E = E_{4b}(v, h, a; \\alpha') - \\delta' \\cdot g - \\sum_i (g - l_0)^T V_i (v_i - m_i)
+
+    It equals (4c.1) at :func:`from_centred` ``(centred, m, l0)`` up to the constant
+    ``l0^T V m``, which cancels in every probability.
+
+    Parameters
+    ----------
+    centred : RSParams, centred coordinates (alpha', delta'; every other part as in (4c.1))
+    v : ndarray of shape (B, I, d_v); g : (B, H0); h : (B, J, d_h); a : ints (B, I)
+    m : ndarray of shape (I, d_v), visible offsets
+    l0 : ndarray of shape (H0,), shared-unit offsets
+
+    Returns
+    -------
+    ndarray of shape (B,)
+    """
+    dt = _float_dtype(centred.V, v)
+    v, g = np.asarray(v, dtype=dt), np.asarray(g, dtype=dt)
+    H0 = centred.V.shape[0]
+    dv = (v - m).reshape(v.shape[0], -1)  # (B, I d_v)
+    interaction = np.sum((g - l0) * (dv @ centred.V.reshape(H0, -1).T), axis=-1)  # (B,)
+    return _model_r.energy(routed_part(centred), v, h, a) - g @ centred.delta - interaction  # (B,)
+
+
+def to_centred(params, m, l0):
+    """Centred coordinates (4c.8) of the shared capsule: ``V' = V``, ``delta' = delta + sum_i V_i m_i``,
+    ``alpha' = alpha + V^T l0``; the routed part's other parameters are unchanged.
+
+    :func:`capsnp.rbm.to_centred` applied to :func:`_shared_triplet`: the shared capsule with
+    the model's visible biases is an RBM, and alpha is its visible bias.
+    """
+    return _with_triplet(params, _rbm.to_centred(_shared_triplet(params), m.reshape(-1), l0))
+
+
+def from_centred(centred, m, l0):
+    """Plain parameters (4c.1) of centred ones (4c.8): ``delta = delta' - sum_i V'_i m_i``,
+    ``alpha = alpha' - V'^T l0``, every other part unchanged.
+
+    Linear in the centred parameters, so it also turns a step taken in centred coordinates into
+    the plain parameters' step. Neither alpha nor delta enters a routing logit (4b.3, 4c.3):
+    the offsets never steer the routing (with the routed capsules centred they do, through A;
+    docs/MODEL_RB.md, centring).
+
+    Parameters
+    ----------
+    centred : RSParams, parameters or a step in centred coordinates
+    m : ndarray of shape (I, d_v)
+    l0 : ndarray of shape (H0,)
+
+    Returns
+    -------
+    RSParams
+    """
+    return _with_triplet(centred, _rbm.from_centred(_shared_triplet(centred), m.reshape(-1), l0))
+
+
+def centred_gradient(grad, m, l0):
+    """The log-likelihood gradient in the centred coordinates (4c.8), from the plain one (4c.6, 4.8).
+
+    By the chain rule through :func:`from_centred` (4c.9): ``g_V'_ki = g_V_ki - g_delta_k m_i
+    - l0_k g_alpha_i``, every other part unchanged; with statistics it is the covariance
+    ``<(g - l0)(v - m)^T>_data - <.>_model``.
+
+    Parameters
+    ----------
+    grad : RSParams, data minus model statistics
+    m : ndarray of shape (I, d_v)
+    l0 : ndarray of shape (H0,)
+
+    Returns
+    -------
+    RSParams
+    """
+    return _with_triplet(grad, _rbm.centred_gradient(_shared_triplet(grad), m.reshape(-1), l0))
 
 
 def log_marginal_is(params, v, n_samples, rng, c=None, log_z=None, stratified=True, model_r=_model_r):

@@ -326,3 +326,78 @@ def test_estimator_refuses_shared_units_without_assignment_biases():
     with pytest.raises(ValueError, match="shared_units"):
         RoutedCapsuleRBM(n_capsules=2, capsule_dim=2, patch=2, n_iter=1, shared_units=-1,
                          assignment_biases=True).fit(X)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_centred_shared_capsule_is_the_same_model_with_the_centred_gradient(seed):
+    """(4c.8): the centred energy differs from (4c.1) at from_centred(theta') by one constant
+    over every state (v, g, h, a); to_centred inverts from_centred; (4c.9) of the exact
+    statistics equals the central-difference gradient of the exact log-likelihood in theta'."""
+    centred = make_params(seed)
+    rng = np.random.default_rng(seed + 300)
+    m, l0 = rng.random(centred.alpha.shape), rng.random(centred.delta.shape)  # (I, d_v), (H0,)
+    plain = ms.from_centred(centred, m, l0)
+    V, G, Hs, A = states(plain)
+    grid = np.stack(np.meshgrid(*(np.arange(len(x)) for x in (V, G, Hs, A)), indexing="ij"), -1).reshape(-1, 4)
+    args = (V[grid[:, 0]], G[grid[:, 1]], Hs[grid[:, 2]], A[grid[:, 3]])
+    shift = ms.centred_energy(centred, *args, m, l0) + log_table(plain).ravel()  # E' - E, every state
+    np.testing.assert_allclose(shift, shift[0], atol=1e-11)
+    assert abs(shift[0]) > 1e-3  # l0^T V m: the forms do differ by a constant
+    for name, x, y in zip(RSParams._fields, ms.to_centred(plain, m, l0), centred):
+        np.testing.assert_allclose(x, y, atol=1e-12, err_msg=name)
+    for name in ("W", "gamma", "beta", "C", "A", "V"):  # the offsets reach alpha and delta only
+        np.testing.assert_array_equal(getattr(plain, name), getattr(centred, name), err_msg=name)
+    data_index = rng.integers(0, len(V), size=5)
+    exact = exact_statistics_gradient(plain, data_index)
+    fd = finite_difference_gradient(lambda q: np.mean(
+        ms.exact_log_unnormalised_marginal(ms.from_centred(q, m, l0), V[data_index]))
+        - ms.exact_log_partition(ms.from_centred(q, m, l0)), centred)
+    grad = ms.centred_gradient(exact, m, l0)
+    for name, g, f in zip(RSParams._fields, grad, fd):
+        np.testing.assert_allclose(g, f, atol=1e-7, err_msg=name)
+    assert np.max(np.abs(grad.V - exact.V)) > 1e-3
+
+
+def test_offsets_of_the_shared_capsule_leave_the_routing_alone():
+    """What from_centred adds to alpha (4c.8) is the same for every parent, so the mean-field
+    routing (4.6) and the routing posterior (4.3) do not move; the visible conditional does."""
+    p = make_params(0, I=3, J=2, d_h=2, d_v=4, H0=5)
+    rng = np.random.default_rng(7)
+    shifted = ms.from_centred(p, rng.random((3, 4)), rng.random(5))
+    v = (rng.random((6, 3, 4)) < 0.5).astype(np.float64)
+    h = (rng.random((6, 2, 2)) < 0.5).astype(np.float64)
+    c0, mu0, _ = mr.mean_field(ms.routed_part(p), v)
+    c1, mu1, _ = mr.mean_field(ms.routed_part(shifted), v)
+    np.testing.assert_allclose(c1, c0, rtol=1e-12)
+    np.testing.assert_allclose(mu1, mu0, rtol=1e-12)
+    np.testing.assert_allclose(mr.routing_posterior(ms.routed_part(shifted), v, h),
+                               mr.routing_posterior(ms.routed_part(p), v, h), rtol=1e-12)
+    assert np.max(np.abs(shifted.alpha - p.alpha)) > 1e-3
+
+
+def test_estimator_shared_centring_steps_along_the_centred_gradient():
+    """RoutedCapsuleRBM(shared_centring=True): from the same state and draws, the routed part's
+    step is the plain one's; V, alpha and delta take from_centred of (4c.9) of it, offsets the
+    batch's mean of v and of p(g | v), and the weight decay acts on V alone."""
+    rng = np.random.default_rng(1)
+    X = (rng.random((40, 16)) < 0.4).astype(np.float64)
+    kw = dict(n_capsules=2, capsule_dim=2, patch=2, n_iter=1, batch_size=20, assignment_biases=True,
+              shared_units=3, weight_decay=0.01, random_state=0, backend="numpy")
+    est = RoutedCapsuleRBM(**kw).fit(X)
+    params = est._params()
+    batch = est._to_layout(X[:20])
+    chains = (est._to_layout(X[20:]), rng.integers(0, 2, size=(20, 4)))
+    plain, _, _ = est._step(params, batch, chains, np.random.default_rng(5))
+    centred, _, _ = est.set_params(shared_centring=True)._step(params, batch, chains, np.random.default_rng(5))
+    for name in ("W", "gamma", "beta", "C", "A"):
+        np.testing.assert_array_equal(getattr(centred, name), getattr(plain, name), err_msg=name)
+    m, l0 = batch.mean(axis=0), ms.shared_probability(params, batch).mean(axis=0)  # (4, 4), (3,)
+    undecayed = plain._replace(V=plain.V + 0.01 * params.V)
+    expected = ms.from_centred(ms.centred_gradient(undecayed, m, l0), m, l0)
+    expected = expected._replace(V=expected.V - 0.01 * params.V)
+    for name in ("V", "alpha", "delta"):
+        np.testing.assert_allclose(getattr(centred, name), getattr(expected, name), rtol=1e-10, atol=1e-13,
+                                   err_msg=name)
+        assert np.max(np.abs(getattr(centred, name) - getattr(plain, name))) > 1e-6, name
+    with pytest.raises(ValueError, match="shared_centring=True needs shared_units"):
+        RoutedCapsuleRBM(**dict(kw, shared_units=0, shared_centring=True)).fit(X)
