@@ -126,7 +126,7 @@ PRESETS = {
                                                           **{**_RBM_PCD_LONG, **_STEP_M5_LR2,
                                                              "learning_rate": 0.04})),
     # ... at rate 0.03 with centred steps (5.9), the control of rs-400-2x50-m5-lr3-mf3-c300-avg-sc
-    # (run with --epochs 300)
+    # (run with --epochs 300; docs/results.md section 45: -87.02, 1.50 below the plain steps)
     "rbm-pcd-long-centred-m5-lr3-c300-avg": (BernoulliRBM, dict(n_components=500, n_chains=300, average=1000,
                                                                   centring=True, **{**_RBM_PCD_LONG, **_STEP_M5_LR2,
                                                                                     "learning_rate": 0.03})),
@@ -288,7 +288,8 @@ PRESETS = {
     # ... (400 + 2 x 50) at rate 0.03 with the shared capsule's steps centred (docs/MODEL_RB.md,
     # (4c.8)): the centred step is the lever the literature credits for RBMs near -85 nats, and
     # unlike centring the routed capsules its offsets never reach a routing logit (run with
-    # --epochs 212 beside rbm-pcd-long-centred-m5-lr3-c300-avg)
+    # --epochs 212 beside rbm-pcd-long-centred-m5-lr3-c300-avg; docs/results.md section 45: centred
+    # steps cost it 1.42 nats and the RBM-500 1.50)
     "rs-400-2x50-m5-lr3-mf3-c300-avg-sc": (RoutedCapsuleRBM, dict(_SHARED_AVG, capsule_dim=50, shared_units=400,
                                                                   learning_rate=0.03, shared_centring=True)),
     # ... (250 + 2 x 125) with five times the weight decay (1e-3 instead of 2e-4), beside the
