@@ -1612,8 +1612,8 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
                  first_parent_logit=0.0, posterior_sweeps=0, rao_blackwell="routes",
                  assignment_biases=False, assignment_bias_rate=1.0,
                  tie_weights=False, centring=False, shared_units=0, shared_centring=False, sparsity_target=0.1,
-                 sparsity_cost=0.0, sparsity_on="biases", dtype=np.float64, random_state=None, verbose=0, monitor_fraction=0.05,
-                 checkpoint_path=None, checkpoint_every=1, resume=False, backend="numba"):
+                 sparsity_cost=0.0, sparsity_on="biases", dtype=np.float64, random_state=None, verbose=0,
+                 monitor_fraction=0.05, checkpoint_path=None, checkpoint_every=1, resume=False, backend="numba"):
         self.n_capsules = n_capsules
         self.capsule_dim = capsule_dim
         self.image_shape = image_shape
