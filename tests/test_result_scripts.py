@@ -532,6 +532,28 @@ def test_sparsity_parameters_reports_where_the_hidden_units_sit(saved_r, capsys)
     Vt = binarize(Xt[:50], "stochastic", random_state=0)
     assert r["firing"]["mean"] == pytest.approx(rbm.transform(Vt).mean(), abs=1e-4)
     assert r["hidden_bias_mean"] == pytest.approx(rbm.intercept_hidden_.mean(), abs=1e-4)
+    assert "shared_firing" not in plain
+
+
+def test_sparsity_parameters_reports_the_shared_capsules_firing(saved_r, capsys):
+    """With a shared capsule the report adds its units' firing, the exact p(g = 1 | v) (4c.2)
+    averaged over the images, and its biases and weights."""
+    from capsnp import model_rs
+    module = _script("sparsity_parameters")
+    X, _ = load_dataset("embedded", "train")
+    V = binarize(X[:300], "stochastic", random_state=0)
+    est = RoutedCapsuleRBM(2, 6, n_iter=2, n_chains=40, momentum=0.5, assignment_biases=True, shared_units=5,
+                           random_state=0).fit(V)
+    est.save(saved_r / "tiny-shared_model.npz")
+    module.main("tiny-shared", "embedded", 50, saved_r)
+    row = json.loads(capsys.readouterr().out)
+    Xt, _ = load_dataset("embedded", "test")
+    Vt = binarize(Xt[:50], "stochastic", random_state=0)
+    p_g = model_rs.shared_probability(est._params(), est._checked(Vt))  # (50, 5)
+    assert row["shared_firing"]["mean"] == pytest.approx(p_g.mean(), abs=1e-4)
+    assert row["shared_firing"]["quantiles"] == sorted(row["shared_firing"]["quantiles"])
+    assert row["shared_bias_mean"] == pytest.approx(est.delta_.mean(), abs=1e-4)
+    assert row["shared_weight_abs_mean"] == pytest.approx(np.abs(est.V_).mean(), abs=1e-4)
 
 
 def test_is_proposal_check_fixed_points():

@@ -15,6 +15,9 @@ stochastically with seed 0, as the experiment does) and prints one JSON line:
 - ``weight_abs_mean``: the mean absolute weight;
 - ``largest_c_mean`` and ``parent_0_share`` (capsule model): the mean largest routing
   coefficient of a patch, and the share of patches given to the first parent.
+- ``shared_firing``, ``shared_bias_mean``, ``shared_weight_abs_mean`` (capsule model with a
+  shared capsule, docs/MODEL_RB.md (4c.1)): the same three for its units g, whose firing
+  probability p(g = 1 | v) (4c.2) is exact.
 
     CAPSNP_DATA_DIR=../shared/data python docs/results/sparsity_parameters.py rb-2x250-m5-lr2-mf3-c300-sp01-equal-time mnist 1000
 """
@@ -25,7 +28,9 @@ import sys
 import numpy as np
 
 from capsnp.datasets import binarize, load_dataset
+from capsnp import model_rs
 from capsnp.estimators import BernoulliRBM, load_estimator
+from capsnp.params import RSParams
 
 
 def summary(q):
@@ -50,6 +55,11 @@ def report(est, V):
     if getattr(params, "C", None) is not None:
         routed = np.einsum("nij,ijk->njk", c, params.C)  # (n, J, d_h)
         out["routed_C_mean"] = round(float(routed.mean()), 4)
+    if isinstance(params, RSParams):
+        p_g = model_rs.shared_probability(params, est._checked(V))  # (n, H0) (4c.2)
+        out.update(shared_firing=summary(p_g.mean(axis=0)),
+                   shared_bias_mean=round(float(params.delta.mean()), 4),
+                   shared_weight_abs_mean=round(float(np.abs(params.V).mean()), 4))
     return out
 
 
