@@ -850,9 +850,8 @@ np.testing.assert_allclose(stats_V, numeric_V, rtol=1e-6, atol=1e-9)
 # %%
 m_s = data_s.mean(axis=0)  # (I, d_v): the data's mean of v
 l_s = ms.shared_probability(ps, data_s).mean(axis=0)  # (H0,): the data's mean of p(g | v)
-stats_delta = (ms.shared_statistics(data_s, ms.shared_probability(ps, data_s))[1]
-               - ms.shared_statistics(Vs, ms.shared_probability(ps, Vs), p_model)[1])  # (H0,)
-stats_alpha = data_s.mean(axis=0) - np.einsum("n,nil->il", p_model, Vs)  # (I, d_v)
+stats_delta = l_s - ms.shared_statistics(Vs, ms.shared_probability(ps, Vs), p_model)[1]  # (H0,)
+stats_alpha = m_s - np.einsum("n,nil->il", p_model, Vs)  # (I, d_v)
 stats_V_centred = (stats_V - np.einsum("k,il->kil", stats_delta, m_s)
                    - np.einsum("k,il->kil", l_s, stats_alpha))  # (H0, I, d_v) (4c.9)
 centred_s = ms.to_centred(ps, m_s, l_s)

@@ -27,8 +27,8 @@ import sys
 
 import numpy as np
 
-from capsnp.datasets import binarize, load_dataset
 from capsnp import model_rs
+from capsnp.datasets import binarize, load_dataset
 from capsnp.estimators import BernoulliRBM, load_estimator
 from capsnp.params import RSParams
 
