@@ -67,10 +67,11 @@ from .model_p import PARAMS_TYPES as _P_PARAMS_TYPES
 from . import model_r as _model_r_ref
 from . import model_rs as _model_rs
 from . import rbm as _rbm_ref
-from .params import PParams, RBMParams, RBParams, RParams, RSParams
+from .params import CentringOffsets, PParams, RBMParams, RBParams, RParams, RSParams
 from .ais import annealing_path
 from .tempering import default_temperatures, parallel_tempering
-from .training import Objective, TrainingState, initial_state, run_epochs, sparsity_gradient
+from .training import (Objective, TrainingState, initial_state, moving_average, run_epochs,
+                       sparsity_gradient)
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _sk_validate_data
@@ -265,6 +266,16 @@ def _check_sparsity(estimator):
     _check_number("sparsity_target", estimator.sparsity_target, 0, 1, low_open=True, high_open=True)
     _check_number("sparsity_cost", estimator.sparsity_cost, 0)
     _check_choice("sparsity_on", estimator.sparsity_on, ("biases", "inputs"))
+
+
+def _check_centring_average(estimator, centring, needs):
+    """``centring_average`` >= 0; a moving average (> 1) only with centred steps (``centring``,
+    named ``needs`` in the message) and persistent chains, which carry it."""
+    _check_number("centring_average", estimator.centring_average, 0, integer=True)
+    if int(estimator.centring_average) and not (centring and estimator.persistent):
+        raise ValueError(f"centring_average={estimator.centring_average!r} needs {needs} and "
+                         f"persistent=True: it averages the centred steps' offsets and is "
+                         f"carried with the persistent chains")
 
 
 def _check_bool(name, value):
@@ -958,6 +969,31 @@ def _check_stored_array(arrays, name, shape, dtype, source):
                          f"diverged or corrupted model")
 
 
+def _offset_arrays(extra):
+    """The arrays of a checkpoint for the offsets' average carried with the chains (``extra``:
+    the chains' items after their own; empty before the first centred step)."""
+    if not extra:
+        return {}
+    return {"centring_m": extra[0].m, "centring_l": extra[0].l}
+
+
+def _offsets_from_arrays(arrays):
+    """``(CentringOffsets,)`` when a file stores the offsets' average, else ``()``."""
+    if "centring_m" not in arrays and "centring_l" not in arrays:
+        return ()
+    return (CentringOffsets(arrays.get("centring_m"), arrays.get("centring_l")),)
+
+
+def _check_offsets(extra, m_shape, l_shape, source):
+    """ValueError unless the stored offsets' average (if any) has these shapes, finite values."""
+    if not extra:
+        return
+    for name, a, shape in (("centring_m", extra[0].m, m_shape), ("centring_l", extra[0].l, l_shape)):
+        if a is None or a.shape != tuple(shape) or not np.all(np.isfinite(a)):
+            raise ValueError(f"{source}: array {name!r} is missing, malformed or not finite "
+                             f"(expected shape {tuple(shape)}); the checkpoint is corrupted")
+
+
 # ----------------------------------------------------------------------------- capsule shell
 
 
@@ -1536,6 +1572,11 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         and delta absorb the offsets. Neither enters a routing logit, so unlike ``centring``
         the offsets never steer the routing. The routed capsules' steps are plain. Needs
         ``shared_units``. Weight decay acts on V.
+    centring_average : int, default=0
+        0: the shared capsule's offsets are the minibatch's own means. K >= 1: their
+        exponential moving average with a horizon of K updates (docs/MODEL_RB.md, (5.10)),
+        starting at the first minibatch's means, carried with the persistent chains (and
+        saved in checkpoints). Needs ``shared_centring`` and ``persistent=True``.
     sparsity_target : float in (0, 1), default=0.1
     sparsity_cost : float, default=0.0
         With a cost lambda > 0, the hidden biases gamma take the sparsity step (4b.11)
@@ -1611,7 +1652,8 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
                  batch_size=100, n_iter=10, init_scale=0.01, learn_prior=False,
                  first_parent_logit=0.0, posterior_sweeps=0, rao_blackwell="routes",
                  assignment_biases=False, assignment_bias_rate=1.0,
-                 tie_weights=False, centring=False, shared_units=0, shared_centring=False, sparsity_target=0.1,
+                 tie_weights=False, centring=False, shared_units=0, shared_centring=False,
+                 centring_average=0, sparsity_target=0.1,
                  sparsity_cost=0.0, sparsity_on="biases", dtype=np.float64, random_state=None, verbose=0,
                  monitor_fraction=0.05, checkpoint_path=None, checkpoint_every=1, resume=False, backend="numba"):
         self.n_capsules = n_capsules
@@ -1644,6 +1686,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         self.centring = centring
         self.shared_units = shared_units
         self.shared_centring = shared_centring
+        self.centring_average = centring_average
         self.sparsity_target = sparsity_target
         self.sparsity_cost = sparsity_cost
         self.sparsity_on = sparsity_on
@@ -1681,6 +1724,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         if self.shared_centring and not self.shared_units:
             raise ValueError("shared_centring=True needs shared_units > 0: it centres the shared "
                              "capsule (docs/MODEL_RB.md, (4c.8))")
+        _check_centring_average(self, self.shared_centring, "shared_centring")
 
     def _init_params(self, X, rng):
         """W ~ N(0, init_scale^2); alpha = data log-odds; gamma = 0; C = A = 0; beta = 0 but for
@@ -1764,20 +1808,22 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         return np.asarray(state[0], dtype=dtype), state[1]  # (B, I, d_v), (B, I)
 
     def _chain_arrays(self, chains):
-        return {"chains_v": chains[0], "chains_a": chains[1]}
+        return {"chains_v": chains[0], "chains_a": chains[1], **_offset_arrays(chains[2:])}
 
     def _chains_from_arrays(self, arrays):
-        return arrays["chains_v"], arrays["chains_a"]
+        return (arrays["chains_v"], arrays["chains_a"]) + _offsets_from_arrays(arrays)
 
     def _restored_chains(self, arrays, source):
-        """(v, a) chains from a file; the routes must be parent indices in [0, n_capsules)."""
-        v, _ = super()._restored_chains(arrays, source)
-        a = arrays.get("chains_a")
+        """(v, a) chains from a file; the routes must be parent indices in [0, n_capsules); the
+        shared capsule's offsets' average, when stored, (I, d_v) and (H0,)."""
+        chains = super()._restored_chains(arrays, source)
+        v, a = chains[:2]
         if a is None or a.shape != v.shape[:2] or a.dtype.kind not in "iu" or \
                 (a.size and (a.min() < 0 or a.max() >= int(self.n_capsules))):
             raise ValueError(f"{source}: array 'chains_a' is missing or is not an integer array "
                              f"of shape {v.shape[:2]} with values in [0, {self.n_capsules})")
-        return v, a
+        _check_offsets(chains[2:], v.shape[1:], (int(self.shared_units),), source)
+        return chains
 
     def _sweep(self, params, chains, rng):
         v_new, _, a_new, _ = self._gibbs_sweep(params, chains[0], chains[1], rng)
@@ -1786,7 +1832,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
     def _visible_mean(self, params, chains, rng):
         """``p(v | h, a)`` (4.5) with ``h ~ p(h | v, a)`` (4.4): (B, I, d_v). With a shared
         capsule, ``p(v | g, h, a)`` (4c.4) with g then drawn from ``p(g | v)`` (4c.2)."""
-        v, a = chains
+        v, a = chains[:2]
         model_r = self._kernels("model_r")
         ph = model_r.hidden_probability(self._routed(params), v, a)  # (B, J, d_h)
         h = (rng.random(ph.shape) < ph).astype(ph.dtype)
@@ -1824,7 +1870,8 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         positive = self._data_statistics(params, batch, c, mu, rng)
         if chains is None:  # CD-k: start at the batch, routes drawn from its mean field
             chains = (batch, model_r._categorical_draw(c, rng.random(c.shape[:2])))
-        v, a = chains
+        v, a = chains[:2]
+        offsets = chains[2] if len(chains) > 2 else None  # the shared offsets' average (5.10)
         over_hidden = self.rao_blackwell == "hidden"
         shared = isinstance(params, RSParams)
         for _ in range(int(self.cd_k)):
@@ -1869,11 +1916,17 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
             if self.shared_centring:  # (4c.9), then the plain step (4c.8 is linear)
                 m = positive.alpha  # (I, d_v): the batch's mean of v
                 l0 = d_delta + p_g.mean(axis=0)  # (H0,): d_delta is <p(g|v)>_batch - <p(g|v)>_chains
+                if self.centring_average:  # (5.10)
+                    offsets = moving_average(offsets, CentringOffsets(m, l0), int(self.centring_average))
+                    m, l0 = offsets
                 grad = _model_rs.from_centred(_model_rs.centred_gradient(grad, m, l0), m, l0)
             if self.weight_decay:  # the decay sgd_update gives W
                 grad = grad._replace(V=grad.V - float(self.weight_decay) * params.V)
-        return grad, ((v, a) if self.persistent else None), {
-            "train_mean_field_iterations": float(np.mean(n_mf))}
+        if not self.persistent:
+            chains = None
+        else:
+            chains = (v, a) if offsets is None else (v, a, offsets)
+        return grad, chains, {"train_mean_field_iterations": float(np.mean(n_mf))}
 
     def _sparse(self, params, grad, batch, c, mu, positive):
         """``grad`` plus the sparsity step (4b.11): on gamma alone, with q the batch's data
@@ -2097,9 +2150,15 @@ class BernoulliRBM(_EnergyEstimator):
         Take the gradient steps in centred coordinates (5.9), ``E = -a'.v - b'.h - (v - m)^T W
         (h - l)`` with the minibatch's data means as offsets m (of v) and l (of p(h = 1 | v)):
         the W step becomes ``<(v - m)(p(h|v) - l)^T>_data - <.>_model`` and the plain biases
-        absorb the offsets. The model is the same; the update direction changes. It costs one
-        more hidden-layer pass over the minibatch per step. ``"visible"``: l = 0 (only v
-        centred; no extra pass).
+        absorb the offsets. The model is the same; the update direction changes. With PCD the
+        hidden offset is read off the gradient (no extra pass); CD-k costs one more hidden pass
+        over the minibatch per step. ``"visible"``: l = 0 (only v centred).
+    centring_average : int, default=0
+        0: the offsets of each centred step are the minibatch's own means. K >= 1: their
+        exponential moving average with a horizon of K updates (docs/MODEL_RB.md, (5.10)),
+        starting at the first minibatch's means; Melchior, Fischer and Wiskott (2016) smooth
+        the offsets so, with K = 100. The average is carried with the persistent chains (and
+        saved in checkpoints), so it needs ``centring`` and ``persistent=True``.
     sparsity_target : float in (0, 1), default=0.1
     sparsity_cost : float, default=0.0
         With a cost lambda > 0, the hidden biases take the sparsity step (4b.11) ``lambda *
@@ -2145,7 +2204,7 @@ class BernoulliRBM(_EnergyEstimator):
                  verbose=0, random_state=None, cd_k=1, persistent=True, n_chains=None,
                  momentum=0.0, weight_decay=0.0, average=0, lr_schedule="constant",
                  lr_final_ratio=0.04, dtype=np.float64, chain_init="noise", centring=False,
-                 sparsity_target=0.1, sparsity_cost=0.0, sparsity_on="biases",
+                 centring_average=0, sparsity_target=0.1, sparsity_cost=0.0, sparsity_on="biases",
                  checkpoint_path=None, checkpoint_every=1, resume=False, backend="numba"):
         self.n_components = n_components
         self.learning_rate = learning_rate
@@ -2164,6 +2223,7 @@ class BernoulliRBM(_EnergyEstimator):
         self.dtype = dtype
         self.chain_init = chain_init
         self.centring = centring
+        self.centring_average = centring_average
         self.sparsity_target = sparsity_target
         self.sparsity_cost = sparsity_cost
         self.sparsity_on = sparsity_on
@@ -2175,6 +2235,7 @@ class BernoulliRBM(_EnergyEstimator):
     def _setup(self, n_features):
         _check_number("n_components", self.n_components, 1, integer=True)
         _check_choice("centring", self.centring, (False, True, "visible"))
+        _check_centring_average(self, self.centring, "centring")
         _check_sparsity(self)
         _check_choice("lr_schedule", self.lr_schedule, ("constant", "linear"))
         _check_number("lr_final_ratio", self.lr_final_ratio, 0)
@@ -2216,6 +2277,8 @@ class BernoulliRBM(_EnergyEstimator):
 
     # A chain is the pair (v (n, D), p (n, H) or None): its visible states and their hidden
     # probabilities from the last training step (None: not known yet, computed when needed).
+    # With ``centring_average`` the training chains carry a third item from the first step on,
+    # the offsets' moving average (CentringOffsets, m (D,), l (H,)).
 
     def _start_chains(self, params, v, rng):
         return v, None
@@ -2227,19 +2290,23 @@ class BernoulliRBM(_EnergyEstimator):
         return np.asarray(state, dtype=dtype), None  # (B, D), hidden probabilities not known
 
     def _chain_arrays(self, chains):
-        v, p = chains
-        return {"chains_v": v} if p is None else {"chains_v": v, "chains_p": p}
+        v, p = chains[:2]
+        arrays = {"chains_v": v} if p is None else {"chains_v": v, "chains_p": p}
+        return {**arrays, **_offset_arrays(chains[2:])}
 
     def _chains_from_arrays(self, arrays):
-        return arrays["chains_v"], arrays.get("chains_p")
+        return (arrays["chains_v"], arrays.get("chains_p")) + _offsets_from_arrays(arrays)
 
     def _restored_chains(self, arrays, source):
-        """(v, p) chains from a file; p (absent in older files) must be (n_chains, H)."""
-        v, p = super()._restored_chains(arrays, source)
+        """(v, p) chains from a file; p (absent in older files) must be (n_chains, H); the
+        offsets' average, when stored, (D,) and (H,)."""
+        chains = super()._restored_chains(arrays, source)
+        v, p = chains[:2]
         if p is not None and p.shape != (v.shape[0], int(self.n_components)):
             raise ValueError(f"{source}: array 'chains_p' has shape {p.shape}, expected "
                              f"{(v.shape[0], int(self.n_components))}")
-        return v, p
+        _check_offsets(chains[2:], (self.n_features_,), (int(self.n_components),), source)
+        return chains
 
     def _sweep(self, params, chains, rng):
         v_new, _ = self._kernels("rbm").gibbs_sweep(params, chains[0], rng)  # (B, D)
@@ -2262,21 +2329,22 @@ class BernoulliRBM(_EnergyEstimator):
             v = batch
             for _ in range(int(self.cd_k)):
                 v, _ = rbm.gibbs_sweep(params, v, rng)  # (B, D)
-            grad = self._centred(params, batch, rbm.cd_gradient(params, batch, v))
+            grad, _ = self._centred(params, batch, rbm.cd_gradient(params, batch, v))
             if self.sparsity_cost:
                 grad = self._sparse(params, grad, batch, None)
             return grad, None, {}
-        v, p = chains
+        v, p = chains[:2]
         if p is None:
             p = rbm.hidden_probability(params, v)  # (n_chains, H)
         grad, v, p = rbm.pcd_step(params, batch, v, p, rng, int(self.cd_k))
         # grad.b = <p(h|v)>_batch - <p(h|v)>_chains, and p is the second at the new chain states
         # (with these parameters), so the batch's mean comes without another hidden pass
         data_mean = grad.b + p.mean(axis=0)  # (H,)
-        grad = self._centred(params, batch, grad, data_mean)
+        grad, offsets = self._centred(params, batch, grad, data_mean, chains[2] if len(chains) > 2 else None)
+        chains = (v, p) if offsets is None else (v, p, offsets)
         if not self.sparsity_cost:
-            return grad, (v, p), {}
-        return self._sparse(params, grad, batch, data_mean), (v, p), {}
+            return grad, chains, {}
+        return self._sparse(params, grad, batch, data_mean), chains, {}
 
     def _sparse(self, params, grad, batch, data_mean):
         """``grad`` plus the sparsity step (4b.11): on the hidden biases alone, q = ``data_mean``
@@ -2291,12 +2359,16 @@ class BernoulliRBM(_EnergyEstimator):
             data_mean = rbm.hidden_probability(params, batch).mean(axis=0)  # (H,)
         return grad._replace(b=grad.b + sparsity_gradient(data_mean, target, cost))
 
-    def _centred(self, params, batch, grad, data_mean=None):
-        """With ``centring``, the plain step of the centred gradient (5.9), offsets the batch's
-        data means (``data_mean`` (H,): the hidden one when the caller has it, else computed
-        here); otherwise ``grad`` itself."""
+    def _centred(self, params, batch, grad, data_mean=None, average=None):
+        """With ``centring``, (the plain step of the centred gradient (5.9), the offsets); else
+        (``grad``, None).
+
+        The offsets are the batch's data means (``data_mean`` (H,): the hidden one when the
+        caller has it, else computed here) or, with ``centring_average``, their moving average
+        (5.10) after ``average`` (CentringOffsets, or None before the first step).
+        """
         if not self.centring:
-            return grad
+            return grad, None
         m = batch.mean(axis=0)  # (D,)
         if self.centring == "visible":
             l = np.zeros(params.b.shape, dtype=params.b.dtype)  # (H,)
@@ -2304,7 +2376,11 @@ class BernoulliRBM(_EnergyEstimator):
             l = data_mean  # (H,)
         else:
             l = self._kernels("rbm").hidden_probability(params, batch).mean(axis=0)  # (H,)
-        return _rbm_ref.from_centred(_rbm_ref.centred_gradient(grad, m, l), m, l)
+        offsets = CentringOffsets(m, l)
+        if self.centring_average:
+            offsets = moving_average(average, offsets, int(self.centring_average))  # (5.10)
+        step = _rbm_ref.from_centred(_rbm_ref.centred_gradient(grad, *offsets), *offsets)
+        return step, (offsets if self.centring_average else None)
 
     def _monitor(self, params, X, rng):
         rbm = self._kernels("rbm")

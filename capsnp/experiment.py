@@ -130,6 +130,12 @@ PRESETS = {
     "rbm-pcd-long-centred-m5-lr3-c300-avg": (BernoulliRBM, dict(n_components=500, n_chains=300, average=1000,
                                                                   centring=True, **{**_RBM_PCD_LONG, **_STEP_M5_LR2,
                                                                                     "learning_rate": 0.03})),
+    # ... with the offsets' moving average over 100 updates (5.10), Melchior, Fischer and
+    # Wiskott's smoothing: section 45's minibatch offsets leave the step noisy (run with --epochs
+    # 300 beside rs-400-2x50-m5-lr3-mf3-c300-avg-sc-ca100)
+    "rbm-pcd-long-centred-m5-lr3-c300-avg-ca100": (BernoulliRBM, dict(
+        n_components=500, n_chains=300, average=1000, centring=True, centring_average=100,
+        **{**_RBM_PCD_LONG, **_STEP_M5_LR2, "learning_rate": 0.03})),
     # ... with 250 hidden units (196,000 weights, one capsule of rb-2x250-m5-lr2-mf3-c300-avg):
     # what the second capsule adds under the averaged recipe (run with --epochs 200)
     "rbm-250-pcd-long-m5-lr2-c300-avg": (BernoulliRBM, dict(n_components=250, n_chains=300, average=1000,
@@ -292,6 +298,11 @@ PRESETS = {
     # steps cost it 1.42 nats and the RBM-500 1.50)
     "rs-400-2x50-m5-lr3-mf3-c300-avg-sc": (RoutedCapsuleRBM, dict(_SHARED_AVG, capsule_dim=50, shared_units=400,
                                                                   learning_rate=0.03, shared_centring=True)),
+    # ... with the shared offsets' moving average over 100 updates (5.10) (run with --epochs 212
+    # beside rbm-pcd-long-centred-m5-lr3-c300-avg-ca100)
+    "rs-400-2x50-m5-lr3-mf3-c300-avg-sc-ca100": (RoutedCapsuleRBM, dict(
+        _SHARED_AVG, capsule_dim=50, shared_units=400, learning_rate=0.03, shared_centring=True,
+        centring_average=100)),
     # ... (250 + 2 x 125) with five times the weight decay (1e-3 instead of 2e-4), beside the
     # RBM-500 given the same: at 300 epochs both models score about 2.4 to 3 nats higher on
     # training images than on test images; does a stronger pull towards 0 close that gap?

@@ -8,7 +8,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["PParams", "GParams", "SParams", "RParams", "RBParams", "RSParams", "RBMParams"]
+__all__ = ["PParams", "GParams", "SParams", "RParams", "RBParams", "RSParams", "RBMParams",
+           "CentringOffsets"]
 
 
 class PParams(NamedTuple):
@@ -110,3 +111,15 @@ class RBMParams(NamedTuple):
     W: np.ndarray
     a: np.ndarray
     b: np.ndarray
+
+
+class CentringOffsets(NamedTuple):
+    """The offsets of centred steps (docs/MODEL_RB.md, "Centring", (5.9), (4c.8)).
+
+    m : visible offsets, the layout of v ((D,) for the RBM, (I, d_v) for a capsule model);
+    l : hidden offsets ((H,), or (H0,) for a shared capsule).
+    """
+
+    m: np.ndarray
+    l: np.ndarray
+

@@ -525,3 +525,39 @@ def test_rbm_file_without_chain_probabilities_still_resumes(digits, tmp_path):
     save_model(bad, {**arrays, "chains_p": arrays["chains_p"][:, :3]}, metadata)
     with pytest.raises(ValueError, match="chains_p"):
         load_estimator(bad)
+
+
+# ----------------------------------------------------------------------------- centring offsets
+
+AVERAGED_OFFSETS = {  # centred steps whose offsets' moving average (5.10) travels with the chains
+    "rbm": dict(centring=True, centring_average=3),
+    "rs": dict(assignment_biases=True, shared_units=4, shared_centring=True, centring_average=3),
+}
+
+
+def make_averaged_offsets(kind, **overrides):
+    return make("rbm" if kind == "rbm" else "rb", **{**AVERAGED_OFFSETS[kind], **overrides})
+
+
+@pytest.mark.parametrize("kind", sorted(AVERAGED_OFFSETS))
+def test_offsets_average_is_checkpointed_and_resumes_exactly(kind, digits, tmp_path, monkeypatch):
+    """The offsets' moving average is training state: it is in the checkpoint, a resumed fit
+    equals the uninterrupted one bit for bit, and a damaged offset array is refused."""
+    reference = make_averaged_offsets(kind).fit(digits)
+    offsets = reference._state.chains[2]
+    m_shape = (64,) if kind == "rbm" else (4, 16)
+    l_shape = (8,) if kind == "rbm" else (4,)
+    assert offsets.m.shape == m_shape and offsets.l.shape == l_shape
+    path = tmp_path / "ckpt.npz"
+    est = make_averaged_offsets(kind, checkpoint_path=path)
+    interrupt_on_call(monkeypatch, est, "_step", call=8)  # epoch 2, third minibatch
+    with pytest.raises(KeyboardInterrupt, match="checkpoint saved to"):
+        est.fit(digits)
+    monkeypatch.undo()
+    arrays, _ = load_model(path)
+    assert {"centring_m", "centring_l"} <= set(arrays)
+    resumed = make_averaged_offsets(kind, checkpoint_path=path, resume=True).fit(digits)
+    assert_same_training_state(resumed, reference)  # the offsets are among the chain arrays
+    edited(edit_arrays=lambda a: a.update(centring_l=a["centring_l"][:-1]))(path)
+    with pytest.raises(ValueError, match="'centring_l' is missing, malformed"):
+        make_averaged_offsets(kind, checkpoint_path=path, resume=True).fit(digits)

@@ -401,3 +401,38 @@ def test_estimator_shared_centring_steps_along_the_centred_gradient():
         assert np.max(np.abs(getattr(centred, name) - getattr(plain, name))) > 1e-6, name
     with pytest.raises(ValueError, match="shared_centring=True needs shared_units"):
         RoutedCapsuleRBM(**dict(kw, shared_units=0, shared_centring=True)).fit(X)
+
+
+def test_estimator_shared_centring_average_steps_with_the_moving_average_of_the_offsets():
+    """RoutedCapsuleRBM(shared_centring=True, centring_average=K): the shared capsule's offsets
+    are (5.10) after the ones carried with the chains, the step is (4c.9) mapped back with
+    them, the routed part's step is the plain one's, and the new offsets are returned."""
+    from capsnp.params import CentringOffsets
+
+    rng = np.random.default_rng(1)
+    X = (rng.random((40, 16)) < 0.4).astype(np.float64)
+    kw = dict(n_capsules=2, capsule_dim=2, patch=2, n_iter=1, batch_size=20, assignment_biases=True,
+              shared_units=3, weight_decay=0.0, random_state=0, backend="numpy")
+    est = RoutedCapsuleRBM(**kw).fit(X)
+    params = est._params()
+    batch = est._to_layout(X[:20])
+    v0, a0 = est._to_layout(X[20:]), rng.integers(0, 2, size=(20, 4))
+    plain, _, _ = est._step(params, batch, (v0, a0), np.random.default_rng(5))
+    m_batch, l_batch = batch.mean(axis=0), ms.shared_probability(params, batch).mean(axis=0)  # (4, 4), (3,)
+    previous = CentringOffsets(np.full((4, 4), 0.5), np.full(3, 0.2))
+    m, l0 = 0.5 + (m_batch - 0.5) / 4, 0.2 + (l_batch - 0.2) / 4
+    est.set_params(shared_centring=True, centring_average=4)
+    step, chains, _ = est._step(params, batch, (v0, a0, previous), np.random.default_rng(5))
+    for name in ("W", "gamma", "beta", "C", "A"):
+        np.testing.assert_array_equal(getattr(step, name), getattr(plain, name), err_msg=name)
+    expected = ms.from_centred(ms.centred_gradient(plain, m, l0), m, l0)
+    for name in ("V", "alpha", "delta"):
+        np.testing.assert_allclose(getattr(step, name), getattr(expected, name), rtol=1e-10, atol=1e-13,
+                                   err_msg=name)
+    np.testing.assert_allclose(chains[2].m, m, rtol=1e-12)
+    np.testing.assert_allclose(chains[2].l, l0, rtol=1e-12)
+    _, first, _ = est._step(params, batch, (v0, a0), np.random.default_rng(5))  # starts at the batch
+    np.testing.assert_allclose(first[2].m, m_batch, rtol=1e-12)
+    np.testing.assert_allclose(first[2].l, l_batch, rtol=1e-12)
+    with pytest.raises(ValueError, match="centring_average=2 needs shared_centring"):
+        RoutedCapsuleRBM(**dict(kw, centring_average=2)).fit(X)

@@ -276,3 +276,42 @@ def test_estimator_centring_steps_along_the_centred_gradient(centring):
     assert np.max(np.abs(centred.b - plain.b)) > 1e-6  # b absorbs W^T m
     with pytest.raises(ValueError, match="centring must be one of"):
         BernoulliRBM(n_components=5, n_iter=1, centring="all").fit(X)
+
+
+def test_estimator_centring_average_steps_with_the_moving_average_of_the_offsets():
+    """BernoulliRBM(centring_average=K): the offsets are (5.10), ``o + (o_batch - o) / K`` after
+    the previous ones carried with the chains (the batch's own at the first step, and for K = 1
+    at every step), the step is the centred one with them, and the new offsets are returned."""
+    from capsnp.estimators import BernoulliRBM
+    from capsnp.params import CentringOffsets
+
+    X = (np.random.default_rng(4).random((60, 12)) < 0.3).astype(float)
+    est = BernoulliRBM(n_components=5, n_iter=2, batch_size=20, learning_rate=0.1, random_state=0,
+                       centring=True, backend="numpy").fit(X)
+    params, batch = est._params(), est._checked(X[:20])
+    v0 = batch[::-1].copy()
+    plain, _, _ = est.set_params(centring=False)._step(params, batch, (v0, None), np.random.default_rng(5))
+    m_batch = batch.mean(axis=0)  # (D,)
+    l_batch = rbm.hidden_probability(params, batch).mean(axis=0)  # (H,)
+    previous = CentringOffsets(np.full(12, 0.5), np.full(5, 0.2))
+    cases = [(0, (v0, None), None),  # batch means, no offsets carried
+             (4, (v0, None), (m_batch, l_batch)),  # the first averaged step starts at the batch
+             (4, (v0, None, previous), (0.5 + (m_batch - 0.5) / 4, 0.2 + (l_batch - 0.2) / 4)),
+             (1, (v0, None, previous), (m_batch, l_batch))]
+    for K, chains, expected_offsets in cases:
+        est.set_params(centring=True, centring_average=K)
+        step, new_chains, _ = est._step(params, batch, chains, np.random.default_rng(5))
+        m, l = (m_batch, l_batch) if expected_offsets is None else expected_offsets
+        expected = rbm.from_centred(rbm.centred_gradient(plain, m, l), m, l)
+        for name, x, y in zip(RBMParams._fields, step, expected):
+            np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-13, err_msg=f"K={K} {name}")
+        if expected_offsets is None:
+            assert len(new_chains) == 2
+        else:
+            np.testing.assert_allclose(new_chains[2].m, m, rtol=1e-12)
+            np.testing.assert_allclose(new_chains[2].l, l, rtol=1e-12)
+    with pytest.raises(ValueError, match="centring_average=3 needs centring"):
+        BernoulliRBM(n_components=5, n_iter=1, centring_average=3).fit(X)
+    with pytest.raises(ValueError, match="centring_average=3 needs centring and persistent"):
+        BernoulliRBM(n_components=5, n_iter=1, centring=True, centring_average=3,
+                     persistent=False).fit(X)
