@@ -686,7 +686,8 @@ class _EnergyEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
             raise ValueError(f"{path} is a checkpoint of a {meta.get('model')}, not of a "
                              f"{type(self).__name__}")
         changed = _changed_hyperparameters(self._hyperparameters_json(),
-                                           meta.get("hyperparameters"))
+                                           meta.get("hyperparameters"),
+                                           type(self)()._hyperparameters_json())
         if changed:
             raise ValueError(f"{path} was written with other hyper-parameters ({changed}); resume "
                              f"with the same ones, or set resume=False to start over")
@@ -942,11 +943,13 @@ class _EnergyEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         return chains
 
 
-def _changed_hyperparameters(current, stored):
-    """Hyper-parameters (JSON forms) that differ from a checkpoint's, as readable text."""
+def _changed_hyperparameters(current, stored, defaults):
+    """Hyper-parameters (JSON forms) that differ from a checkpoint's, as readable text. One the
+    checkpoint does not record (it was written before the hyper-parameter existed) had its
+    default, ``defaults`` (the class's, JSON forms), except ``backend`` (the NumPy reference)."""
     if not isinstance(stored, dict):
         return "the checkpoint records none"
-    stored = {"backend": _BACKEND_OF_OLD_FILES, **stored}
+    stored = {**defaults, "backend": _BACKEND_OF_OLD_FILES, **stored}
     keys = sorted((set(current) | set(stored)) - _RESUME_FREE_PARAMETERS)
     return ", ".join(f"{key}={current.get(key)!r} here, {stored.get(key)!r} in the checkpoint"
                      for key in keys if current.get(key) != stored.get(key))

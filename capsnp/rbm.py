@@ -18,6 +18,8 @@ a (D,), b (H,))``. Equation labels:
   as ``E = -a'.v - b'.h - (v - m)^T W (h - l)``; its gradient in (W, a', b') is the centred
   gradient ``<(v - m)(p(h=1|v) - l)^T>_data - <.>_model`` (:func:`centred_gradient`), a step in
   those coordinates changes the plain ones by :func:`from_centred`.
+* (5.10) averaged offsets (docs/MODEL_RB.md): ``o_t = o_(t-1) + (o_batch,t - o_(t-1)) / K``, the
+  estimators' ``centring_average`` (computed by :func:`capsnp.training.moving_average`).
 
 Every function is pure and keeps the floating dtype of its inputs. Samplers take an explicit
 ``np.random.Generator`` and document the order of their ``rng.random`` calls: a uniform ``u`` is

@@ -561,3 +561,19 @@ def test_offsets_average_is_checkpointed_and_resumes_exactly(kind, digits, tmp_p
     edited(edit_arrays=lambda a: a.update(centring_l=a["centring_l"][:-1]))(path)
     with pytest.raises(ValueError, match="'centring_l' is missing, malformed"):
         make_averaged_offsets(kind, checkpoint_path=path, resume=True).fit(digits)
+
+
+def test_checkpoint_written_before_a_hyperparameter_existed_resumes_with_its_default(digits, tmp_path):
+    """A checkpoint whose metadata lacks a hyper-parameter (here ``centring_average``, added
+    later) was trained with its default: resuming with the default is accepted, resuming with
+    another value is refused."""
+    path = tmp_path / "ckpt.npz"
+    trained = make("rbm", n_iter=2, checkpoint_path=path).fit(digits)
+    edited(edit_meta=lambda m: m["hyperparameters"].pop("centring_average"))(path)
+    assert "centring_average" not in load_model(path)[1]["hyperparameters"]
+    resumed = make("rbm", n_iter=2, checkpoint_path=path, resume=True).fit(digits)
+    assert resumed.n_iter_ == 2
+    np.testing.assert_array_equal(resumed.components_, trained.components_)
+    with pytest.raises(ValueError, match=r"centring_average=3 here, 0 in the checkpoint"):
+        make("rbm", n_iter=2, checkpoint_path=path, resume=True, centring=True,
+             centring_average=3).fit(digits)
