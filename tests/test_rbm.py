@@ -278,6 +278,38 @@ def test_estimator_centring_steps_along_the_centred_gradient(centring):
         BernoulliRBM(n_components=5, n_iter=1, centring="all").fit(X)
 
 
+@pytest.mark.parametrize("K", [1, 4])
+def test_minibatch_offsets_bias_the_centred_gradient_by_two_sigma_over_k_b(K):
+    """(5.11): where the model is the data's law, the plain PCD gradient has mean 0, but its
+    centred W part (5.9) with the offsets (5.10) of minibatches of B rows has mean
+    ``-2 Sigma / (K B)``, Sigma (D, H) the covariance of v and p(h = 1 | v). Batches and chains
+    are drawn exactly from p(v) of a tiny RBM (enumerated); the mean over T steps is compared."""
+    from capsnp.params import CentringOffsets
+    from capsnp.training import moving_average
+
+    p = make_params(0, D=4, H=3)
+    V = enumerate_binary(4)  # (16, D)
+    pv = rbm.exact_probability_v(p)  # (16,)
+    P = rbm.hidden_probability(p, V)  # (16, H)
+    mu, lam = pv @ V, pv @ P  # (D,), (H,)
+    sigma = (V * pv[:, None]).T @ P - np.outer(mu, lam)  # (D, H)
+    B, S, T = 5, 7, 20000
+    rng = np.random.default_rng(1)
+    data, chains = rng.choice(16, size=(T, B), p=pv), rng.choice(16, size=(T, S), p=pv)
+    plain_sum, centred_sum, offsets = np.zeros((4, 3)), np.zeros((4, 3)), None
+    for t in range(T):
+        v, h, vc, hc = V[data[t]], P[data[t]], V[chains[t]], P[chains[t]]  # (B, D), (B, H), (S, D), (S, H)
+        grad = RBMParams(W=v.T @ h / B - vc.T @ hc / S, a=v.mean(axis=0) - vc.mean(axis=0),
+                         b=h.mean(axis=0) - hc.mean(axis=0))
+        offsets = moving_average(offsets, CentringOffsets(v.mean(axis=0), h.mean(axis=0)), K)  # (5.10)
+        plain_sum += grad.W
+        centred_sum += rbm.centred_gradient(grad, *offsets).W
+    scale = np.abs(sigma).max()
+    np.testing.assert_allclose(plain_sum / T, 0.0, atol=0.03 * scale)
+    np.testing.assert_allclose(centred_sum / T, -2.0 * sigma / (K * B), atol=0.03 * scale)
+    assert 2.0 / (K * B) > 0.09  # the predicted bias is at least three tolerances
+
+
 def test_estimator_centring_average_steps_with_the_moving_average_of_the_offsets():
     """BernoulliRBM(centring_average=K): the offsets are (5.10), ``o + (o_batch - o) / K`` after
     the previous ones carried with the chains (the batch's own at the first step, and for K = 1
