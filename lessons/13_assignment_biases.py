@@ -112,7 +112,7 @@ from capsnp.capsules import to_capsules
 from capsnp.estimators import RoutedCapsuleRBM, mean_field_elbo
 from capsnp.exact import enumerate_assignments, enumerate_binary, stationary_distance
 from capsnp.ops import sigmoid, softmax
-from capsnp.params import RBParams, RParams
+from capsnp.params import RBMParams, RBParams, RParams
 
 FAST = os.environ.get("CAPSNP_FAST", "") not in ("", "0")  # CI sets CAPSNP_FAST=1
 t_start = time.perf_counter()
@@ -828,7 +828,7 @@ np.testing.assert_allclose(stats_V, numeric_V, rtol=1e-6, atol=1e-9)
 # $g\sim p(g\mid v)$ first and hands $V^\top g$ to the routed sweep as an extra visible field (4c.7).
 # With $H_0 = 250$ beside two routed capsules of 125 units it has the RBM-500's 392,000 weights.
 # What it scores on MNIST and Fashion-MNIST, at equal epochs and at equal training time, is in
-# docs/results.md sections 28 to 45.
+# docs/results.md sections 28 to 46.
 #
 # **Centring the shared capsule alone.** Section 8 centred the routed capsules, and on MNIST the
 # offsets' share of each step steered the routing through $A$. The shared capsule can be centred
@@ -896,8 +896,8 @@ print(f"routing posterior after the offsets' shift of alpha: max change {routing
 # with `training.moving_average`, the function the estimators call.
 
 # %%
-from capsnp.params import CentringOffsets
-from capsnp.training import moving_average
+from capsnp.params import CentringOffsets  # noqa: E402
+from capsnp.training import moving_average  # noqa: E402
 
 images = X  # (n_train, 784): section 5's binarised MNIST images (the layout does not matter here)
 offset_rng, K = np.random.default_rng(3), 10
@@ -912,6 +912,46 @@ ratio = np.var(averaged, axis=0).sum() / np.var(batch_means, axis=0).sum()
 print(f"variance of the offsets of v, averaged (K = {K}) / per minibatch: {ratio:.4f} "
       f"(sigma^2 / (2K - 1) predicts {1 / (2 * K - 1):.4f})")
 np.testing.assert_allclose(ratio, 1 / (2 * K - 1), rtol=0.15)
+
+# %% [markdown]
+# Less noise is not the only difference. Offsets taken from the minibatch are correlated with the
+# statistics they centre, and that biases the step. Write the centred RBM's $W$ step (5.9) with the
+# minibatch $v_1..v_B$, $p_n = p(h = 1\mid v_n)$ and their means $m$, $l$, and the chains' $v'_s$, $p'_s$:
+#
+# $$ g_{W'} = \tfrac1B\textstyle\sum_n (v_n - m)(p_n - l)^\top - \tfrac1S\sum_s (v'_s - m)(p'_s - l)^\top. $$
+#
+# Where the model is the data's law the plain step has mean 0. Let $\Sigma$ be the covariance of $v$ and
+# $p(h = 1\mid v)$. The first term has mean $(1 - 1/B)\Sigma$; the second is the chains' covariance,
+# mean $(1 - 1/S)\Sigma$, plus $(\mu' - m)(\lambda' - l)^\top$, of mean $\Sigma/S + \Sigma/B$ because $m$ and $l$
+# come from the same rows. So
+#
+# $$ \mathbb{E}[g_{W'}] = -2\Sigma/B, \quad\text{and with offsets averaged by (5.10)}\quad -2\Sigma/(KB). \tag{5.11} $$
+#
+# A pull against the coupling the data asks for, which does not average out over steps; on
+# MNIST's RBM-500 it is about 5 times the weight decay (docs/MODEL_RB.md). The check draws minibatches
+# and chains exactly from $p(v)$ of a tiny RBM (by enumeration) and averages the centred step.
+
+# %%
+tiny = RBMParams(W=rng.normal(size=(4, 3)), a=rng.normal(size=4), b=rng.normal(size=3))
+states = enumerate_binary(4)  # (16, D)
+p_states = rbm.exact_probability_v(tiny)  # (16,)
+P_states = rbm.hidden_probability(tiny, states)  # (16, H)
+sigma = (states * p_states[:, None]).T @ P_states - np.outer(p_states @ states, p_states @ P_states)  # (D, H)
+B_, S_, T_ = 5, 7, 10000
+for K_ in (1, 4):
+    draw = np.random.default_rng(K_)
+    rows, chain_rows = draw.choice(16, (T_, B_), p=p_states), draw.choice(16, (T_, S_), p=p_states)
+    total, offsets = np.zeros((4, 3)), None
+    for t in range(T_):
+        v, h = states[rows[t]], P_states[rows[t]]  # (B, D), (B, H)
+        vc, hc = states[chain_rows[t]], P_states[chain_rows[t]]  # (S, D), (S, H)
+        grad = RBMParams(W=v.T @ h / B_ - vc.T @ hc / S_, a=v.mean(0) - vc.mean(0), b=h.mean(0) - hc.mean(0))
+        offsets = moving_average(offsets, CentringOffsets(v.mean(0), h.mean(0)), K_)  # (5.10)
+        total += rbm.centred_gradient(grad, *offsets).W
+    error = np.abs(total / T_ + 2 * sigma / (K_ * B_)).max() / np.abs(sigma).max()
+    print(f"K = {K_}: mean centred W step against -2 Sigma / (K B): max error {error:.3f} of max |Sigma| "
+          f"(the bias itself is {2 / (K_ * B_):.2f} of it)")
+    assert error < 0.05
 
 # %% [markdown]
 # ## Summary
@@ -961,6 +1001,8 @@ np.testing.assert_allclose(ratio, 1 / (2 * K - 1), rtol=0.15)
 #   contains; its gradient (4c.9) matched central differences, and the routing posterior did not move.
 # * Offsets averaged over the run (5.10) scatter $2K - 1$ times less than a minibatch's means
 #   (measured on MNIST minibatches); the model and its gradient are unchanged.
+# * Minibatch offsets bias the centred step by $-2\Sigma/B$ where the plain step has mean 0, and
+#   averaged ones by $-2\Sigma/(KB)$ (5.11, checked by exact sampling from a tiny RBM).
 #
 # ## Exercises
 #

@@ -556,6 +556,38 @@ def test_sparsity_parameters_reports_the_shared_capsules_firing(saved_r, capsys)
     assert row["shared_weight_abs_mean"] == pytest.approx(np.abs(est.V_).mean(), abs=1e-4)
 
 
+def test_offset_bias_reports_the_pull_of_minibatch_offsets_and_the_decay(saved_r, capsys):
+    """main() reports |Sigma| (the covariance of v and p(h = 1 | v), or of p(g = 1 | v) for a
+    shared capsule) over the training images, the pull 2 |Sigma| / B of (5.11) and the weight
+    decay's |lambda W|, each equal to an independent computation."""
+    from capsnp import model_rs
+    from capsnp.estimators import BernoulliRBM
+    module = _script("offset_bias")
+    X, _ = load_dataset("embedded", "train")
+    V = binarize(X[:300], "stochastic", random_state=0)
+    rbm = BernoulliRBM(8, n_iter=2, batch_size=20, learning_rate=0.05, weight_decay=1e-3,
+                       random_state=0).fit(V)
+    rbm.save(saved_r / "tiny-ob-rbm_model.npz")
+    shared = RoutedCapsuleRBM(2, 6, n_iter=2, n_chains=40, momentum=0.5, assignment_biases=True,
+                              shared_units=5, random_state=0).fit(V)
+    shared.save(saved_r / "tiny-ob-shared_model.npz")
+    module.main("tiny-ob-rbm,tiny-ob-shared", "embedded", 80, saved_r)
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    Vn = binarize(X[:80], "stochastic", random_state=0)  # (80, 784)
+    for row, est in zip(rows, (rbm, shared)):
+        if est is rbm:
+            P, pixels, W = rbm.transform(Vn), Vn, rbm.components_
+        else:
+            P = model_rs.shared_probability(shared._params(), shared._checked(Vn))  # (80, 5)
+            pixels, W = shared._checked(Vn).reshape(80, -1), shared.V_
+        sigma = np.abs(np.einsum("ni,nk->ik", pixels, P) / 80 - np.outer(pixels.mean(0), P.mean(0)))
+        assert row["sigma_abs"]["mean"] == pytest.approx(sigma.mean(), abs=1e-5)
+        assert row["sigma_abs"]["quantiles"] == sorted(row["sigma_abs"]["quantiles"])
+        assert row["pull_abs_mean"] == pytest.approx(2 * sigma.mean() / est.batch_size, rel=1e-2)
+        assert row["decay_abs_mean"] == pytest.approx(est.weight_decay * np.abs(W).mean(), rel=1e-2)
+        assert row["pull_over_decay"] == pytest.approx(row["pull_abs_mean"] / row["decay_abs_mean"], abs=0.1)
+
+
 def test_is_proposal_check_fixed_points():
     """The check's fixed points are fixed points of the mean field (one more update stays put),
     and distinct ones are counted (a routing and its parent swap differ on decisive patches)."""
