@@ -269,7 +269,7 @@ def _check_sparsity(estimator):
 
 
 def _check_centring_average(estimator, centring, needs):
-    """``centring_average`` >= 0; a moving average (> 1) only with centred steps (``centring``,
+    """``centring_average`` >= 0; an average (>= 1) only with centred steps (``centring``,
     named ``needs`` in the message) and persistent chains, which carry it."""
     _check_number("centring_average", estimator.centring_average, 0, integer=True)
     if int(estimator.centring_average) and not (centring and estimator.persistent):
