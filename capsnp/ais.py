@@ -11,6 +11,10 @@ Equation labels:
   Salakhutdinov & Murray 2008)
 * (6.4) ``log Z_1 ~ log Z_0 + log mean(w)``, its standard error by the delta method
   ``std(w) / (sqrt(n) mean(w))``, and a bootstrap interval
+* (6.7) reverse AIS (Grosse, Ghahramani & Adams 2015): the chain run from beta = 1 down to 0,
+  started at exact draws from the model restricted to a set B of states, gives
+  ``log Z_0 - log mean(1 / w)``, in expectation an upper bound on ``log Z_B``, the log of the
+  model's unnormalised mass on B (``log Z_1`` itself for B = every state)
 
 The transitions and the free energies run on the backend chosen by ``ais_log_partition``'s
 ``backend`` (the compiled kernels of :mod:`capsnp.kernels` by default, or the NumPy reference).
@@ -35,8 +39,8 @@ from . import rbm as _rbm_ref
 from .ops import sigmoid, softplus
 from .params import GParams, PParams, RBMParams, RBParams, RParams, RSParams, SParams
 
-__all__ = ["AISResult", "AnnealingPath", "default_betas", "ais", "ais_log_partition", "annealing_path",
-           "base_log_odds", "blas_setting"]
+__all__ = ["AISResult", "AnnealingPath", "default_betas", "ais", "reverse_ais", "ais_log_partition",
+           "annealing_path", "base_log_odds", "blas_setting"]
 
 
 @dataclass
@@ -92,6 +96,18 @@ def base_log_odds(mean, eps=1e-3):
     return np.log(m) - np.log1p(-m)
 
 
+def _checked_schedule(betas, log_f, log_f_pair):
+    """The schedule as floats, refused unless it rises strictly from 0 to 1, and ``log_f_pair``
+    (by default two calls of ``log_f``)."""
+    betas = np.asarray(betas, dtype=np.float64)
+    if betas[0] != 0.0 or betas[-1] != 1.0 or np.any(np.diff(betas) <= 0):
+        raise ValueError("betas must increase strictly from 0 to 1")
+    if log_f_pair is None:
+        def log_f_pair(beta_lo, beta_hi, state):
+            return log_f(beta_lo, state), log_f(beta_hi, state)
+    return betas, log_f_pair
+
+
 def ais(log_f, sample_base, transition, log_z_base, betas, n_runs, rng, n_bootstrap=1000,
         log_f_pair=None):
     """Generic annealed importance sampling (6.3, 6.4).
@@ -118,12 +134,7 @@ def ais(log_f, sample_base, transition, log_z_base, betas, n_runs, rng, n_bootst
     -------
     AISResult
     """
-    betas = np.asarray(betas, dtype=np.float64)
-    if betas[0] != 0.0 or betas[-1] != 1.0 or np.any(np.diff(betas) <= 0):
-        raise ValueError("betas must increase strictly from 0 to 1")
-    if log_f_pair is None:
-        def log_f_pair(beta_lo, beta_hi, state):
-            return log_f(beta_lo, state), log_f(beta_hi, state)
+    betas, log_f_pair = _checked_schedule(betas, log_f, log_f_pair)
     state = sample_base(n_runs, rng)  # x_0
     log_w = np.zeros(n_runs)
     for k in range(1, len(betas)):
@@ -133,6 +144,50 @@ def ais(log_f, sample_base, transition, log_z_base, betas, n_runs, rng, n_bootst
         if k < len(betas) - 1:
             state = transition(betas[k], state, rng)  # x_k
     return _summarise(log_w, log_z_base, len(betas), rng, n_bootstrap)
+
+
+def reverse_ais(log_f, start, transition, log_z_base, betas, rng, n_bootstrap=1000, log_f_pair=None):
+    """Reverse annealed importance sampling (6.7): an upper bound on the mass of a set of states.
+
+    The states ``x_{K-1} = start`` are exact draws from the model at beta = 1 restricted to a set
+    B (B may be every state). The chain then runs down the schedule, ``x_{k-1}`` drawn by
+    ``transition`` at ``beta_k`` from ``x_k``, and each state is weighed as in forward AIS (6.3),
+    ``log w = sum_k [log f_{beta_k}(x_{k-1}) - log f_{beta_{k-1}}(x_{k-1})]``.
+
+    Why it bounds: read backwards, the path is the reversal of a forward AIS run whose
+    transitions are the reversals of ``transition`` (each leaves ``f_beta`` invariant too). The
+    ratio of the forward path's probability to this one's is ``(Z_B / Z_0) / w``, with Z_B the
+    unnormalised mass of B. Its mean over reverse paths is the probability that the forward run
+    ends in B, at most 1, so ``E[1 / w] <= Z_0 / Z_B``: the estimate
+    ``log Z_0 - log mean(1 / w)`` is, in expectation (and by Jensen once more), at least
+    ``log Z_B``. For B = every state and enough temperatures it meets forward AIS's lower
+    bound from above; the gap between the two bounds the error of both.
+
+    Parameters
+    ----------
+    log_f, transition, log_z_base, betas, rng, n_bootstrap, log_f_pair : as for :func:`ais`
+    start : state of n runs
+        Exact draws from ``exp(log_f(1, .))`` restricted to B. Draws that are only close to it
+        (long chains) make the bound approximate.
+
+    Returns
+    -------
+    AISResult
+        ``log_z`` is the upper estimate ``log Z_0 - log mean(1 / w)``, with its delta-method
+        standard error and bootstrap interval; ``log_weights`` are the runs' ``log w``.
+    """
+    betas, log_f_pair = _checked_schedule(betas, log_f, log_f_pair)
+    state = start  # x_{K-1}
+    log_w = None
+    for k in range(len(betas) - 1, 0, -1):
+        lo, hi = log_f_pair(betas[k - 1], betas[k], state)  # x_{k-1} at beta_{k-1} and beta_k
+        log_w = hi - lo if log_w is None else log_w + (hi - lo)  # (n_runs,)
+        if k > 1:
+            state = transition(betas[k - 1], state, rng)  # x_{k-2}, drawn at beta_{k-1}
+    # the upper estimate is the forward summary of -log w, mirrored
+    mirrored = _summarise(-log_w, -log_z_base, len(betas), rng, n_bootstrap)
+    lo, hi = mirrored.interval
+    return AISResult(-mirrored.log_z, mirrored.std_error, (-hi, -lo), log_w, float(log_z_base), len(betas))
 
 
 def _summarise(log_w, log_z_base, n_temperatures, rng, n_bootstrap):

@@ -5,7 +5,8 @@ import pytest
 from conftest import random_pparams
 
 from capsnp import _kernels_jit, kernels, model_p, model_r, rbm
-from capsnp.ais import _interpolate, ais, ais_log_partition, annealing_path, blas_setting, default_betas
+from capsnp.ais import (_interpolate, ais, ais_log_partition, annealing_path, blas_setting, default_betas,
+                        reverse_ais)
 from capsnp.params import RBMParams, RBParams, RParams, RSParams
 
 BETAS = default_betas(fast=True)[::2]  # 726 temperatures: enough for models this small
@@ -76,6 +77,76 @@ def test_schedule_shape():
     assert b[0] == 0.0 and b[-1] == 1.0 and np.all(np.diff(b) > 0) and len(b) == 14501
     with pytest.raises(ValueError):
         ais_log_partition(tiny_rbm(np.random.default_rng(0)), n_runs=2, betas=np.array([0.0, 0.5]))
+    path = annealing_path(tiny_rbm(np.random.default_rng(0)), backend="numpy")
+    with pytest.raises(ValueError):
+        reverse_ais(path.log_f, np.zeros((2, 8)), path.transition, path.log_z_base, np.array([0.0, 0.5]),
+                    np.random.default_rng(0))
+
+
+def _exact_draws(params, n, rng, keep=None):
+    """n exact draws from a tiny RBM's p(v), restricted to the states where ``keep(v)`` holds,
+    and the log of that set's unnormalised mass, log Z_B."""
+    D = params.a.shape[0]
+    V = ((np.arange(2**D)[:, None] >> np.arange(D)) & 1).astype(np.float64)  # (2^D, D), every state
+    if keep is not None:
+        V = V[keep(V)]
+    log_f = -rbm.free_energy(params, V)  # (|B|,)
+    p = np.exp(log_f - log_f.max())
+    return V[rng.choice(len(V), size=n, p=p / p.sum())], float(np.log(p.sum()) + log_f.max())
+
+
+def test_reverse_ais_from_exact_draws_estimates_one_over_z_without_bias(seed):
+    # (6.7) with B = every state: the forward run ends in B surely, so E[1 / w] = Z_0 / Z exactly,
+    # however short the schedule
+    rng = np.random.default_rng(seed)
+    params = tiny_rbm(rng, scale=0.7)
+    path = annealing_path(params, backend="numpy")
+    start, log_z = _exact_draws(params, 4000, rng)
+    res = reverse_ais(path.log_f, start, path.transition, path.log_z_base, np.linspace(0, 1, 12), rng)
+    ratio = np.exp(-res.log_weights + log_z - path.log_z_base)  # (Z / Z_0) / w, mean 1
+    assert res.log_weights.shape == (4000,)
+    assert abs(ratio.mean() - 1.0) < 5 * ratio.std() / np.sqrt(len(ratio)), ratio.mean()
+    assert res.log_z == pytest.approx(path.log_z_base - np.log(np.mean(np.exp(-res.log_weights))))
+    lo, hi = res.interval
+    assert lo <= res.log_z <= hi
+
+
+def test_reverse_ais_meets_forward_ais_at_the_exact_log_partition(seed):
+    rng = np.random.default_rng(seed)
+    params = tiny_rbm(rng)
+    path = annealing_path(params, backend="numpy")
+    start, log_z = _exact_draws(params, 64, rng)
+    up = reverse_ais(path.log_f, start, path.transition, path.log_z_base, BETAS, rng)
+    down = ais(path.log_f, path.sample_base, path.transition, path.log_z_base, BETAS, 64, rng)
+    for res in (up, down):
+        assert abs(res.log_z - log_z) < 5 * res.std_error + 0.02, (res.log_z, log_z, res.std_error)
+
+
+def test_reverse_ais_from_a_set_of_states_bounds_its_mass(seed):
+    # (6.7) with B = the states with at least 6 of 8 pixels on: E[1 / w] = (Z_0 / Z_B) P(forward
+    # run ends in B), the Gibbs sweep on v being its own reversal; so the estimate bounds log Z_B
+    # from above, by -log P(end in B) in expectation
+    rng = np.random.default_rng(seed)
+    params = tiny_rbm(rng, scale=0.7)
+    path = annealing_path(params, backend="numpy")
+    keep = lambda V: V.sum(axis=1) >= 6  # noqa: E731
+    start, log_z_b = _exact_draws(params, 4000, rng, keep)
+    betas = np.linspace(0, 1, 12)
+    res = reverse_ais(path.log_f, start, path.transition, path.log_z_base, betas, rng)
+    ratio = np.exp(-res.log_weights + log_z_b - path.log_z_base)  # (Z_B / Z_0) / w, mean P(end in B)
+    last = {}
+
+    def transition(beta, v, g):
+        last["v"] = path.transition(beta, v, g)
+        return last["v"]
+
+    ais(path.log_f, path.sample_base, transition, path.log_z_base, betas, 20000, rng)
+    ends = keep(last["v"])  # (20000,): forward runs ending in B
+    p_end, p_se = ends.mean(), ends.std() / np.sqrt(len(ends))
+    assert 0.01 < p_end < 0.9  # B is neither rare nor everything here
+    se = np.hypot(ratio.std() / np.sqrt(len(ratio)), p_se)
+    assert abs(ratio.mean() - p_end) < 5 * se, (ratio.mean(), p_end, se)
+    assert res.log_z > log_z_b + 0.5 * (-np.log(p_end))  # an upper bound, and by about -log P
 
 
 # the paths whose log f at two temperatures shares one pass over the states (ais._softplus_path)
