@@ -93,6 +93,49 @@ def test_tempered_samples(saved_r, capsys):
     assert (saved_r / "tiny_tempered.png").stat().st_size > 0
 
 
+def test_ais_end_states_splits_the_weight_at_the_ink_threshold(saved_r, capsys):
+    script = _script("ais_end_states")
+    shares = []
+    for threshold in (-1, 10**6):  # every end state above, then none
+        script.main("tiny", "embedded", "fast", 8, saved_r, 1, threshold)
+        report = json.loads(capsys.readouterr().out)
+        assert report["temperatures"] == 1451 and report["runs"] == 8 and np.isfinite(report["log_z"])
+        assert report["ink_quantiles"] == sorted(report["ink_quantiles"])
+        shares.append((report["runs_above"], report["weight_share_above"]))
+    assert shares == [(8, pytest.approx(1.0)), (0, 0.0)]
+    assert report["max_log_w_above"] is None and np.isfinite(report["max_log_w_below"])
+    assert (saved_r / "tiny_ais_end_states.png").stat().st_size > 0
+
+
+def test_ais_end_states_weight_split():
+    script = _script("ais_end_states")
+    share, (top_above, top_below) = script.weight_split(np.log([1.0, 3.0, 4.0]), np.array([False, True, False]))
+    assert share == pytest.approx(3.0 / 8.0)
+    assert script.weight_split(np.zeros(2), np.zeros(2, bool)) == (0.0, [None, 0.0])
+    assert (top_above, top_below) == (pytest.approx(np.log(3.0)), pytest.approx(np.log(4.0)))
+
+
+def test_log_z_sandwich_brackets_log_z_with_either_set_being_everything(saved_r, capsys):
+    script = _script("log_z_sandwich")
+    # threshold 10**6: every chain from data is a "digit" and none from noise is in the box
+    script.main("tiny", "embedded", "fast", 16, 20, saved_r, 1, 10**6)
+    digits = json.loads(capsys.readouterr().out)
+    assert (digits["chains_from_noise_in_box"], digits["chains_from_data_in_digits"]) == (0, 16)
+    assert "box_upper_log_z" not in digits and "upper_log_z" not in digits
+    # with B = every state, reverse AIS bounds log Z itself from above (6.7)
+    se = np.hypot(digits["forward_std_error"], digits["reverse_digits_std_error"])
+    assert digits["reverse_digits_log_z"] > digits["forward_log_z"] - 5 * se - 0.05
+    assert digits["reverse_digits_log_z"] - digits["forward_log_z"] < 0.5
+    # threshold -1: every chain from noise is in the box, whose own path then brackets log Z
+    script.main("tiny", "embedded", "fast", 16, 20, saved_r, 1, -1, "box")
+    box = json.loads(capsys.readouterr().out)
+    assert (box["chains_from_noise_in_box"], box["chains_from_data_in_digits"]) == (16, 0)
+    assert box["box_forward_runs_in_box"] == 16 and "forward_log_z" not in box
+    assert abs(box["box_lower_log_z"] - digits["forward_log_z"]) < 0.5
+    assert box["box_upper_log_z"] > box["box_lower_log_z"] - 5 * box["box_upper_std_error"] - 0.05
+    assert box["box_upper_log_z"] - digits["forward_log_z"] < 0.5
+
+
 def test_pruned_likelihood(saved_r, capsys):
     _script("pruned_likelihood").main("tiny", "embedded", 0.3, saved_r, n_ais_runs=4, fast=True)
     report = json.loads(capsys.readouterr().out)
