@@ -32,7 +32,6 @@ from capsnp.estimators import BernoulliRBM, load_estimator
 from capsnp.plots import image_grid
 
 
-
 def schedule(name):
     """``fast`` (1,451 temperatures) or ``x<k>``: k times the default schedule's density."""
     if name == "fast":
@@ -44,10 +43,29 @@ def schedule(name):
 
 def end_state_images(est, state):
     """The visible part of an AIS state as images: (n, D)."""
-    v = state if isinstance(est, BernoulliRBM) else state[0]  # (n, D) or (n, I, d_v)
     if isinstance(est, BernoulliRBM):
-        return np.asarray(v, dtype=np.float64)
-    return from_capsules(np.asarray(v, dtype=np.float64), est.image_shape_, est.patch_).reshape(v.shape[0], -1)
+        return np.asarray(state, dtype=np.float64)  # (n, D)
+    v = np.asarray(state[0], dtype=np.float64)  # (n, I, d_v); state[1] is the routing a
+    return from_capsules(v, est.image_shape_, est.patch_).reshape(v.shape[0], -1)
+
+
+def ais_with_end_states(path, betas, n_runs, rng):
+    """Forward AIS (6.3, 6.4) on ``path`` (an :class:`capsnp.ais.AnnealingPath`), and the runs'
+    end states x_{K-1}, the states weighed at beta = 1: (AISResult, state of n_runs)."""
+    last = {}
+
+    def sample_base(n, g):
+        last["state"] = path.sample_base(n, g)
+        return last["state"]
+
+    def transition(beta, state, g):
+        last["state"] = path.transition(beta, state, g)
+        return last["state"]
+
+    with blas_setting(path):
+        res = ais(path.log_f, sample_base, transition, path.log_z_base, betas, n_runs, rng,
+                  log_f_pair=path.log_f_pair)
+    return res, last["state"]
 
 
 def weight_split(log_w, above):
@@ -63,20 +81,11 @@ def main(name, dataset="mnist", which="x1", runs=100, folder=None, seed=1, thres
     folder = Path(folder or Path("docs/results") / dataset)
     est = load_estimator(folder / f"{name}_model.npz")
     path = annealing_path(est, experiment_base_rate(est, dataset))
-    last = {}
-
-    def transition(beta, state, g):  # the path's sweep, keeping the latest state
-        last["state"] = path.transition(beta, state, g)
-        return last["state"]
-
-    rng = np.random.default_rng(int(seed))
     betas = schedule(which)
     start = time.perf_counter()
-    with blas_setting(path):
-        res = ais(path.log_f, path.sample_base, transition, path.log_z_base, betas, int(runs), rng,
-                  log_f_pair=path.log_f_pair)
+    res, end = ais_with_end_states(path, betas, int(runs), np.random.default_rng(int(seed)))
     seconds = time.perf_counter() - start
-    images = end_state_images(est, last["state"])  # (runs, D)
+    images = end_state_images(est, end)  # (runs, D)
     ink = images.sum(axis=1)  # (runs,)
     above = ink > float(threshold)
     share, (top_above, top_below) = weight_split(res.log_weights, above)

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from scipy.special import logsumexp
 
-from ais_end_states import end_state_images, schedule
+from ais_end_states import ais_with_end_states, end_state_images, schedule
 from ais_schedule_check import experiment_base_rate
 from capsnp.ais import ais, annealing_path, blas_setting, reverse_ais
 from capsnp.capsules import to_capsules
@@ -72,16 +72,10 @@ def subset(state, keep):
 
 def forward_ending_in(path, betas, n, rng, keep):
     """Forward AIS on ``path`` and the runs whose end state satisfies ``keep`` (state -> (n,) bool):
-    the AISResult and ``log mean(w 1_B) + log Z_0``, an unbiased (in Z) lower estimate of log Z_B
-    (None if no run ends in B)."""
-    last = {}
-
-    def transition(beta, state, g):
-        last["state"] = path.transition(beta, state, g)
-        return last["state"]
-
-    res = ais(path.log_f, path.sample_base, transition, path.log_z_base, betas, n, rng, log_f_pair=path.log_f_pair)
-    inside = keep(last["state"])  # (n,)
+    the AISResult, the flags (n,), and ``log mean(w 1_B) + log Z_0``, an unbiased (in Z) lower
+    estimate of log Z_B (None if no run ends in B)."""
+    res, end = ais_with_end_states(path, betas, n, rng)
+    inside = keep(end)  # (n,)
     log_w = np.where(inside, res.log_weights, -np.inf)
     low = float(path.log_z_base + logsumexp(log_w) - np.log(n)) if inside.any() else None
     return res, inside, low
