@@ -178,10 +178,10 @@ def reverse_ais(log_f, start, transition, log_z_base, betas, rng, n_bootstrap=10
     """
     betas, log_f_pair = _checked_schedule(betas, log_f, log_f_pair)
     state = start  # x_{K-1}
-    log_w = None
+    log_w = 0.0  # becomes (n_runs,) at the first temperature
     for k in range(len(betas) - 1, 0, -1):
         lo, hi = log_f_pair(betas[k - 1], betas[k], state)  # x_{k-1} at beta_{k-1} and beta_k
-        log_w = hi - lo if log_w is None else log_w + (hi - lo)  # (n_runs,)
+        log_w = log_w + (hi - lo)  # (n_runs,)
         if k > 1:
             state = transition(betas[k - 1], state, rng)  # x_{k-2}, drawn at beta_{k-1}
     # the upper estimate is the forward summary of -log w, mirrored
