@@ -15,6 +15,13 @@ Equation labels:
   started at exact draws from the model restricted to a set B of states, gives
   ``log Z_0 - log mean(1 / w)``, in expectation an upper bound on ``log Z_B``, the log of the
   model's unnormalised mass on B (``log Z_1`` itself for B = every state)
+* (6.8) AIS restricted to a set B of visible states: the path ``f_beta(x) 1_B(v)`` from the base
+  restricted to B (mass ``Z_0 P_0(B)``) to the model restricted to B (mass ``Z_B``), its
+  transitions the model's sweeps with a last visible draw outside B refused; forward runs
+  estimate ``log Z_B`` as (6.4) does ``log Z``, and reverse runs (6.7) bound it with
+  ``P(forward run ends in B) = 1``
+* (6.9) ``P_0(B)`` for an ink set ``B = {v : sum_i v_i > t}`` under the base model's independent
+  pixels: the upper tail of a Poisson-binomial count, by recursion over the pixels
 
 The transitions and the free energies run on the backend chosen by ``ais_log_partition``'s
 ``backend`` (the compiled kernels of :mod:`capsnp.kernels` by default, or the NumPy reference).
@@ -40,7 +47,7 @@ from .ops import sigmoid, softplus
 from .params import GParams, PParams, RBMParams, RBParams, RParams, RSParams, SParams
 
 __all__ = ["AISResult", "AnnealingPath", "default_betas", "ais", "reverse_ais", "ais_log_partition",
-           "annealing_path", "base_log_odds", "blas_setting"]
+           "annealing_path", "base_log_odds", "blas_setting", "restricted_path", "ink_tail_log_probability"]
 
 
 @dataclass
@@ -242,6 +249,11 @@ class AnnealingPath(NamedTuple):
     blas_one_thread : bool
         Run the transitions with BLAS held to one thread (:func:`blas_setting`): Model R and the
         RBM on the compiled kernels, whose BLAS products then share the kernel threads.
+    restrictable : bool
+        The transition is a Gibbs sweep whose last block draws the visible units from their exact
+        conditional and whose earlier blocks redraw the rest of the state given v (the RBM and
+        Model R): :func:`restricted_path` can then refuse a visible draw outside a set (6.8).
+        Model P's sweep of single-site MH steps is not (its composition is not reversible).
     """
 
     log_f: Callable
@@ -250,6 +262,7 @@ class AnnealingPath(NamedTuple):
     log_z_base: float
     log_f_pair: Optional[Callable] = None
     blas_one_thread: bool = False
+    restrictable: bool = False
 
 
 def blas_setting(path):
@@ -307,7 +320,8 @@ def _path_rbm(params, alpha0, rbm):
     # (5.4) splits as _softplus_path does, but the compiled free energy sums the softplus terms
     # inside its sparse kernel: a shared pass, tried, cost what two of its calls do (results sec. 20)
     return AnnealingPath(log_f, sample_base, transition, log_z_base,
-                         blas_one_thread=rbm is not _rbm_ref)  # the compiled visible pass is BLAS
+                         blas_one_thread=rbm is not _rbm_ref,  # the compiled visible pass is BLAS
+                         restrictable=True)  # v -> h -> v
 
 
 def _path_p(params, alpha0, n_iter, model_p):
@@ -383,7 +397,8 @@ def _path_r(params, alpha0, model_r, rbm):
                      for p, b in zip(pair, (beta_lo, beta_hi)))
 
     return AnnealingPath(log_f, sample_base, transition, log_z_base, log_f_pair,
-                         blas_one_thread=model_r is not _model_r_ref)  # the compiled kernels
+                         blas_one_thread=model_r is not _model_r_ref,  # the compiled kernels
+                         restrictable=True)  # (g, h) | v, a; a | v, h; v last
 
 
 def _as_params(model):
@@ -462,3 +477,108 @@ def annealing_path(model, base_rate=None, backend="numba"):
     if isinstance(params, (PParams, GParams, SParams)):
         return _path_p(params, alpha0, n_iter, modules.model_p)
     return _path_r(params, alpha0, modules.model_r, modules.rbm)
+
+
+# ----------------------------------------------------------------------------- restricted paths
+
+
+def _visible(state):
+    """The visible units of a path state: v itself (RBM), the first member of (v, a) (Model R)."""
+    return state[0] if isinstance(state, tuple) else state
+
+
+def restricted_path(path, inside, log_base_mass, max_draws=10**7):
+    """The path (6.2) restricted to a set B of visible states (6.8), for AIS on B alone.
+
+    Each intermediate density becomes ``f_beta(x) 1_B(v)``. At beta = 0 it is the base model
+    restricted to B, whose mass is ``Z_0 P_0(B)``; at beta = 1 it is the model restricted to B,
+    whose mass is ``Z_B``. Forward AIS (:func:`ais`) on this path therefore estimates
+    ``log Z_B``, with every run inside B, where a forward run on the model's own path weighs B
+    only through the runs that happen to end there. Reverse AIS (:func:`reverse_ais`) from draws
+    restricted to B bounds it from above, and as every forward run ends in B, the bound of
+    (6.7) loses nothing to ``P(end in B)``.
+
+    Why the restricted sweep leaves ``f_beta 1_B`` invariant: the sweep of a restrictable path
+    first redraws everything but v from its exact conditional given the state, which does not
+    touch v and so keeps the restricted law. Its last block draws ``v'`` from ``p(v | rest)``.
+    Read as a Metropolis-Hastings proposal for the target ``f_beta 1_B``, this exact conditional
+    has acceptance ``min(1, 1_B(v'))``: the draw is kept if it lies in B and refused (v stays)
+    otherwise. For Model R the routing a drawn in the sweep is kept either way, since it was a
+    Gibbs draw given the old v. The weights (6.3) need no change: inside B, ``f_beta 1_B`` and
+    ``f_beta`` have the same ratios between temperatures.
+
+    Parameters
+    ----------
+    path : AnnealingPath with ``restrictable`` (the RBM's or Model R's)
+    inside : callable (v) -> ndarray (n,) of bool
+        Membership of B, from the visible units: v of shape (n, D) for the RBM, (n, I, d_v) for
+        Model R.
+    log_base_mass : float
+        ``log P_0(B)``, the base model's probability of B (:func:`ink_tail_log_probability` for
+        an ink set).
+    max_draws : int
+        Give up drawing the restricted base by rejection after this many base draws.
+
+    Returns
+    -------
+    AnnealingPath with the restricted base sampler, the restricted transition and
+    ``log_z_base = path.log_z_base + log_base_mass``; ``log_f`` and ``log_f_pair`` are the path's.
+    """
+    if not path.restrictable:
+        raise ValueError("this path's sweep cannot be restricted to a set of states (Model P's MH sweep); "
+                         "restricted AIS (6.8) runs on the RBM's and Model R's paths")
+    if not np.isfinite(log_base_mass) or log_base_mass > 0:
+        raise ValueError(f"log_base_mass={log_base_mass!r} must be a finite log-probability")
+
+    def sample_base(n, g):
+        # rejection from the base model: exact draws from the base restricted to B
+        kept, drawn = [], 0
+        batch = int(min(max_draws, max(n, np.ceil(1.2 * n / np.exp(log_base_mass)))))
+        while sum(_visible(x).shape[0] for x in kept) < n:
+            if drawn >= max_draws:
+                raise RuntimeError(f"fewer than {n} of {drawn} base draws fell in B (P_0(B) = "
+                                   f"{np.exp(log_base_mass):.3g}); choose a base with more mass on B")
+            x = path.sample_base(batch, g)
+            drawn += batch
+            ok = np.asarray(inside(_visible(x)), dtype=bool)  # (batch,)
+            kept.append(tuple(y[ok] for y in x) if isinstance(x, tuple) else x[ok])
+        if isinstance(kept[0], tuple):
+            return tuple(np.concatenate(parts)[:n] for parts in zip(*kept))
+        return np.concatenate(kept)[:n]
+
+    def transition(beta, state, g):
+        new = path.transition(beta, state, g)
+        ok = np.asarray(inside(_visible(new)), dtype=bool)  # (n,): v' in B
+        v = _visible(new)
+        m = ok.reshape(ok.shape + (1,) * (v.ndim - 1))  # (n, 1, ...)
+        v = np.where(m, v, _visible(state))  # a refused draw leaves v where it was
+        return (v,) + tuple(new[1:]) if isinstance(new, tuple) else v
+
+    return path._replace(sample_base=sample_base, transition=transition,
+                         log_z_base=float(path.log_z_base + log_base_mass))
+
+
+def ink_tail_log_probability(p, threshold):
+    """(6.9) ``log P(sum_i x_i > threshold)`` for independent ``x_i ~ Bernoulli(p_i)``.
+
+    The count of pixels on is Poisson-binomial. Its law is built one pixel at a time: with
+    ``q_m(c) = P(x_1 + ... + x_m = c)``, ``q_m(c) = (1 - p_m) q_{m-1}(c) + p_m q_{m-1}(c - 1)``,
+    then the tail is summed. For the base model of a path, ``p = sigmoid(alpha_0)``.
+
+    Parameters
+    ----------
+    p : ndarray of any shape, probabilities of the pixels (flattened: D of them)
+    threshold : float
+
+    Returns
+    -------
+    float (``-inf`` if no count exceeds ``threshold``)
+    """
+    p = np.asarray(p, dtype=np.float64).ravel()  # (D,)
+    q = np.zeros(p.shape[0] + 1)  # (D + 1,): q[c] = P(count = c), pixels so far
+    q[0] = 1.0
+    for m, pm in enumerate(p, start=1):
+        q[1:m + 1] = (1.0 - pm) * q[1:m + 1] + pm * q[0:m]
+        q[0] *= 1.0 - pm
+    tail = q[np.arange(q.shape[0]) > threshold].sum()
+    return float(np.log(tail)) if tail > 0 else -np.inf

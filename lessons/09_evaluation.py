@@ -483,6 +483,84 @@ for K in (1, 2, 5, 20, 100):
 # base model made from $B$'s pixel means), to bound the mass of a mode that fresh chains fall
 # into but forward AIS never visits.
 #
+# ### AIS inside a set: every run counts (6.8, 6.9)
+#
+# The forward runs of that mode's own path still weigh it only through the runs that happen to
+# end in it, and when few do, the estimate rests on a few heavy weights. Restricting the whole
+# path to $B$ removes the luck. Take $f_k 1_B$ as the intermediate densities: at $k = 0$ it is
+# the base restricted to $B$, with mass $Z_0 P_0(B)$, and at $k = K$ the model restricted to $B$,
+# with mass $Z_B$. Inside $B$ the ratios $f_k/f_{k-1}$ are those of (6.3), so the weights are
+# unchanged, and $\mathbb{E}[w] = Z_B/(Z_0 P_0(B))$ as in section 3. What changes are the draws.
+# The base is drawn by rejection (keep the base draws in $B$). Each sweep is the model's own, with
+# its last visible draw refused if it leaves $B$. The sweep redraws h given v, which keeps the
+# restricted law since v does not move. It then proposes $v' \sim p(v \mid h)$, an exact
+# conditional, whose Metropolis-Hastings acceptance for the target $f 1_B$ is
+# $\min(1, 1_B(v'))$:
+#
+# $$ T^B(v, v') = T(v, v') \text{ for } v' \in B \setminus \{v\}, \qquad
+#    T^B(v, v) = T(v, v) + \sum_{u \notin B} T(v, u), \qquad
+#    \widehat{\log Z_B} = \log Z_0 + \log P_0(B) + \log \bar w . \tag{6.8} $$
+#
+# For Model R the routing drawn in the sweep is kept even when v is refused: it was a Gibbs draw
+# given the old v. Undoing it too looks harmless but breaks invariance (`tests/test_ais.py` sees
+# it). For an ink set $B = \{v : \sum_i v_i > t\}$ and the base's independent pixels,
+# $P_0(B)$ is the tail of a Poisson-binomial count, built one pixel at a time:
+#
+# $$ q_m(c) = (1 - p_m)\, q_{m-1}(c) + p_m\, q_{m-1}(c - 1), \qquad P_0(B) = \sum_{c > t} q_D(c) . \tag{6.9} $$
+#
+# Both are exact, so they can be checked by propagating distributions on the tiny RBM, for the
+# same $B$ as above:
+
+# %%
+def exact_restricted_ais_mean(params, base, log_z_base, betas, in_b):
+    """log E[w] of forward AIS restricted to B (6.8), exactly, and log P_0(B) by (6.9)."""
+    log_f = np.stack([-rbm.free_energy(path_params(params, base, b), V9) for b in betas])  # (K+1, 512)
+    log_p0_b = ais.ink_tail_log_probability(sigmoid(base.a), 5)  # (6.9): at least 6 of 9 pixels on
+    m = np.where(in_b, np.exp(log_f[0] - log_z_base - log_p0_b), 0.0)  # (512,): x_0 ~ p_0 1_B
+    for k in range(1, len(betas)):
+        m = m * np.exp(log_f[k] - log_f[k - 1])  # the weight's factor for x_{k-1}
+        if k < len(betas) - 1:
+            T = rbm.exact_transition_matrix(path_params(params, base, betas[k]))  # (512, 512)
+            TB = np.where(in_b[None, :], T, 0.0) + np.diag(np.where(~in_b[None, :], T, 0.0).sum(axis=1))
+            assert np.allclose(TB.sum(axis=1), 1.0)  # a kernel: rows sum to 1
+            pi_b = np.where(in_b, np.exp(log_f[k] - log_f[k].max()), 0.0)  # f_k 1_B, unnormalised
+            assert np.allclose(pi_b @ TB, pi_b, rtol=1e-10, atol=1e-14)  # T^B keeps f_k 1_B
+            m = m @ TB  # x_k ~ T^B_k(x_{k-1}, .)
+    return np.log(m.sum()), log_p0_b
+
+
+exact_p0_b = np.exp(logsumexp(np.where(in_b, -rbm.free_energy(base_tiny, V9), -np.inf)) - log_z0_tiny)
+print(f"P_0(B): (6.9) {np.exp(ais.ink_tail_log_probability(sigmoid(base_tiny.a), 5)):.6f}, "
+      f"enumeration {exact_p0_b:.6f}")
+print(" K   log Z_0 + log P_0(B) + log E[w] - log Z_B")
+for K in (1, 2, 5, 20, 100):
+    log_mean_w, log_p0_b = exact_restricted_ais_mean(tiny, base_tiny, log_z0_tiny, np.linspace(0, 1, K + 1), in_b)
+    err = log_z0_tiny + log_p0_b + log_mean_w - log_z_b
+    print(f"{K:3d}   {err:.1e}")
+    assert abs(err) < 1e-10
+
+# %% [markdown]
+# The restricted chain keeps $f_k 1_B$ at every temperature, and $\mathbb{E}[w]$ gives $Z_B$ to
+# rounding for every schedule, so (6.8) is unbiased in $Z_B$ as (6.4) is in $Z$. By sampling,
+# `capsnp.ais.restricted_path` turns a path into its restriction, and `ais` and `reverse_ais` run
+# on it unchanged. Reverse runs on it bound $\log Z_B$ with nothing lost to
+# $-\log P_{\text{fwd}}(B)$, since every restricted forward run ends in $B$:
+
+# %%
+path_tiny = ais.annealing_path(tiny, backend="numpy")
+sub = ais.restricted_path(path_tiny, lambda v: v.sum(axis=1) >= 6, ais.ink_tail_log_probability(sigmoid(tiny.a), 5))
+res_b = ais.ais(sub.log_f, sub.sample_base, sub.transition, sub.log_z_base, np.linspace(0, 1, 101), 500,
+                np.random.default_rng(7))
+print(f"restricted AIS, 500 runs, 100 temperatures: log Z_B {res_b.log_z:.4f} (se {res_b.std_error:.4f}), "
+      f"exact {log_z_b:.4f}")
+assert abs(res_b.log_z - log_z_b) < 5 * res_b.std_error + 0.01
+
+# %% [markdown]
+# Cut the states in two, $D$ and its complement $B$, and $Z = Z_D + Z_B$ with each mass measured
+# inside its own set: `docs/results/restricted_log_z.py` does this for MNIST models with an ink
+# threshold, where forward AIS on the model's path misses the blocky mode some capsule models'
+# fresh chains fall into (docs/results.md sec. 49).
+#
 # ## 5. AIS for Model P and Model R
 #
 # Nothing in the derivation of section 3 is specific to the RBM. Each model needs
@@ -668,13 +746,13 @@ assert several.any() and abs(err_mix[:, several].mean()) < 0.5 * abs(err_one[:, 
 # %% [markdown]
 # How the S draws are shared among the K components changes the variance, not the mean. Drawing
 # each draw's component at random adds the noise of how many draws each fixed point happens to
-# get. Drawing them in turn (draw $s$ from component $s mod K$, so component $k$ gets exactly
+# get. Drawing them in turn (draw $s$ from component $s \bmod K$, so component $k$ gets exactly
 # $n_k$ draws) removes it, and stays unbiased if every draw is weighted against the mixture with
 # the shares actually used (the deterministic mixture of multiple importance sampling):
 #
-# $$ q(a) = \sum_k rac{n_k}{S}\prod_i c^k_{i a_i}, \qquad
-#    \mathbb{E}\Big[rac1S\sum_srac{	ilde p(v,a^s)}{q(a^s)}\Big]
-#    = \sum_krac{n_k}{S}\sum_a c^k(a)\,rac{	ilde p(v,a)}{q(a)} = \sum_{a:\,q(a)>0}	ilde p(v,a). $$
+# $$ q(a) = \sum_k \frac{n_k}{S}\prod_i c^k_{i a_i}, \qquad
+#    \mathbb{E}\Big[\frac1S\sum_s\frac{\tilde p(v,a^s)}{q(a^s)}\Big]
+#    = \sum_k\frac{n_k}{S}\sum_a c^k(a)\,\frac{\tilde p(v,a)}{q(a)} = \sum_{a:\,q(a)>0}\tilde p(v,a). $$
 #
 # `mr.log_marginal_is` draws in turn by default (`stratified=True`; the cell above used it);
 # `stratified=False` draws the components at random. With 16 draws, two per fixed point:
@@ -839,6 +917,9 @@ print(f"    RBM-16, 10 epochs on 2,000 images:    {ll16:8.2f} nats")
 #   with too few, the estimate is biased low (Jensen) by more than its error bar says.
 # * (6.7) Reverse AIS from exact draws restricted to a set $B$ bounds $\log Z_B$ from above, loose
 #   by $-\log P_{\text{fwd}}(B)$ (checked exactly on the tiny RBM).
+# * (6.8) AIS restricted to $B$ (its base restricted by rejection, a sweep's visible draw refused
+#   outside $B$) is unbiased for $Z_B$ with every run inside $B$; (6.9) gives $P_0(B)$ for an ink
+#   set. Both checked exactly on the tiny RBM.
 # * AIS for Model P (MH) and Model R ((v, a) sweeps) agreed with exact $\log Z$ on tiny models.
 # * (4.10) Model R's $\log\tilde p(v)$ by importance sampling over routings is biased low too;
 #   combined with AIS, the result was too low in one setting and too high in another. Where the

@@ -4,9 +4,12 @@ import numpy as np
 import pytest
 from conftest import random_pparams
 
-from capsnp import _kernels_jit, kernels, model_p, model_r, rbm
+from scipy.stats import chisquare
+
+from capsnp import _kernels_jit, kernels, model_p, model_r, model_rs, rbm
 from capsnp.ais import (_interpolate, ais, ais_log_partition, annealing_path, blas_setting, default_betas,
-                        reverse_ais)
+                        ink_tail_log_probability, restricted_path, reverse_ais)
+from capsnp.ops import sigmoid
 from capsnp.params import RBMParams, RBParams, RParams, RSParams
 
 BETAS = default_betas(fast=True)[::2]  # 726 temperatures: enough for models this small
@@ -220,3 +223,113 @@ def test_model_r_and_rbm_paths_hold_blas_to_one_thread_on_the_kernels(backend):
     with blas_setting(r_path):
         assert _kernels_jit.blas_is_single_threaded() == (uses_kernels and inside)
     assert not _kernels_jit.blas_is_single_threaded()
+
+
+# ----------------------------------------------------------------------------- restricted AIS (6.8, 6.9)
+
+
+def test_ink_tail_log_probability_matches_enumeration(seed):
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(0.05, 0.95, 10)  # (D,)
+    V = ((np.arange(2**10)[:, None] >> np.arange(10)) & 1).astype(np.float64)  # (2^D, D)
+    prob = np.prod(np.where(V == 1, p, 1 - p), axis=1)  # (2^D,)
+    for t in (-1, 0, 3.5, 7, 9):
+        exact = np.log(prob[V.sum(axis=1) > t].sum())
+        assert ink_tail_log_probability(p.reshape(2, 5), t) == pytest.approx(exact, rel=1e-12, abs=1e-12)
+    assert ink_tail_log_probability(p, 10) == -np.inf
+
+
+def _restricted_case(kind, seed):
+    """A tiny model's path, B = the states with at least ``m`` pixels on, the path restricted to
+    B, and every state of B with its exact probability under the model restricted to B:
+    (path, restricted path, states (v, or (v, a)) of B, their probabilities, log Z_B)."""
+    rng = np.random.default_rng(seed)
+    if kind == "rbm":
+        params = tiny_rbm(rng, scale=0.7)
+        m, ink = 6, (lambda v: v.sum(axis=1))  # noqa: E731, 8 pixels
+        V = ((np.arange(2**8)[:, None] >> np.arange(8)) & 1).astype(np.float64)  # (256, 8)
+        states, log_f = V, -rbm.free_energy(params, V)  # (256,)
+        keep, alpha0 = ink(V) >= m, params.a
+    else:
+        params = tiny_rs(rng, scale=0.7)
+        m, ink = 4, (lambda v: v.sum(axis=(1, 2)))  # noqa: E731, 3 capsules of 2 pixels
+        Vg, Ag = model_r._va_grid(params)  # (Nv Na, 3, 2), (Nv Na, 3)
+        states, log_f = (Vg, Ag), model_rs.log_joint_va(params, Vg, Ag)  # (Nv Na,)
+        keep, alpha0 = ink(Vg) >= m, params.alpha
+    path = annealing_path(params, backend="numpy")
+    inside = lambda v: ink(v) >= m  # noqa: E731
+    restricted = restricted_path(path, inside, ink_tail_log_probability(sigmoid(alpha0), m - 0.5))
+    log_f = log_f[keep]
+    states = tuple(x[keep] for x in states) if kind == "rs" else states[keep]
+    p = np.exp(log_f - log_f.max())
+    log_z_b = float(np.log(p.sum()) + log_f.max())
+    return path, restricted, states, p / p.sum(), log_z_b
+
+
+def _index_draws(states, prob, n, rng):
+    idx = rng.choice(len(prob), size=n, p=prob)
+    return idx, (tuple(x[idx] for x in states) if isinstance(states, tuple) else states[idx])
+
+
+def _state_index(states, draws):
+    """Row of ``states`` equal to each draw: (n,)."""
+    flat = lambda s: (np.concatenate([np.reshape(x, (len(x), -1)) for x in s], axis=1)  # noqa: E731
+                      if isinstance(s, tuple) else s)
+    table = {tuple(r): i for i, r in enumerate(flat(states))}
+    return np.array([table[tuple(r)] for r in flat(draws)])
+
+
+@pytest.mark.parametrize("kind", ["rbm", "rs"])
+def test_restricted_sweep_keeps_the_model_restricted_to_b(kind, seed):
+    # exact draws from p 1_B, one restricted sweep at beta = 1: still p 1_B (chi-square over the
+    # states of B; Model R's state is (v, a), and a refused v keeps the new a)
+    path, restricted, states, prob, _ = _restricted_case(kind, seed)
+    rng = np.random.default_rng(seed + 100)
+    _, x = _index_draws(states, prob, 40000, rng)
+    moved = restricted.transition(1.0, x, rng)
+    idx = _state_index(states, moved)  # fails with a KeyError if a draw left B
+    observed = np.bincount(idx, minlength=len(prob)).astype(float)
+    expected = 40000 * prob
+    big = expected >= 5  # chi-square cells; the rest, if any, pooled into one
+    obs, exp = observed[big], expected[big]
+    if not big.all():
+        obs, exp = np.append(obs, observed[~big].sum()), np.append(exp, expected[~big].sum())
+    assert big.sum() > 10
+    stay = np.mean(np.all(np.reshape(_visible_of(moved) == _visible_of(x), (40000, -1)), axis=1))
+    assert 0.01 < stay < 0.99  # the sweep both moves and refuses: the test sees both branches
+    assert chisquare(obs, exp).pvalue > 1e-5
+
+
+def _visible_of(state):
+    return state[0] if isinstance(state, tuple) else state
+
+
+@pytest.mark.parametrize("kind", ["rbm", "rs"])
+def test_restricted_ais_meets_the_exact_mass_of_b(kind, seed):
+    path, restricted, states, prob, log_z_b = _restricted_case(kind, seed)
+    rng = np.random.default_rng(seed)
+    assert restricted.log_z_base < path.log_z_base
+    forward = ais(restricted.log_f, restricted.sample_base, restricted.transition, restricted.log_z_base,
+                  np.linspace(0, 1, 200), 64, rng)
+    assert abs(forward.log_z - log_z_b) < 5 * forward.std_error + 0.02, (forward.log_z, log_z_b)
+    # reverse runs from exact draws of p 1_B: every restricted forward run ends in B, so
+    # E[1 / w] = Z_0 P_0(B) / Z_B exactly, however short the schedule (6.7 with P(end in B) = 1)
+    _, start = _index_draws(states, prob, 4000, rng)
+    res = reverse_ais(restricted.log_f, start, restricted.transition, restricted.log_z_base,
+                      np.linspace(0, 1, 12), rng)
+    ratio = np.exp(-res.log_weights + log_z_b - restricted.log_z_base)  # mean 1
+    assert abs(ratio.mean() - 1.0) < 5 * ratio.std() / np.sqrt(len(ratio)), ratio.mean()
+    assert ratio.std() > 0.05  # 12 temperatures: the weights vary, the test is not of constants
+
+
+def test_restricted_path_refuses_model_p_and_impossible_masses():
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="Model P"):
+        restricted_path(annealing_path(random_pparams(rng), backend="numpy"), lambda v: v.sum() > 0, -1.0)
+    path = annealing_path(tiny_rbm(rng), backend="numpy")
+    for bad in (0.5, -np.inf, np.nan):
+        with pytest.raises(ValueError):
+            restricted_path(path, lambda v: v.sum(axis=1) > 2, bad)
+    never = restricted_path(path, lambda v: v.sum(axis=1) > 99, -1.0, max_draws=1000)
+    with pytest.raises(RuntimeError, match="fell in B"):
+        never.sample_base(5, rng)

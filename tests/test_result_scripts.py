@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from capsnp._kernels_jit import NUMBA_AVAILABLE
+from capsnp.ais import ais_log_partition
 from capsnp.capsules import to_capsules
 from capsnp.datasets import binarize, load_dataset
-from capsnp.estimators import RoutedCapsuleRBM
+from capsnp.estimators import RoutedCapsuleRBM, load_estimator
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 sys.path.insert(0, str(SCRIPTS))  # as when a script runs: pruned_likelihood imports routing_usage
@@ -323,7 +324,6 @@ def test_ais_cost_variants_estimate_the_same_log_z(saved_r):
     """The three ways ais_cost.py times AIS draw the same states: the same log Z to rounding,
     and ``as_before`` puts the current functions back."""
     from capsnp import _kernels_r, ais
-    from capsnp.estimators import load_estimator
     module = _script("ais_cost")
     path = ais.annealing_path(load_estimator(saved_r / "tiny_model.npz"))
     betas = np.linspace(0.0, 1.0, 30)
@@ -745,3 +745,26 @@ def test_step_profile_reports_own_times_and_who_asks_for_contiguous_arrays(tmp_p
     assert all(s > 0 for s in copies.values())
     if NUMBA_AVAILABLE:  # the compiled RBM passes ask for V's transposed view in layout
         assert any(k.startswith("_kernels_rbm.py") for k in copies)
+
+
+def test_restricted_log_z_sums_two_restricted_masses_to_the_forward_log_z(saved_r, capsys):
+    script = _script("restricted_log_z")
+    p = np.random.default_rng(0).uniform(0.05, 0.95, 7)
+    for t in (-1, 0, 2.5, 6):  # (6.9) on the flipped pixels: P(count <= t) by enumeration
+        V = ((np.arange(2**7)[:, None] >> np.arange(7)) & 1)
+        exact = np.prod(np.where(V == 1, p, 1 - p), axis=1)[V.sum(axis=1) <= t].sum()
+        assert np.exp(script.log_mass_at_most(p, t)) == pytest.approx(exact, rel=1e-12, abs=1e-300)
+    # a threshold inside the model's ink range, so that both sets hold mass
+    script.main("tiny", "embedded", "fast", 16, 20, saved_r, 1, 100, "digits,box,reverse")
+    report = json.loads(capsys.readouterr().out)
+    assert report["temperatures"] == 1451 and report["runs"] == 16
+    assert 0 < report["chains_from_noise_in_box"] < 16
+    assert 0.01 < report["box_share"] < 0.99, report
+    assert report["log_z"] == pytest.approx(np.logaddexp(report["log_z_digits"], report["log_z_box"]))
+    est = load_estimator(saved_r / "tiny_model.npz")
+    plain = ais_log_partition(est, 64, random_state=2,
+                              base_rate=_script("ais_schedule_check").experiment_base_rate(est, "embedded"))
+    se = np.hypot(plain.std_error, max(report["digits_std_error"], report["box_std_error"]))
+    assert abs(report["log_z"] - plain.log_z) < 5 * se + 0.1, (report["log_z"], plain.log_z)
+    assert report["reverse_box_log_z"] > report["log_z_box"] - 5 * report["reverse_box_std_error"] - 0.1
+    assert report["reported_log_z"] is None  # tiny.json has no log Z

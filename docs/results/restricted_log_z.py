@@ -1,0 +1,119 @@
+"""log Z as the sum of two masses, each measured by AIS restricted to its own set of states (6.8).
+
+Forward AIS on the experiment's path weighs a region only through the runs that end there. When
+fresh chains fall into a mode no run visits (the blocky box of the sec. 46 split), its mass is
+missing from log Z; measured on a path of the box's own, it rests on the few runs that happen
+to end there (``log_z_sandwich.py``), and those estimates are heavy-tailed. Here the states are
+cut in two by ink (units on) at ``threshold``, D = {ink <= threshold} and B = {ink > threshold},
+and each mass is measured by forward AIS that never leaves its set: the base model restricted
+to the set (drawn by rejection, its probability by the Poisson-binomial tail, 6.9) and every
+sweep's visible draw refused if it falls outside (``capsnp.ais.restricted_path``). Then
+``Z = Z_D + Z_B`` holds exactly, and every run counts. For a saved model of ``<folder>``
+(default ``docs/results/<dataset>``) and one schedule (``fast``: 1,451 temperatures, ``x<k>``: k
+times the default 14,501), this script
+
+1. runs ``n`` fresh chains from noise (``p = sigmoid(visible biases)``, as ``sample`` starts
+   them) for ``sweeps`` sweeps; the pixel means of those that end in B are the base of B's path
+   (of them all if none does);
+2. measures log Z_D by ``n`` restricted runs on the experiment's path (base: the training
+   data's pixel means) and log Z_B by ``n`` restricted runs on B's path;
+3. with ``reverse`` among the parts, runs restricted reverse AIS (6.7) from the chains in B: an
+   upper estimate of log Z_B, exact in expectation for exact starts (these are long chains).
+
+It prints one JSON line: each mass with its standard error and effective sample size, their
+sum ``log_z``, B's share of it, and the reported forward log Z of ``<name>.json`` if present.
+
+    python docs/results/restricted_log_z.py rs-400-2x50-m5-lr3-mf3-c300-avg-sc-ca100 mnist x1 100 1000 docs/results/mnist/centred/offsets-average/seed1
+
+Arguments: name, dataset, schedule, n, sweeps, folder, seed (default 1), threshold (default 200),
+parts (default ``digits,box``; add ``reverse`` for step 3).
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ais_end_states import schedule
+from ais_schedule_check import experiment_base_rate
+from capsnp.ais import (ais, annealing_path, base_log_odds, blas_setting, ink_tail_log_probability,
+                        restricted_path, reverse_ais)
+from capsnp.estimators import load_estimator
+from capsnp.ops import sigmoid
+from log_z_sandwich import run_chains, subset
+
+
+def visible(state):
+    """The visible units of a path state, one row per run: (n, D) or (n, I d_v)."""
+    v = state[0] if isinstance(state, tuple) else state
+    return np.asarray(v).reshape(v.shape[0], -1)
+
+
+def log_mass_at_most(p, threshold):
+    """``log P(count <= threshold)`` for independent pixels with probabilities p (6.9 on the
+    flipped pixels: count <= t exactly when the off-pixels number more than D - floor(t) - 1)."""
+    p = np.asarray(p, dtype=np.float64).ravel()  # (D,)
+    return ink_tail_log_probability(1.0 - p, p.shape[0] - np.floor(threshold) - 1)
+
+
+def restricted_mass(path, base_probability, inside, at_most, threshold, betas, n, rng):
+    """Forward AIS (6.8) on ``path`` restricted to D (``at_most``) or B: AISResult."""
+    log_base = (log_mass_at_most(base_probability, threshold) if at_most
+                else ink_tail_log_probability(base_probability, threshold))
+    sub = restricted_path(path, inside, log_base)
+    return ais(sub.log_f, sub.sample_base, sub.transition, sub.log_z_base, betas, n, rng,
+               log_f_pair=sub.log_f_pair), sub
+
+
+def main(name, dataset="mnist", which="x1", n=100, sweeps=1000, folder=None, seed=1, threshold=200,
+         parts="digits,box"):
+    n, threshold, parts = int(n), float(threshold), set(parts.split(","))
+    folder = Path(folder or Path("docs/results") / dataset)
+    est = load_estimator(folder / f"{name}_model.npz")
+    data_rate = experiment_base_rate(est, dataset)  # (D,) or (I, d_v)
+    path = annealing_path(est, data_rate)
+    noise_path = annealing_path(est)  # its base is the "noise" fresh chains start from
+    rng = np.random.default_rng(int(seed))
+    betas = schedule(which)
+    ink = lambda v: np.asarray(v).reshape(v.shape[0], -1).sum(axis=1)  # noqa: E731, (n,)
+    in_d = lambda v: ink(v) <= threshold  # noqa: E731
+    in_b = lambda v: ink(v) > threshold  # noqa: E731
+    start = time.perf_counter()
+    report = {"model": name, "dataset": dataset, "temperatures": len(betas), "runs": n,
+              "sweeps": int(sweeps), "seed": int(seed), "threshold": threshold}
+    with blas_setting(path):
+        if "digits" in parts:
+            res, _ = restricted_mass(path, sigmoid(base_log_odds(data_rate)), in_d, True, threshold,
+                                     betas, n, rng)
+            report.update(log_z_digits=res.log_z, digits_std_error=res.std_error,
+                          digits_effective_sample_size=res.effective_sample_size)
+        if parts & {"box", "reverse"}:
+            noise = run_chains(path, noise_path.sample_base(n, rng), sweeps, rng)
+            box = in_b(visible(noise))  # (n,)
+            report["chains_from_noise_in_box"] = int(box.sum())
+            chosen = visible(subset(noise, box)) if box.any() else visible(noise)  # (m, D)
+            box_rate = chosen.mean(axis=0).reshape(data_rate.shape)
+            box_path = annealing_path(est, box_rate)
+            res, sub = restricted_mass(box_path, sigmoid(base_log_odds(box_rate)), in_b, False, threshold,
+                                       betas, n, rng)
+            report.update(log_z_box=res.log_z, box_std_error=res.std_error,
+                          box_effective_sample_size=res.effective_sample_size,
+                          box_log_base_mass=sub.log_z_base - box_path.log_z_base)
+            if "reverse" in parts and box.any():
+                up = reverse_ais(sub.log_f, subset(noise, box), sub.transition, sub.log_z_base, betas, rng,
+                                 log_f_pair=sub.log_f_pair)
+                report.update(reverse_box_log_z=up.log_z, reverse_box_std_error=up.std_error)
+    if {"log_z_digits", "log_z_box"} <= report.keys():
+        log_z = float(np.logaddexp(report["log_z_digits"], report["log_z_box"]))
+        report.update(log_z=log_z, box_share=float(np.exp(report["log_z_box"] - log_z)))
+    reported = folder / f"{name}.json"
+    if reported.exists():
+        report["reported_log_z"] = json.loads(reported.read_text()).get("log_z")
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    print(json.dumps(report), flush=True)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
