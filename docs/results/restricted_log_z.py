@@ -21,7 +21,9 @@ times the default 14,501), this script
    upper estimate of log Z_B, exact in expectation for exact starts (these are long chains).
 
 It prints one JSON line: each mass with its standard error and effective sample size, their
-sum ``log_z``, B's share of it, and the reported forward log Z of ``<name>.json`` if present.
+sum ``log_z``, B's share of it, the ink quantiles (0, 10, 25, 50, 75, 90, 100%) of the chains
+from noise (how cleanly the threshold separates them), and the reported forward log Z of
+``<name>.json`` if present.
 
     python docs/results/restricted_log_z.py rs-400-2x50-m5-lr3-mf3-c300-avg-sc-ca100 mnist x1 100 1000 docs/results/mnist/centred/offsets-average/seed1
 
@@ -93,6 +95,8 @@ def main(name, dataset="mnist", which="x1", n=100, sweeps=1000, folder=None, see
             noise = run_chains(path, noise_path.sample_base(n, rng), sweeps, rng)
             box = in_b(visible(noise))  # (n,)
             report["chains_from_noise_in_box"] = int(box.sum())
+            report["chains_from_noise_ink_quantiles"] = [float(q) for q in np.percentile(
+                ink(visible(noise)), [0, 10, 25, 50, 75, 90, 100])]
             chosen = visible(subset(noise, box)) if box.any() else visible(noise)  # (m, D)
             box_rate = chosen.mean(axis=0).reshape(data_rate.shape)
             box_path = annealing_path(est, box_rate)
