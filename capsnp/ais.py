@@ -250,10 +250,12 @@ class AnnealingPath(NamedTuple):
         Run the transitions with BLAS held to one thread (:func:`blas_setting`): Model R and the
         RBM on the compiled kernels, whose BLAS products then share the kernel threads.
     restrictable : bool
-        The transition is a Gibbs sweep whose last block draws the visible units from their exact
-        conditional and whose earlier blocks redraw the rest of the state given v (the RBM and
-        Model R): :func:`restricted_path` can then refuse a visible draw outside a set (6.8).
-        Model P's sweep of single-site MH steps is not (its composition is not reversible).
+        The transition is a sweep of Gibbs blocks on the joint of the state and the units it
+        sums out, whose last block draws the visible units from their exact conditional (the
+        RBM: h | v, then v | h; Model R: (g, h) | v, a, then a | v, h, then v | g, h, a):
+        :func:`restricted_path` can then refuse a visible draw outside a set (6.8). Model P's
+        sweep of single-site MH steps has no such last block, so refusing where a whole sweep
+        ends would not keep the restricted law.
     """
 
     log_f: Callable
@@ -499,13 +501,16 @@ def restricted_path(path, inside, log_base_mass, max_draws=10**7):
     (6.7) loses nothing to ``P(end in B)``.
 
     Why the restricted sweep leaves ``f_beta 1_B`` invariant: the sweep of a restrictable path
-    first redraws everything but v from its exact conditional given the state, which does not
-    touch v and so keeps the restricted law. Its last block draws ``v'`` from ``p(v | rest)``.
-    Read as a Metropolis-Hastings proposal for the target ``f_beta 1_B``, this exact conditional
-    has acceptance ``min(1, 1_B(v'))``: the draw is kept if it lies in B and refused (v stays)
-    otherwise. For Model R the routing a drawn in the sweep is kept either way, since it was a
-    Gibbs draw given the old v. The weights (6.3) need no change: inside B, ``f_beta 1_B`` and
-    ``f_beta`` have the same ratios between temperatures.
+    is a run of Gibbs blocks on the joint of v and the other units. The blocks before the last
+    leave v alone (the RBM draws h | v; Model R draws (g, h) | v, a and then a | v, h, which by
+    (4c.3) equals a | v, g, h), so each keeps the restricted joint law. The last block draws
+    ``v'`` from its exact conditional. Read as a Metropolis-Hastings proposal for the target
+    ``f_beta 1_B``, it has acceptance ``min(1, 1_B(v'))``: the draw is kept if it lies in B and
+    refused (v stays) otherwise. For Model R the routing drawn in the sweep is kept either way:
+    it was a Gibbs draw given the old v. No block needs to be reversible. The weights (6.3) need
+    no change: inside B, ``f_beta 1_B`` and ``f_beta`` have the same ratios between temperatures.
+    Reverse runs from exact draws of ``f_1 1_B / Z_B`` then satisfy
+    ``E[1 / w] = Z_0 P_0(B) / Z_B`` exactly, as (6.7) does with every forward run ending in B.
 
     Parameters
     ----------
@@ -523,6 +528,8 @@ def restricted_path(path, inside, log_base_mass, max_draws=10**7):
     -------
     AnnealingPath with the restricted base sampler, the restricted transition and
     ``log_z_base = path.log_z_base + log_base_mass``; ``log_f`` and ``log_f_pair`` are the path's.
+    It is not ``restrictable`` again: restricting it further would need ``P_0`` of the new set
+    given B.
     """
     if not path.restrictable:
         raise ValueError("this path's sweep cannot be restricted to a set of states (Model P's MH sweep); "
@@ -531,16 +538,17 @@ def restricted_path(path, inside, log_base_mass, max_draws=10**7):
         raise ValueError(f"log_base_mass={log_base_mass!r} must be a finite log-probability")
 
     def sample_base(n, g):
-        # rejection from the base model: exact draws from the base restricted to B
+        # rejection from the base model: exact draws from the base restricted to B, in batches of
+        # at most 10,000 states (or n) so that a rare B runs into max_draws, not out of memory
         kept, drawn = [], 0
-        batch = int(min(max_draws, max(n, np.ceil(1.2 * n / np.exp(log_base_mass)))))
-        while sum(_visible(x).shape[0] for x in kept) < n:
+        batch = int(min(max_draws, max(n, 1, min(10_000, np.ceil(1.2 * n / np.exp(log_base_mass))))))
+        while not kept or sum(_visible(x).shape[0] for x in kept) < n:
             if drawn >= max_draws:
                 raise RuntimeError(f"fewer than {n} of {drawn} base draws fell in B (P_0(B) = "
                                    f"{np.exp(log_base_mass):.3g}); choose a base with more mass on B")
             x = path.sample_base(batch, g)
             drawn += batch
-            ok = np.asarray(inside(_visible(x)), dtype=bool)  # (batch,)
+            ok = np.asarray(inside(_visible(x)), dtype=bool).reshape(batch)  # (batch,)
             kept.append(tuple(y[ok] for y in x) if isinstance(x, tuple) else x[ok])
         if isinstance(kept[0], tuple):
             return tuple(np.concatenate(parts)[:n] for parts in zip(*kept))
@@ -548,14 +556,14 @@ def restricted_path(path, inside, log_base_mass, max_draws=10**7):
 
     def transition(beta, state, g):
         new = path.transition(beta, state, g)
-        ok = np.asarray(inside(_visible(new)), dtype=bool)  # (n,): v' in B
         v = _visible(new)
+        ok = np.asarray(inside(v), dtype=bool).reshape(v.shape[0])  # (n,): v' in B
         m = ok.reshape(ok.shape + (1,) * (v.ndim - 1))  # (n, 1, ...)
         v = np.where(m, v, _visible(state))  # a refused draw leaves v where it was
         return (v,) + tuple(new[1:]) if isinstance(new, tuple) else v
 
     return path._replace(sample_base=sample_base, transition=transition,
-                         log_z_base=float(path.log_z_base + log_base_mass))
+                         log_z_base=float(path.log_z_base + log_base_mass), restrictable=False)
 
 
 def ink_tail_log_probability(p, threshold):
@@ -563,7 +571,9 @@ def ink_tail_log_probability(p, threshold):
 
     The count of pixels on is Poisson-binomial. Its law is built one pixel at a time: with
     ``q_m(c) = P(x_1 + ... + x_m = c)``, ``q_m(c) = (1 - p_m) q_{m-1}(c) + p_m q_{m-1}(c - 1)``,
-    then the tail is summed. For the base model of a path, ``p = sigmoid(alpha_0)``.
+    then the tail is summed. The recursion runs on ``log q`` so that tails far below 1e-308
+    keep their logs; a tail near 1 is taken as ``log1p(-head)`` so that it never exceeds 0.
+    For the base model of a path, ``p = sigmoid(alpha_0)``.
 
     Parameters
     ----------
@@ -572,13 +582,20 @@ def ink_tail_log_probability(p, threshold):
 
     Returns
     -------
-    float (``-inf`` if no count exceeds ``threshold``)
+    float in [-inf, 0] (``-inf`` if no count exceeds ``threshold``)
     """
     p = np.asarray(p, dtype=np.float64).ravel()  # (D,)
-    q = np.zeros(p.shape[0] + 1)  # (D + 1,): q[c] = P(count = c), pixels so far
-    q[0] = 1.0
-    for m, pm in enumerate(p, start=1):
-        q[1:m + 1] = (1.0 - pm) * q[1:m + 1] + pm * q[0:m]
-        q[0] *= 1.0 - pm
-    tail = q[np.arange(q.shape[0]) > threshold].sum()
-    return float(np.log(tail)) if tail > 0 else -np.inf
+    if np.isnan(threshold) or np.any((p < 0) | (p > 1)):
+        raise ValueError("threshold must be a number and p probabilities in [0, 1]")
+    with np.errstate(divide="ignore"):
+        log_on, log_off = np.log(p), np.log1p(-p)  # (D,), (D,)
+    lq = np.full(p.shape[0] + 1, -np.inf)  # (D + 1,): log q[c], pixels so far
+    lq[0] = 0.0
+    for m in range(1, p.shape[0] + 1):
+        lq[1:m + 1] = np.logaddexp(log_off[m - 1] + lq[1:m + 1], log_on[m - 1] + lq[0:m])
+        lq[0] += log_off[m - 1]
+    above = np.arange(lq.shape[0]) > threshold  # (D + 1,)
+    log_tail, log_head = logsumexp(lq[above]), logsumexp(lq[~above])  # -inf for an empty side
+    if log_tail > np.log(0.5):
+        return float(min(np.log1p(-np.exp(log_head)), 0.0))
+    return float(log_tail)

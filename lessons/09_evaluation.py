@@ -530,8 +530,9 @@ def exact_restricted_ais_mean(params, base, log_z_base, betas, in_b):
 
 
 exact_p0_b = np.exp(logsumexp(np.where(in_b, -rbm.free_energy(base_tiny, V9), -np.inf)) - log_z0_tiny)
-print(f"P_0(B): (6.9) {np.exp(ais.ink_tail_log_probability(sigmoid(base_tiny.a), 5)):.6f}, "
-      f"enumeration {exact_p0_b:.6f}")
+p0_b = np.exp(ais.ink_tail_log_probability(sigmoid(base_tiny.a), 5))  # (6.9)
+print(f"P_0(B): (6.9) {p0_b:.6f}, enumeration {exact_p0_b:.6f}")
+assert abs(p0_b - exact_p0_b) < 1e-12
 print(" K   log Z_0 + log P_0(B) + log E[w] - log Z_B")
 for K in (1, 2, 5, 20, 100):
     log_mean_w, log_p0_b = exact_restricted_ais_mean(tiny, base_tiny, log_z0_tiny, np.linspace(0, 1, K + 1), in_b)

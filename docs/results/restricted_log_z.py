@@ -17,8 +17,10 @@ times the default 14,501), this script
    (of them all if none does);
 2. measures log Z_D by ``n`` restricted runs on the experiment's path (base: the training
    data's pixel means) and log Z_B by ``n`` restricted runs on B's path;
-3. with ``reverse`` among the parts, runs restricted reverse AIS (6.7) from the chains in B: an
-   upper estimate of log Z_B, exact in expectation for exact starts (these are long chains).
+3. with ``reverse`` among the parts, runs restricted reverse AIS (6.7) from the chains in B. From
+   exact draws of the model restricted to B, its ``mean(1 / w)`` would be unbiased for
+   ``Z_0 P_0(B) / Z_B``, so its log Z_B an upper estimate (Jensen); these starts are chains
+   chosen because they ended in B, so the check is approximate.
 
 It prints one JSON line: each mass with its standard error and effective sample size, their
 sum ``log_z``, B's share of it, the ink quantiles (0, 10, 25, 50, 75, 90, 100%) of the chains
