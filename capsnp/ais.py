@@ -22,6 +22,8 @@ Equation labels:
   ``P(forward run ends in B) = 1``
 * (6.9) ``P_0(B)`` for an ink set ``B = {v : sum_i v_i > t}`` under the base model's independent
   pixels: the upper tail of a Poisson-binomial count, by recursion over the pixels
+* (6.10) for an ink set, the refusal made pixel by pixel: each pixel of the sweep's visible
+  draw is taken in turn unless it would carry the count out of the set
 
 The transitions and the free energies run on the backend chosen by ``ais_log_partition``'s
 ``backend`` (the compiled kernels of :mod:`capsnp.kernels` by default, or the NumPy reference).
@@ -47,7 +49,8 @@ from .ops import sigmoid, softplus
 from .params import GParams, PParams, RBMParams, RBParams, RParams, RSParams, SParams
 
 __all__ = ["AISResult", "AnnealingPath", "default_betas", "ais", "reverse_ais", "ais_log_partition",
-           "annealing_path", "base_log_odds", "blas_setting", "restricted_path", "ink_tail_log_probability"]
+           "annealing_path", "base_log_odds", "blas_setting", "restricted_path", "ink_restricted_path", "pixelwise_refusal",
+           "ink_tail_log_probability"]
 
 
 @dataclass
@@ -564,6 +567,85 @@ def restricted_path(path, inside, log_base_mass, max_draws=10**7):
 
     return path._replace(sample_base=sample_base, transition=transition,
                          log_z_base=float(path.log_z_base + log_base_mass), restrictable=False)
+
+
+def pixelwise_refusal(v, proposal, threshold, above=True):
+    """(6.10) Pixel-by-pixel refusal of a visible draw at the edge of an ink set.
+
+    Inside ``B = {ink > t}`` (``above``) or ``{ink <= t}``, visit the pixels in order and
+    replace ``v_i`` by the proposal's ``v'_i`` unless that would carry the count of pixels on
+    out of the set. When the pixels of ``v'`` are independent draws from their exact
+    conditionals (given h, and a and g for Model R), each visit is a Metropolis-Hastings step
+    whose proposal is that conditional, so its acceptance is the set's indicator, and the scan
+    keeps ``f_beta 1_B`` as (6.8) does. Where a refused whole draw leaves v where it was, this
+    refuses only the flips that cross the edge, so a chain pressed against the edge keeps
+    moving along it.
+
+    With ``delta_i = v'_i - v_i`` and ``S_k = ink(v) + delta_1 + ... + delta_k``, the count after
+    k visits above the edge is the walk held at ``t + 1`` from below (a Skorokhod reflection):
+    ``c_k = S_k + max(0, max_{j <= k} (t + 1 - S_j))``, and visit k is accepted exactly when
+    ``c_k - c_{k-1} = delta_k``; below it, ``c_k = S_k - max(0, max_{j <= k} (S_j - t))``.
+
+    Parameters
+    ----------
+    v : ndarray of shape (n, ...), binary, each row inside the set
+    proposal : ndarray of the same shape, binary
+    threshold : float
+    above : bool, the set is ``{ink > threshold}`` (else ``{ink <= threshold}``)
+
+    Returns
+    -------
+    ndarray of v's shape and dtype: the new visible states, each still inside the set
+    """
+    n = v.shape[0]
+    old = np.asarray(v).reshape(n, -1)  # (n, D)
+    new = np.asarray(proposal).reshape(n, -1)  # (n, D)
+    delta = new.astype(np.int64) - old.astype(np.int64)  # (n, D), in {-1, 0, 1}
+    c0 = old.sum(axis=1).astype(np.int64)  # (n,)
+    S = c0[:, None] + np.cumsum(delta, axis=1)  # (n, D): the free walk
+    if above:
+        edge = int(np.floor(threshold)) + 1  # the smallest count inside
+        c = S + np.maximum(0, np.maximum.accumulate(edge - S, axis=1))  # (n, D), >= edge
+    else:
+        edge = int(np.floor(threshold))  # the largest count inside
+        c = S - np.maximum(0, np.maximum.accumulate(S - edge, axis=1))  # (n, D), <= edge
+    before = np.concatenate([c0[:, None], c[:, :-1]], axis=1)  # (n, D): c_{k-1}
+    accepted = (c - before) == delta  # (n, D)
+    return np.where(accepted, new, old).reshape(np.shape(v)).astype(np.asarray(v).dtype)
+
+
+def ink_restricted_path(path, threshold, above, log_base_mass, max_draws=10**7):
+    """:func:`restricted_path` for an ink set, with the refusal made pixel by pixel (6.10).
+
+    The base and the weights are those of (6.8); each sweep's visible draw is kept pixel by
+    pixel by :func:`pixelwise_refusal` instead of whole. Use it where whole draws would mostly
+    be refused: a set whose edge the intermediate models press against freezes the chains of
+    :func:`restricted_path`, which is still unbiased but has weights of unbounded spread.
+
+    Parameters
+    ----------
+    path : AnnealingPath with ``restrictable``
+    threshold : float
+    above : bool, the set is ``{ink > threshold}`` (else ``{ink <= threshold}``)
+    log_base_mass : float, ``log P_0`` of the set (:func:`ink_tail_log_probability`)
+    max_draws : int, as for :func:`restricted_path`
+
+    Returns
+    -------
+    AnnealingPath, as :func:`restricted_path` returns
+    """
+    def inside(v):
+        ink = np.asarray(v).reshape(v.shape[0], -1).sum(axis=1)  # (n,)
+        return ink > threshold if above else ink <= threshold
+
+    sub = restricted_path(path, inside, log_base_mass, max_draws)
+
+    def transition(beta, state, g):
+        new = path.transition(beta, state, g)
+        v = pixelwise_refusal(_visible(state), _visible(new), threshold, above)
+        return (v,) + tuple(new[1:]) if isinstance(new, tuple) else v
+
+    return sub._replace(transition=transition)
 
 
 def ink_tail_log_probability(p, threshold):

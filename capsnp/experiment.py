@@ -300,9 +300,10 @@ PRESETS = {
     "rs-400-2x50-m5-lr3-mf3-c300-avg-sc": (RoutedCapsuleRBM, dict(_SHARED_AVG, capsule_dim=50, shared_units=400,
                                                                   learning_rate=0.03, shared_centring=True)),
     # ... with the shared offsets' moving average over 100 updates (5.10) (run with --epochs 212
-    # beside rbm-pcd-long-centred-m5-lr3-c300-avg-ca100; docs/results.md sections 46 to 48:
-    # -85.30 and -85.32 on seeds 0 and 1, level with it by the usual AIS checks, but many fresh
-    # chains end in a blocky mode that forward AIS never visits and that may hold mass it misses)
+    # beside rbm-pcd-long-centred-m5-lr3-c300-avg-ca100; docs/results.md sections 46 to 49:
+    # -85.30 and -85.32 on seeds 0 and 1 by forward AIS, level with it, but many fresh chains end
+    # in a blocky mode that forward AIS never visits; AIS restricted to it puts 0.9% and 99% of
+    # the mass there, so seed 1 scores about -90.2)
     "rs-400-2x50-m5-lr3-mf3-c300-avg-sc-ca100": (RoutedCapsuleRBM, dict(
         _SHARED_AVG, capsule_dim=50, shared_units=400, learning_rate=0.03, shared_centring=True,
         centring_average=100)),

@@ -8,7 +8,8 @@ from scipy.stats import chisquare
 
 from capsnp import _kernels_jit, kernels, model_p, model_r, model_rs, rbm
 from capsnp.ais import (_interpolate, ais, ais_log_partition, annealing_path, blas_setting, default_betas,
-                        ink_tail_log_probability, restricted_path, reverse_ais)
+                        ink_restricted_path, ink_tail_log_probability, pixelwise_refusal,
+                        restricted_path, reverse_ais)
 from capsnp.ops import sigmoid
 from capsnp.params import RBMParams, RBParams, RParams, RSParams
 
@@ -250,7 +251,7 @@ def test_ink_tail_log_probability_stays_a_log_probability_at_both_extremes():
         ink_tail_log_probability(np.array([0.5, 1.5]), 0)
 
 
-def _restricted_case(kind, seed):
+def _restricted_case(kind, seed, pixelwise=False):
     """A tiny model's path, B = the states with at least ``m`` pixels on, the path restricted to
     B, and every state of B with its exact probability under the model restricted to B:
     (path, restricted path, states (v, or (v, a)) of B, their probabilities, log Z_B)."""
@@ -269,7 +270,9 @@ def _restricted_case(kind, seed):
         keep, alpha0 = ink(Vg) >= m, params.alpha
     path = annealing_path(params, backend="numpy")
     inside = lambda v: ink(v) >= m  # noqa: E731
-    restricted = restricted_path(path, inside, ink_tail_log_probability(sigmoid(alpha0), m - 0.5))
+    log_p0 = ink_tail_log_probability(sigmoid(alpha0), m - 0.5)
+    restricted = (ink_restricted_path(path, m - 0.5, True, log_p0) if pixelwise
+                  else restricted_path(path, inside, log_p0))
     log_f = log_f[keep]
     states = tuple(x[keep] for x in states) if kind == "rs" else states[keep]
     p = np.exp(log_f - log_f.max())
@@ -290,12 +293,13 @@ def _state_index(states, draws):
     return np.array([table[tuple(r)] for r in flat(draws)])
 
 
+@pytest.mark.parametrize("pixelwise", [False, True])
 @pytest.mark.parametrize("kind", ["rbm", "rs"])
-def test_restricted_sweep_keeps_the_model_restricted_to_b(kind, seed):
+def test_restricted_sweep_keeps_the_model_restricted_to_b(kind, pixelwise, seed):
     # exact draws from p 1_B, three restricted sweeps at beta = 1: still p 1_B (chi-square over
     # the states of B). Model R's state is (v, a), and a refused v keeps the new a; undoing a too
     # fails this test with p-values below 1e-7 on seeds 0 to 5 (three sweeps let the error grow)
-    path, restricted, states, prob, _ = _restricted_case(kind, seed)
+    path, restricted, states, prob, _ = _restricted_case(kind, seed, pixelwise)
     rng = np.random.default_rng(seed + 100)
     _, x = _index_draws(states, prob, 40000, rng)
     moved = restricted.transition(1.0, x, rng)
@@ -318,9 +322,10 @@ def _visible_of(state):
     return state[0] if isinstance(state, tuple) else state
 
 
+@pytest.mark.parametrize("pixelwise", [False, True])
 @pytest.mark.parametrize("kind", ["rbm", "rs"])
-def test_restricted_ais_meets_the_exact_mass_of_b(kind, seed):
-    path, restricted, states, prob, log_z_b = _restricted_case(kind, seed)
+def test_restricted_ais_meets_the_exact_mass_of_b(kind, pixelwise, seed):
+    path, restricted, states, prob, log_z_b = _restricted_case(kind, seed, pixelwise)
     rng = np.random.default_rng(seed)
     assert restricted.log_z_base < path.log_z_base
     forward = ais(restricted.log_f, restricted.sample_base, restricted.transition, restricted.log_z_base,
@@ -347,3 +352,30 @@ def test_restricted_path_refuses_model_p_and_impossible_masses():
     never = restricted_path(path, lambda v: v.sum(axis=1) > 99, -1.0, max_draws=1000)
     with pytest.raises(RuntimeError, match="fell in B"):
         never.sample_base(5, rng)
+
+
+def _pixelwise_refusal_loop(v, proposal, threshold, above):
+    """Reference twin of (6.10): visit the pixels in order, keeping the count inside the set."""
+    v = v.copy()
+    for r in range(v.shape[0]):
+        count = v[r].sum()
+        for i in range(v.shape[1]):
+            trial = count + proposal[r, i] - v[r, i]
+            if (trial > threshold) if above else (trial <= threshold):
+                v[r, i], count = proposal[r, i], trial
+    return v
+
+
+@pytest.mark.parametrize("threshold, above", [(5, True), (4.5, True), (6, False), (5.5, False)])
+def test_pixelwise_refusal_is_the_pixel_by_pixel_scan(threshold, above, seed):
+    rng = np.random.default_rng(seed)
+    v = (rng.random((2000, 12)) < 0.55).astype(np.float64)  # (n, D)
+    ink = v.sum(axis=1)
+    v = v[(ink > threshold) if above else (ink <= threshold)]
+    proposal = (rng.random(v.shape) < 0.5).astype(np.float64)
+    out = pixelwise_refusal(v.reshape(-1, 3, 4), proposal.reshape(-1, 3, 4), threshold, above)  # capsule layout
+    assert out.shape == (v.shape[0], 3, 4)
+    np.testing.assert_array_equal(out.reshape(v.shape), _pixelwise_refusal_loop(v, proposal, threshold, above))
+    moved = np.any(out.reshape(v.shape) != v, axis=1).mean()
+    whole = np.mean((proposal.sum(axis=1) > threshold) if above else (proposal.sum(axis=1) <= threshold))
+    assert moved > whole  # some rows a whole-draw refusal would freeze still move

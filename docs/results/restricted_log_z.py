@@ -7,8 +7,11 @@ to end there (``log_z_sandwich.py``), and those estimates are heavy-tailed. Here
 cut in two by ink (units on) at ``threshold``, D = {ink <= threshold} and B = {ink > threshold},
 and each mass is measured by forward AIS that never leaves its set: the base model restricted
 to the set (drawn by rejection, its probability by the Poisson-binomial tail, 6.9) and every
-sweep's visible draw refused if it falls outside (``capsnp.ais.restricted_path``). Then
-``Z = Z_D + Z_B`` holds exactly, and every run counts. For a saved model of ``<folder>``
+sweep's visible draw refused pixel by pixel where it would leave the set
+(``capsnp.ais.ink_restricted_path``, 6.10; with ``whole`` among the parts, whole draws are
+refused instead, ``capsnp.ais.restricted_path``, 6.8). Then ``Z = Z_D + Z_B`` holds exactly,
+and every run counts. The report gives, for each tenth of the schedule, the share of whole
+draws that fell outside the set: where it nears 1, whole-draw refusal freezes the chains. For a saved model of ``<folder>``
 (default ``docs/results/<dataset>``) and one schedule (``fast``: 1,451 temperatures, ``x<k>``: k
 times the default 14,501), this script
 
@@ -30,7 +33,7 @@ from noise (how cleanly the threshold separates them), and the reported forward 
     python docs/results/restricted_log_z.py rs-400-2x50-m5-lr3-mf3-c300-avg-sc-ca100 mnist x1 100 1000 docs/results/mnist/centred/offsets-average/seed1
 
 Arguments: name, dataset, schedule, n, sweeps, folder, seed (default 1), threshold (default 200),
-parts (default ``digits,box``; add ``reverse`` for step 3).
+parts (default ``digits,box``; add ``reverse`` for step 3, ``whole`` for whole-draw refusal).
 """
 
 import json
@@ -42,8 +45,8 @@ import numpy as np
 
 from ais_end_states import schedule
 from ais_schedule_check import experiment_base_rate
-from capsnp.ais import (ais, annealing_path, base_log_odds, blas_setting, ink_tail_log_probability,
-                        restricted_path, reverse_ais)
+from capsnp.ais import (ais, annealing_path, base_log_odds, blas_setting, ink_restricted_path,
+                        ink_tail_log_probability, restricted_path, reverse_ais)
 from capsnp.estimators import load_estimator
 from capsnp.ops import sigmoid
 from log_z_sandwich import run_chains, subset
@@ -62,18 +65,37 @@ def log_mass_at_most(p, threshold):
     return ink_tail_log_probability(1.0 - p, p.shape[0] - np.floor(threshold) - 1)
 
 
-def restricted_mass(path, base_probability, inside, at_most, threshold, betas, n, rng):
-    """Forward AIS (6.8) on ``path`` restricted to D (``at_most``) or B: AISResult."""
+def refusal_counting(path, inside):
+    """``path`` with its transition counting the visible draws that fall outside B, which the
+    restricted path refuses, by tenth of the schedule: (path, counts (10, 2): refused, tried)."""
+    counts = np.zeros((10, 2))
+
+    def transition(beta, state, g):
+        new = path.transition(beta, state, g)
+        refused = ~np.asarray(inside(visible(new)), dtype=bool)  # (n,)
+        counts[min(int(beta * 10), 9)] += (refused.sum(), refused.shape[0])
+        return new
+
+    return path._replace(transition=transition), counts
+
+
+def restricted_mass(path, base_probability, inside, at_most, threshold, betas, n, rng, whole=False):
+    """Forward AIS (6.8) on ``path`` restricted to D (``at_most``) or B, refusing pixel by pixel
+    (6.10) or, with ``whole``, whole visible draws: (AISResult, restricted path, the share of
+    whole visible draws outside the set in each tenth of beta, (10,))."""
     log_base = (log_mass_at_most(base_probability, threshold) if at_most
                 else ink_tail_log_probability(base_probability, threshold))
-    sub = restricted_path(path, inside, log_base)
-    return ais(sub.log_f, sub.sample_base, sub.transition, sub.log_z_base, betas, n, rng,
-               log_f_pair=sub.log_f_pair), sub
+    counting, counts = refusal_counting(path, inside)
+    sub = (restricted_path(counting, inside, log_base) if whole
+           else ink_restricted_path(counting, threshold, not at_most, log_base))
+    res = ais(sub.log_f, sub.sample_base, sub.transition, sub.log_z_base, betas, n, rng, log_f_pair=sub.log_f_pair)
+    return res, sub, counts[:, 0] / np.maximum(counts[:, 1], 1)
 
 
 def main(name, dataset="mnist", which="x1", n=100, sweeps=1000, folder=None, seed=1, threshold=200,
          parts="digits,box"):
     n, threshold, parts = int(n), float(threshold), set(parts.split(","))
+    whole = "whole" in parts
     folder = Path(folder or Path("docs/results") / dataset)
     est = load_estimator(folder / f"{name}_model.npz")
     data_rate = experiment_base_rate(est, dataset)  # (D,) or (I, d_v)
@@ -89,10 +111,11 @@ def main(name, dataset="mnist", which="x1", n=100, sweeps=1000, folder=None, see
               "sweeps": int(sweeps), "seed": int(seed), "threshold": threshold}
     with blas_setting(path):
         if "digits" in parts:
-            res, _ = restricted_mass(path, sigmoid(base_log_odds(data_rate)), in_d, True, threshold,
-                                     betas, n, rng)
+            res, _, refused = restricted_mass(path, sigmoid(base_log_odds(data_rate)), in_d, True, threshold,
+                                              betas, n, rng, whole)
             report.update(log_z_digits=res.log_z, digits_std_error=res.std_error,
-                          digits_effective_sample_size=res.effective_sample_size)
+                          digits_effective_sample_size=res.effective_sample_size,
+                          digits_outside_by_tenth_of_beta=[round(float(r), 4) for r in refused])
         if parts & {"box", "reverse"}:
             noise = run_chains(path, noise_path.sample_base(n, rng), sweeps, rng)
             box = in_b(visible(noise))  # (n,)
@@ -102,10 +125,11 @@ def main(name, dataset="mnist", which="x1", n=100, sweeps=1000, folder=None, see
             chosen = visible(subset(noise, box)) if box.any() else visible(noise)  # (m, D)
             box_rate = chosen.mean(axis=0).reshape(data_rate.shape)
             box_path = annealing_path(est, box_rate)
-            res, sub = restricted_mass(box_path, sigmoid(base_log_odds(box_rate)), in_b, False, threshold,
-                                       betas, n, rng)
+            res, sub, refused = restricted_mass(box_path, sigmoid(base_log_odds(box_rate)), in_b, False,
+                                                threshold, betas, n, rng, whole)
             report.update(log_z_box=res.log_z, box_std_error=res.std_error,
                           box_effective_sample_size=res.effective_sample_size,
+                          box_outside_by_tenth_of_beta=[round(float(r), 4) for r in refused],
                           box_log_base_mass=sub.log_z_base - box_path.log_z_base)
             if "reverse" in parts and box.any():
                 up = reverse_ais(sub.log_f, subset(noise, box), sub.transition, sub.log_z_base, betas, rng,
