@@ -49,8 +49,8 @@ from .ops import sigmoid, softplus
 from .params import GParams, PParams, RBMParams, RBParams, RParams, RSParams, SParams
 
 __all__ = ["AISResult", "AnnealingPath", "default_betas", "ais", "reverse_ais", "ais_log_partition",
-           "annealing_path", "base_log_odds", "blas_setting", "restricted_path", "ink_restricted_path", "pixelwise_refusal",
-           "ink_tail_log_probability"]
+           "annealing_path", "base_log_odds", "blas_setting", "restricted_path", "ink_restricted_path",
+           "pixelwise_refusal", "ink_tail_log_probability"]
 
 
 @dataclass

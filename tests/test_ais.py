@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 from conftest import random_pparams
-
 from scipy.stats import chisquare
 
 from capsnp import _kernels_jit, kernels, model_p, model_r, model_rs, rbm
-from capsnp.ais import (_interpolate, ais, ais_log_partition, annealing_path, blas_setting, default_betas,
-                        ink_restricted_path, ink_tail_log_probability, pixelwise_refusal,
+from capsnp.ais import (_interpolate, _visible, ais, ais_log_partition, annealing_path, blas_setting,
+                        default_betas, ink_restricted_path, ink_tail_log_probability, pixelwise_refusal,
                         restricted_path, reverse_ais)
+from capsnp.exact import enumerate_binary
 from capsnp.ops import sigmoid
 from capsnp.params import RBMParams, RBParams, RParams, RSParams
 
@@ -232,7 +232,7 @@ def test_model_r_and_rbm_paths_hold_blas_to_one_thread_on_the_kernels(backend):
 def test_ink_tail_log_probability_matches_enumeration(seed):
     rng = np.random.default_rng(seed)
     p = rng.uniform(0.05, 0.95, 10)  # (D,)
-    V = ((np.arange(2**10)[:, None] >> np.arange(10)) & 1).astype(np.float64)  # (2^D, D)
+    V = enumerate_binary(10)  # (2^D, D)
     prob = np.prod(np.where(V == 1, p, 1 - p), axis=1)  # (2^D,)
     for t in (-1, 0, 3.5, 7, 9):
         exact = np.log(prob[V.sum(axis=1) > t].sum())
@@ -259,7 +259,7 @@ def _restricted_case(kind, seed, pixelwise=False):
     if kind == "rbm":
         params = tiny_rbm(rng, scale=0.7)
         m, ink = 6, (lambda v: v.sum(axis=1))  # noqa: E731, 8 pixels
-        V = ((np.arange(2**8)[:, None] >> np.arange(8)) & 1).astype(np.float64)  # (256, 8)
+        V = enumerate_binary(8)  # (256, 8)
         states, log_f = V, -rbm.free_energy(params, V)  # (256,)
         keep, alpha0 = ink(V) >= m, params.a
     else:
@@ -281,8 +281,9 @@ def _restricted_case(kind, seed, pixelwise=False):
 
 
 def _index_draws(states, prob, n, rng):
+    """n exact draws from the states of B with probabilities ``prob``."""
     idx = rng.choice(len(prob), size=n, p=prob)
-    return idx, (tuple(x[idx] for x in states) if isinstance(states, tuple) else states[idx])
+    return tuple(x[idx] for x in states) if isinstance(states, tuple) else states[idx]
 
 
 def _state_index(states, draws):
@@ -301,9 +302,9 @@ def test_restricted_sweep_keeps_the_model_restricted_to_b(kind, pixelwise, seed)
     # fails this test with p-values below 1e-7 on seeds 0 to 5 (three sweeps let the error grow)
     path, restricted, states, prob, _ = _restricted_case(kind, seed, pixelwise)
     rng = np.random.default_rng(seed + 100)
-    _, x = _index_draws(states, prob, 40000, rng)
+    x = _index_draws(states, prob, 40000, rng)
     moved = restricted.transition(1.0, x, rng)
-    stay = np.mean(np.all(np.reshape(_visible_of(moved) == _visible_of(x), (40000, -1)), axis=1))
+    stay = np.mean(np.all(np.reshape(_visible(moved) == _visible(x), (40000, -1)), axis=1))
     assert 0.01 < stay < 0.99  # the sweep both moves and refuses: the test sees both branches
     for _ in range(2):
         moved = restricted.transition(1.0, moved, rng)
@@ -318,10 +319,6 @@ def test_restricted_sweep_keeps_the_model_restricted_to_b(kind, pixelwise, seed)
     assert chisquare(obs, exp).pvalue > 1e-5
 
 
-def _visible_of(state):
-    return state[0] if isinstance(state, tuple) else state
-
-
 @pytest.mark.parametrize("pixelwise", [False, True])
 @pytest.mark.parametrize("kind", ["rbm", "rs"])
 def test_restricted_ais_meets_the_exact_mass_of_b(kind, pixelwise, seed):
@@ -333,7 +330,7 @@ def test_restricted_ais_meets_the_exact_mass_of_b(kind, pixelwise, seed):
     assert abs(forward.log_z - log_z_b) < 5 * forward.std_error + 0.02, (forward.log_z, log_z_b)
     # reverse runs from exact draws of p 1_B: every restricted forward run ends in B, so
     # E[1 / w] = Z_0 P_0(B) / Z_B exactly, however short the schedule (6.7 with P(end in B) = 1)
-    _, start = _index_draws(states, prob, 4000, rng)
+    start = _index_draws(states, prob, 4000, rng)
     res = reverse_ais(restricted.log_f, start, restricted.transition, restricted.log_z_base,
                       np.linspace(0, 1, 12), rng)
     ratio = np.exp(-res.log_weights + log_z_b - restricted.log_z_base)  # mean 1

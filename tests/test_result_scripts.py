@@ -13,6 +13,7 @@ from capsnp.ais import ais_log_partition, default_betas
 from capsnp.capsules import to_capsules
 from capsnp.datasets import binarize, load_dataset
 from capsnp.estimators import RoutedCapsuleRBM, load_estimator
+from capsnp.exact import enumerate_binary
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 sys.path.insert(0, str(SCRIPTS))  # as when a script runs: pruned_likelihood imports routing_usage
@@ -751,7 +752,7 @@ def test_restricted_log_z_sums_two_restricted_masses_to_the_forward_log_z(saved_
     script = _script("restricted_log_z")
     p = np.random.default_rng(0).uniform(0.05, 0.95, 7)
     for t in (-1, 0, 2.5, 6):  # (6.9) on the flipped pixels: P(count <= t) by enumeration
-        V = ((np.arange(2**7)[:, None] >> np.arange(7)) & 1)
+        V = enumerate_binary(7)  # (128, 7)
         exact = np.prod(np.where(V == 1, p, 1 - p), axis=1)[V.sum(axis=1) <= t].sum()
         assert np.exp(script.log_mass_at_most(p, t)) == pytest.approx(exact, rel=1e-12, abs=1e-300)
     # a threshold inside the model's ink range, so that both sets hold mass

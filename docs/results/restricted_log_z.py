@@ -11,9 +11,10 @@ sweep's visible draw refused pixel by pixel where it would leave the set
 (``capsnp.ais.ink_restricted_path``, 6.10; with ``whole`` among the parts, whole draws are
 refused instead, ``capsnp.ais.restricted_path``, 6.8). Then ``Z = Z_D + Z_B`` holds exactly,
 and every run counts. The report gives, for each tenth of the schedule, the share of whole
-draws that fell outside the set: where it nears 1, whole-draw refusal freezes the chains. For a saved model of ``<folder>``
-(default ``docs/results/<dataset>``) and one schedule (``fast``: 1,451 temperatures, ``x<k>``: k
-times the default 14,501), this script
+draws that fell outside the set: where it nears 1, whole-draw refusal freezes the chains.
+
+For a saved model of ``<folder>`` (default ``docs/results/<dataset>``) and one schedule
+(``fast``: 1,451 temperatures, ``x<k>``: k times the default 14,501), this script
 
 1. runs ``n`` fresh chains from noise (``p = sigmoid(visible biases)``, as ``sample`` starts
    them) for ``sweeps`` sweeps; the pixel means of those that end in B are the base of B's path
