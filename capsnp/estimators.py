@@ -387,6 +387,10 @@ class _EnergyEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         if self.n_chains is not None:
             _check_number("n_chains", self.n_chains, 1, integer=True)
         _check_choice("chain_init", self.chain_init, ("data", "noise"))
+        _check_number("chain_restart", self.chain_restart, 0, 1, high_open=True)
+        if float(self.chain_restart) and not self.persistent:
+            raise ValueError(f"chain_restart={self.chain_restart!r} restarts persistent chains; "
+                             f"CD-k (persistent=False) has none")
         _check_number("monitor_fraction", self._monitor_fraction(), 0, 1, high_open=True)
         if self.checkpoint_path is not None and not isinstance(self.checkpoint_path,
                                                                (str, os.PathLike)):
@@ -562,9 +566,29 @@ class _EnergyEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
         return X[train_rows], X[monitor_rows]
 
     def _objective(self):
+        step = self._restarting_step if float(self.chain_restart) else self._step
         return Objective(init_params=self._init_params, init_chains=self._init_chains,
-                         step=self._step, monitor=self._monitor,
+                         step=step, monitor=self._monitor,
                          update=self._kernels("training").checked_sgd_update)
+
+    def _restarting_step(self, params, batch, chains, rng):
+        """``_step`` after :meth:`_restart_chains` (docs/MODEL_RB.md (5.12))."""
+        return self._step(params, batch, self._restart_chains(params, chains, rng), rng)
+
+    def _restart_chains(self, params, chains, rng):
+        """Chain restarts (docs/MODEL_RB.md (5.12)): each persistent chain, independently with
+        probability ``chain_restart``, replaced by a fresh chain at visible-bias noise.
+
+        Draws one ``rng.random(n_chains)``, then, when some chain restarts, the noise (one
+        ``rng.random``) and whatever ``_start_chains`` draws for the restarted rows only.
+        """
+        v = self._chain_visible(chains)  # (n_chains, ...) in the model's layout
+        rows = np.flatnonzero(rng.random(v.shape[0]) < float(self.chain_restart))  # (R,)
+        if rows.size == 0:
+            return chains
+        p = np.broadcast_to(self._visible_noise_probability(params), (rows.size,) + v.shape[1:])
+        fresh = self._start_chains(params, _bernoulli(p, rng, v.dtype), rng)  # R chains
+        return self._with_chain_rows(params, chains, rows, fresh)
 
     def _initialise(self, X):
         """Parameters, zero velocities and persistent chains (drawn from ``self._rng``)."""
@@ -942,6 +966,12 @@ class _EnergyEstimator(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEs
     def _chain_visible(self, chains):
         return chains
 
+    def _with_chain_rows(self, params, chains, rows, fresh):
+        """``chains`` (B, I, d_v) with the rows ``rows`` (R,) replaced by ``fresh`` (R, I, d_v)."""
+        v = chains.copy()
+        v[rows] = fresh
+        return v
+
 
 def _changed_hyperparameters(current, stored, defaults):
     """Hyper-parameters (JSON forms) that differ from a checkpoint's, as readable text. One the
@@ -1103,6 +1133,11 @@ class CapsulePoE(_CapsuleEstimator):
         Number of persistent chains; ``batch_size`` when None.
     chain_init : {"data", "noise"}, default="data"
         Persistent chains start at random training rows or at visible-bias noise.
+    chain_restart : float in [0, 1), default=0.0
+        Before every persistent-chain step, each chain is replaced, independently with this
+        probability, by a fresh chain at visible-bias noise (docs/MODEL_RB.md (5.12)): the
+        chains then also visit the modes that chains from noise fall into, which persistent
+        chains alone may never reach, and the negative phase pushes them down.
     learning_rate : float, default=0.05
         Stable on binarised MNIST for 8 epochs with the default momentum (0.01 learned about
         four times less in 3 epochs).
@@ -1183,7 +1218,7 @@ class CapsulePoE(_CapsuleEstimator):
 
     def __init__(self, n_capsules=16, capsule_dim=8, *, image_shape=None, patch=4, n_routing=3,
                  expert="squash", sampler="mh", grad="full", cd_k=1, persistent=True, n_chains=None,
-                 chain_init="data", learning_rate=0.05, lr_schedule="constant",
+                 chain_init="data", chain_restart=0.0, learning_rate=0.05, lr_schedule="constant",
                  lr_final_ratio=0.04, momentum=0.9, weight_decay=1e-4, average=0,
                  batch_size=100, n_iter=10, init_scale=0.1, rho_init="auto", learn_prior=False,
                  dtype=np.float64, random_state=None, verbose=0, monitor_fraction=0.05,
@@ -1200,6 +1235,7 @@ class CapsulePoE(_CapsuleEstimator):
         self.persistent = persistent
         self.n_chains = n_chains
         self.chain_init = chain_init
+        self.chain_restart = chain_restart
         self.learning_rate = learning_rate
         self.lr_schedule = lr_schedule
         self.lr_final_ratio = lr_final_ratio
@@ -1484,6 +1520,11 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
     n_chains : int or None, default=None
         ``batch_size`` when None. MODEL.md sec. 8 found 500 chains much better than 100.
     chain_init : {"data", "noise"}, default="data"
+    chain_restart : float in [0, 1), default=0.0
+        Before every persistent-chain step, each chain is replaced, independently with this
+        probability, by a fresh chain at visible-bias noise (docs/MODEL_RB.md (5.12)): the
+        chains then also visit the modes that chains from noise fall into, which persistent
+        chains alone may never reach, and the negative phase pushes them down.
     learning_rate : float, default=0.05
     lr_schedule : {"constant", "linear"}, default="linear"
         The linear decay (to ``0.04 * learning_rate``) mattered most in MODEL.md sec. 8.
@@ -1650,8 +1691,8 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
 
     def __init__(self, n_capsules=16, capsule_dim=8, *, image_shape=None, patch=4,
                  routing_tol=1e-3, max_routing=30, routing_damping=0.0, cd_k=1, persistent=True,
-                 n_chains=None, chain_init="data", learning_rate=0.05, lr_schedule="linear",
-                 lr_final_ratio=0.04, momentum=0.9, weight_decay=1e-4, average=0,
+                 n_chains=None, chain_init="data", chain_restart=0.0, learning_rate=0.05,
+                 lr_schedule="linear", lr_final_ratio=0.04, momentum=0.9, weight_decay=1e-4, average=0,
                  batch_size=100, n_iter=10, init_scale=0.01, learn_prior=False,
                  first_parent_logit=0.0, posterior_sweeps=0, rao_blackwell="routes",
                  assignment_biases=False, assignment_bias_rate=1.0,
@@ -1670,6 +1711,7 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
         self.persistent = persistent
         self.n_chains = n_chains
         self.chain_init = chain_init
+        self.chain_restart = chain_restart
         self.learning_rate = learning_rate
         self.lr_schedule = lr_schedule
         self.lr_final_ratio = lr_final_ratio
@@ -1806,6 +1848,13 @@ class RoutedCapsuleRBM(_CapsuleEstimator):
 
     def _chain_visible(self, chains):
         return chains[0]
+
+    def _with_chain_rows(self, params, chains, rows, fresh):
+        """Chains (v (B, I, d_v), a (B, I), offsets...) with the rows ``rows`` (R,) replaced
+        by the fresh pair ``fresh`` (v (R, I, d_v), a (R, I)); the offsets are not per chain."""
+        v, a = chains[0].copy(), chains[1].copy()
+        v[rows], a[rows] = fresh
+        return (v, a) + tuple(chains[2:])
 
     def _chains_from_path_state(self, state, dtype):
         return np.asarray(state[0], dtype=dtype), state[1]  # (B, I, d_v), (B, I)
@@ -2149,6 +2198,11 @@ class BernoulliRBM(_EnergyEstimator):
         float32 rounding can flip the outcome, after which the chains differ, so the two then
         agree only statistically.
     chain_init : {"noise", "data"}, default="noise"
+    chain_restart : float in [0, 1), default=0.0
+        Before every persistent-chain step, each chain is replaced, independently with this
+        probability, by a fresh chain at visible-bias noise (docs/MODEL_RB.md (5.12)): the
+        chains then also visit the modes that chains from noise fall into, which persistent
+        chains alone may never reach, and the negative phase pushes them down.
     centring : {False, True, "visible"}, default=False
         Take the gradient steps in centred coordinates (5.9), ``E = -a'.v - b'.h - (v - m)^T W
         (h - l)`` with the minibatch's data means as offsets m (of v) and l (of p(h = 1 | v)):
@@ -2206,9 +2260,9 @@ class BernoulliRBM(_EnergyEstimator):
     def __init__(self, n_components=256, *, learning_rate=0.1, batch_size=10, n_iter=10,
                  verbose=0, random_state=None, cd_k=1, persistent=True, n_chains=None,
                  momentum=0.0, weight_decay=0.0, average=0, lr_schedule="constant",
-                 lr_final_ratio=0.04, dtype=np.float64, chain_init="noise", centring=False,
-                 centring_average=0, sparsity_target=0.1, sparsity_cost=0.0, sparsity_on="biases",
-                 checkpoint_path=None, checkpoint_every=1, resume=False, backend="numba"):
+                 lr_final_ratio=0.04, dtype=np.float64, chain_init="noise", chain_restart=0.0,
+                 centring=False, centring_average=0, sparsity_target=0.1, sparsity_cost=0.0,
+                 sparsity_on="biases", checkpoint_path=None, checkpoint_every=1, resume=False, backend="numba"):
         self.n_components = n_components
         self.learning_rate = learning_rate
         self.batch_size = batch_size
@@ -2225,6 +2279,7 @@ class BernoulliRBM(_EnergyEstimator):
         self.lr_final_ratio = lr_final_ratio
         self.dtype = dtype
         self.chain_init = chain_init
+        self.chain_restart = chain_restart
         self.centring = centring
         self.centring_average = centring_average
         self.sparsity_target = sparsity_target
@@ -2288,6 +2343,16 @@ class BernoulliRBM(_EnergyEstimator):
 
     def _chain_visible(self, chains):
         return chains[0]
+
+    def _with_chain_rows(self, params, chains, rows, fresh):
+        """Chains (v (B, D), p (B, H) or None, offsets...) with the rows ``rows`` (R,) replaced
+        by ``fresh`` (v (R, D), None); a known p gets the fresh rows' p(h = 1 | v) (5.2)."""
+        v, p = chains[0].copy(), chains[1]
+        v[rows] = fresh[0]
+        if p is not None:
+            p = p.copy()
+            p[rows] = self._kernels("rbm").hidden_probability(params, fresh[0])  # (R, H)
+        return (v, p) + tuple(chains[2:])
 
     def _chains_from_path_state(self, state, dtype):
         return np.asarray(state, dtype=dtype), None  # (B, D), hidden probabilities not known

@@ -307,6 +307,14 @@ PRESETS = {
     "rs-400-2x50-m5-lr3-mf3-c300-avg-sc-ca100": (RoutedCapsuleRBM, dict(
         _SHARED_AVG, capsule_dim=50, shared_units=400, learning_rate=0.03, shared_centring=True,
         centring_average=100)),
+    # ... with chain restarts (docs/MODEL_RB.md (5.12)): each update replaces each persistent
+    # chain with probability 0.002 (a chain lives 500 updates on average) by a fresh chain at
+    # noise, which falls into the blocky box within 10 sweeps on seed 1's model, so that the
+    # negative phase visits the box and pushes it down (run with --epochs 212 --seed 1 beside
+    # rbm-pcd-long-centred-m5-lr3-c300-avg-ca100; docs/results.md section 50)
+    "rs-400-2x50-m5-lr3-mf3-c300-avg-sc-ca100-rs2": (RoutedCapsuleRBM, dict(
+        _SHARED_AVG, capsule_dim=50, shared_units=400, learning_rate=0.03, shared_centring=True,
+        centring_average=100, chain_restart=0.002)),
     # ... (250 + 2 x 125) with five times the weight decay (1e-3 instead of 2e-4), beside the
     # RBM-500 given the same: at 300 epochs both models score about 2.4 to 3 nats higher on
     # training images than on test images; does a stronger pull towards 0 close that gap?

@@ -954,6 +954,70 @@ for K_ in (1, 4):
     assert error < 0.05
 
 # %% [markdown]
+# ## 12. Chain restarts (5.12)
+#
+# Persistent chains push down only the states they visit. On MNIST the averaged-offset split grows a
+# blocky mode that chains started at noise fall into within ten sweeps and its persistent chains never
+# visit (docs/results.md sections 46 to 49). `chain_restart=r` replaces each persistent chain, before
+# each step and independently with probability $r$, by a fresh chain at the visible-bias noise $q_0$.
+# At fixed parameters a chain then moves by the kernel $r\,\mathbf{1}q_0 + (1 - r)K$, $K$ the Gibbs
+# sweep's kernel over visible states, and its stationary law is the mixture of the laws of chains from
+# noise after $k$ sweeps, weighted by the chance that the chain's last restart was $k$ sweeps ago:
+#
+# $$ \pi_r = \sum_{k\ge 0} r(1-r)^k\, q_0 K^k. \tag{5.12} $$
+#
+# Multiply by the kernel: $\pi_r\big(r\mathbf{1}q_0 + (1-r)K\big) = r q_0 + \sum_{k\ge 0} r(1-r)^{k+1} q_0K^{k+1}
+# = \pi_r$, since $\pi_r\mathbf{1} = 1$. If $K$ mixes in far fewer than $1/r$ sweeps, $\pi_r$ is close to
+# $p$; if it does not, $\pi_r$ weighs what chains from noise reach within about $1/r$ sweeps. The check
+# builds the RBM's visible kernel $K(v, v') = \sum_h p(h\mid v)\,p(v'\mid h)$ by enumeration, finds the
+# restarted kernel's stationary law as its leading left eigenvector, and compares it with the series.
+# The same model with its weights scaled by 8 mixes slowly (second eigenvalue of $K$ near 1), and
+# there the restarts keep $\pi_r$ far from $p$ unless $r$ is much smaller.
+
+# %%
+H_states = enumerate_binary(3)  # (8, H)
+
+
+def visible_kernel(params):
+    """The Gibbs sweep's kernel over the 16 visible states: (16, 16), rows sum to 1."""
+    ph = rbm.hidden_probability(params, states)  # (16, H)
+    p_h = np.prod(np.where(H_states[None] == 1, ph[:, None], 1 - ph[:, None]), axis=2)  # (16, 8)
+    pv = rbm.visible_probability(params, H_states)  # (8, D)
+    p_v = np.prod(np.where(states[None] == 1, pv[:, None], 1 - pv[:, None]), axis=2)  # (8, 16)
+    return p_h @ p_v
+
+
+for scale in (1.0, 8.0):
+    model = tiny._replace(W=scale * tiny.W)
+    K = visible_kernel(model)  # (16, 16)
+    p_model = rbm.exact_probability_v(model)  # (16,)
+    assert stationary_distance(p_model, K) < 1e-12  # the sweep keeps p
+    q0 = np.prod(np.where(states == 1, sigmoid(model.a), 1 - sigmoid(model.a)), axis=1)  # (16,)
+    second = np.sort(np.abs(np.linalg.eigvals(K)))[-2]
+    distances = []
+    for r in (0.5, 0.1, 0.01, 0.001):
+        restarted = r * np.outer(np.ones(16), q0) + (1 - r) * K  # (16, 16)
+        values, vectors = np.linalg.eig(restarted.T)
+        pi_r = np.real(vectors[:, np.argmax(np.real(values))])
+        pi_r = pi_r / pi_r.sum()  # (16,)
+        series, term = np.zeros(16), q0.copy()
+        for k in range(200000):
+            series += r * (1 - r) ** k * term
+            term = term @ K
+            if (1 - r) ** (k + 1) < 1e-17:
+                break
+        assert np.abs(pi_r - series).max() < 1e-10  # (5.12)
+        distances.append(0.5 * np.abs(pi_r - p_model).sum())
+    print(f"weights x{scale:g}: second eigenvalue of K {second:.4f}; TV(pi_r, p) for r = 0.5, 0.1, 0.01, "
+          f"0.001: " + ", ".join(f"{d:.4f}" for d in distances))
+    assert all(a > b for a, b in zip(distances, distances[1:]))  # smaller r, closer to p
+
+# %% [markdown]
+# The slow model keeps a large distance at rates where the fast one is already close: restarts trade a
+# bias towards what fresh chains reach for a negative phase that sees it. docs/results.md section 50
+# measures the trade on MNIST.
+
+# %% [markdown]
 # ## Summary
 #
 # * In Model R (4.1) a blank patch predicts $\hat u_{j\mid i} = W_{ij}0 = 0$, so it routes by the prior
@@ -1003,6 +1067,9 @@ for K_ in (1, 4):
 #   (measured on MNIST minibatches); the model and its gradient are unchanged.
 # * Minibatch offsets bias the centred step by $-2\Sigma/B$ where the plain step has mean 0, and
 #   averaged ones by $-2\Sigma/(KB)$ (5.11, checked by exact sampling from a tiny RBM).
+# * Chain restarts (5.12) give persistent chains the stationary law $\sum_k r(1-r)^k q_0K^k$ (checked
+#   exactly on a tiny RBM's kernel): close to $p$ when the sweep mixes in far fewer than $1/r$ sweeps,
+#   and weighted towards what chains from noise reach when it does not.
 #
 # ## Exercises
 #

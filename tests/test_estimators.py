@@ -127,6 +127,40 @@ def test_grid_search_composes(digits):
     assert np.isfinite(search.best_score_)
 
 
+@pytest.mark.parametrize("kind", KINDS + ["rs"])
+def test_chain_restart_replaces_the_drawn_chains_by_fresh_chains_at_noise(kind, digits):
+    # (docs/MODEL_RB.md 5.12): the rows where one rng.random(n_chains) falls below the rate get
+    # visible-bias noise and what _start_chains makes of it (Model R's routes drawn from its
+    # mean field, the RBM's hidden probabilities); the other rows and the offsets are kept
+    extra = {"rbm": dict(centring=True, centring_average=5),
+             "rs": dict(shared_centring=True, centring_average=5)}.get(kind, {})
+    est = make(kind, n_iter=2, n_chains=40, chain_restart=0.3, **extra).fit(digits)
+    params, chains = est._params(), est._state.chains
+    pair = chains[:2] if isinstance(chains, tuple) else (chains,)  # v and a or p
+    before = [np.copy(x) for x in pair]
+    rng, twin = np.random.default_rng(5), np.random.default_rng(5)
+    new = est._restart_chains(params, chains, rng)
+    rows = np.flatnonzero(twin.random(40) < 0.3)  # (R,)
+    kept = np.setdiff1d(np.arange(40), rows)
+    assert 0 < rows.size < 40
+    v_old, v_new = est._chain_visible(chains), est._chain_visible(new)
+    noise = twin.random((rows.size,) + v_old.shape[1:]) < est._visible_noise_probability(params)
+    noise = noise.astype(v_old.dtype)  # (R, ...)
+    fresh = est._start_chains(params, noise, twin)
+    np.testing.assert_array_equal(v_new[rows], noise)
+    np.testing.assert_array_equal(v_new[kept], v_old[kept])
+    np.testing.assert_array_equal(v_old, before[0])  # not changed in place
+    if kind in ("r", "rs"):
+        np.testing.assert_array_equal(new[1][rows], fresh[1])
+        np.testing.assert_array_equal(new[1][kept], before[1][kept])
+    if kind == "rbm":
+        np.testing.assert_allclose(new[1][rows], rbm_math.hidden_probability(params, noise), rtol=1e-12)
+        np.testing.assert_array_equal(new[1][kept], before[1][kept])
+    if extra:
+        assert new[2] is chains[2]  # the offsets' average is not per chain
+    assert est.set_params(chain_restart=0.0)._objective().step == est._step  # no extra draws
+
+
 # ----------------------------------------------------------------------------- the RBM
 
 
