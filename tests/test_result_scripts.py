@@ -769,3 +769,19 @@ def test_restricted_log_z_sums_two_restricted_masses_to_the_forward_log_z(saved_
     assert abs(report["log_z"] - plain.log_z) < 5 * se + 0.1, (report["log_z"], plain.log_z)
     assert report["reverse_box_log_z"] > report["log_z_box"] - 5 * report["reverse_box_std_error"] - 0.1
     assert report["reported_log_z"] is None  # tiny.json has no log Z
+    # every run ends inside its own set; the pictures and B's base are written
+    assert report["digits_end_ink_quantiles"][-1] <= 100 < report["box_end_ink_quantiles"][0]
+    for key in ("digits", "box"):
+        assert 0 < report[f"{key}_top_run_share"] <= report[f"{key}_top_ten_share"] <= 1 + 1e-12
+        assert (saved_r / f"tiny_restricted_{key}_end_states.png").stat().st_size > 0
+    base = np.load(saved_r / "tiny_box_base.npy")  # (D,) in image layout
+    assert base.shape == (784,) and 0 <= base.min() and base.max() <= 1
+    # ... and B's base can come from that file (e.g. another model's): the same base, B's mass
+    # from other runs
+    script.main("tiny", "embedded", "fast", 16, 20, saved_r, 3, 100, "box", str(saved_r / "tiny_box_base.npy"))
+    again = json.loads(capsys.readouterr().out)
+    assert again["box_base"].endswith("tiny_box_base.npy") and "log_z_digits" not in again
+    np.testing.assert_allclose(np.load(saved_r / "tiny_box_base.npy"), base, rtol=1e-12)
+    assert again["box_log_base_mass"] == pytest.approx(report["box_log_base_mass"], rel=1e-9)
+    assert abs(again["log_z_box"] - report["log_z_box"]) < 5 * np.hypot(again["box_std_error"],
+                                                                       report["box_std_error"]) + 0.1

@@ -29,12 +29,21 @@ For a saved model of ``<folder>`` (default ``docs/results/<dataset>``) and one s
 It prints one JSON line: each mass with its standard error and effective sample size, their
 sum ``log_z``, B's share of it, the ink quantiles (0, 10, 25, 50, 75, 90, 100%) of the chains
 from noise (how cleanly the threshold separates them), and the reported forward log Z of
-``<name>.json`` if present.
+``<name>.json`` if present. For each set it also keeps the runs' end states, the states
+weighed at beta = 1: their ink quantiles, the weight share of the heaviest run and of the ten
+heaviest, and a picture, ``<name>_restricted_<digits|box>_end_states.png`` beside the model,
+heaviest run first: where each set's mass sits.
+
+B's base is written to ``<name>_box_base.npy`` (pixel means in image layout, (D,)). A tenth
+argument, the path of such a file, makes it B's base instead of the chains' means: with it, a
+model whose chains from noise seldom reach B (the RBM-500) is measured from the same base as
+one whose chains do.
 
     python docs/results/restricted_log_z.py rs-400-2x50-m5-lr3-mf3-c300-avg-sc-ca100 mnist x1 100 1000 docs/results/mnist/centred/offsets-average/seed1
 
 Arguments: name, dataset, schedule, n, sweeps, folder, seed (default 1), threshold (default 200),
-parts (default ``digits,box``; add ``reverse`` for step 3, ``whole`` for whole-draw refusal).
+parts (default ``digits,box``; add ``reverse`` for step 3, ``whole`` for whole-draw refusal),
+base (a ``_box_base.npy`` file; default: the chains' means).
 """
 
 import json
@@ -43,13 +52,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.special import logsumexp
 
-from ais_end_states import schedule
+from ais_end_states import ais_with_end_states, schedule
 from ais_schedule_check import experiment_base_rate
-from capsnp.ais import (ais, annealing_path, base_log_odds, blas_setting, ink_restricted_path,
+from capsnp.ais import (annealing_path, base_log_odds, blas_setting, ink_restricted_path,
                         ink_tail_log_probability, restricted_path, reverse_ais)
 from capsnp.estimators import load_estimator
 from capsnp.ops import sigmoid
+from capsnp.plots import image_grid
 from log_z_sandwich import run_chains, subset
 
 
@@ -83,18 +94,33 @@ def refusal_counting(path, inside):
 def restricted_mass(path, base_probability, inside, at_most, threshold, betas, n, rng, whole=False):
     """Forward AIS (6.8) on ``path`` restricted to D (``at_most``) or B, refusing pixel by pixel
     (6.10) or, with ``whole``, whole visible draws: (AISResult, restricted path, the share of
-    whole visible draws outside the set in each tenth of beta, (10,))."""
+    whole visible draws outside the set in each tenth of beta, (10,), the runs' end states)."""
     log_base = (log_mass_at_most(base_probability, threshold) if at_most
                 else ink_tail_log_probability(base_probability, threshold))
     counting, counts = refusal_counting(path, inside)
     sub = (restricted_path(counting, inside, log_base) if whole
            else ink_restricted_path(counting, threshold, not at_most, log_base))
-    res = ais(sub.log_f, sub.sample_base, sub.transition, sub.log_z_base, betas, n, rng, log_f_pair=sub.log_f_pair)
-    return res, sub, counts[:, 0] / np.maximum(counts[:, 1], 1)
+    res, end = ais_with_end_states(sub, betas, n, rng)
+    return res, sub, counts[:, 0] / np.maximum(counts[:, 1], 1), end
+
+
+def end_state_report(est, res, state, key, folder, name, title):
+    """Ink quantiles (0, 10, 50, 90, 100%) of the runs' end states, the weight share of the
+    heaviest run and of the ten heaviest, and their picture, heaviest first (a dict of ``key_``
+    entries)."""
+    v = np.asarray(state[0] if isinstance(state, tuple) else state, dtype=np.float64)  # model layout
+    images = est._from_layout(v).reshape(v.shape[0], -1)  # (n, D)
+    order = np.argsort(-res.log_weights)
+    share = np.exp(res.log_weights[order] - logsumexp(res.log_weights))  # (n,), heaviest first
+    side = int(round(np.sqrt(images.shape[1])))
+    image_grid(images[order], (side, side), 10, Path(folder) / f"{name}_restricted_{key}_end_states.png",
+               title=title)
+    return {f"{key}_end_ink_quantiles": [float(q) for q in np.percentile(images.sum(axis=1), [0, 10, 50, 90, 100])],
+            f"{key}_top_run_share": float(share[0]), f"{key}_top_ten_share": float(share[:10].sum())}
 
 
 def main(name, dataset="mnist", which="x1", n=100, sweeps=1000, folder=None, seed=1, threshold=200,
-         parts="digits,box"):
+         parts="digits,box", base=None):
     n, threshold, parts = int(n), float(threshold), set(parts.split(","))
     whole = "whole" in parts
     folder = Path(folder or Path("docs/results") / dataset)
@@ -112,26 +138,35 @@ def main(name, dataset="mnist", which="x1", n=100, sweeps=1000, folder=None, see
               "sweeps": int(sweeps), "seed": int(seed), "threshold": threshold}
     with blas_setting(path):
         if "digits" in parts:
-            res, _, refused = restricted_mass(path, sigmoid(base_log_odds(data_rate)), in_d, True, threshold,
-                                              betas, n, rng, whole)
+            res, _, refused, end = restricted_mass(path, sigmoid(base_log_odds(data_rate)), in_d, True,
+                                                   threshold, betas, n, rng, whole)
             report.update(log_z_digits=res.log_z, digits_std_error=res.std_error,
                           digits_effective_sample_size=res.effective_sample_size,
                           digits_outside_by_tenth_of_beta=[round(float(r), 4) for r in refused])
+            report.update(end_state_report(est, res, end, "digits", folder, name,
+                                           f"AIS restricted to ink <= {threshold:g}: end states, heaviest first"))
         if parts & {"box", "reverse"}:
             noise = run_chains(path, noise_path.sample_base(n, rng), sweeps, rng)
             box = in_b(visible(noise))  # (n,)
             report["chains_from_noise_in_box"] = int(box.sum())
             report["chains_from_noise_ink_quantiles"] = [float(q) for q in np.percentile(
                 ink(visible(noise)), [0, 10, 25, 50, 75, 90, 100])]
-            chosen = visible(subset(noise, box)) if box.any() else visible(noise)  # (m, D)
-            box_rate = chosen.mean(axis=0).reshape(data_rate.shape)
+            if base is None:
+                chosen = visible(subset(noise, box)) if box.any() else visible(noise)  # (m, D)
+                box_rate = chosen.mean(axis=0).reshape(data_rate.shape)
+            else:  # image layout (D,) -> the model's
+                box_rate = est._to_layout(np.load(base)[None].astype(data_rate.dtype))[0]
+                report["box_base"] = str(base)
+            np.save(folder / f"{name}_box_base.npy", est._from_layout(box_rate[None])[0])
             box_path = annealing_path(est, box_rate)
-            res, sub, refused = restricted_mass(box_path, sigmoid(base_log_odds(box_rate)), in_b, False,
-                                                threshold, betas, n, rng, whole)
+            res, sub, refused, end = restricted_mass(box_path, sigmoid(base_log_odds(box_rate)), in_b, False,
+                                                     threshold, betas, n, rng, whole)
             report.update(log_z_box=res.log_z, box_std_error=res.std_error,
                           box_effective_sample_size=res.effective_sample_size,
                           box_outside_by_tenth_of_beta=[round(float(r), 4) for r in refused],
                           box_log_base_mass=sub.log_z_base - box_path.log_z_base)
+            report.update(end_state_report(est, res, end, "box", folder, name,
+                                           f"AIS restricted to ink > {threshold:g}: end states, heaviest first"))
             if "reverse" in parts and box.any():
                 up = reverse_ais(sub.log_f, subset(noise, box), sub.transition, sub.log_z_base, betas, rng,
                                  log_f_pair=sub.log_f_pair)
